@@ -1,0 +1,17 @@
+"""convgen: PyTorch's convolution family as kernels generated for one layer and shape.
+
+Pipeline: ConvSpec (spec.py) -> Workload -> Plan (plan.py) -> C source (render.py,
+templates/) -> shared library (compiler.py) -> cache (cache.py) -> Kernel (kernel.py).
+"""
+__version__ = "0.1.0"
+
+from .api import compile  # noqa: E402,A004
+from .compiler import CompileError  # noqa: E402
+from .functional import (conv1d, conv2d, conv3d, conv_transpose1d,  # noqa: E402
+                         conv_transpose2d, conv_transpose3d)
+from .kernel import Kernel  # noqa: E402
+from .plan import Plan  # noqa: E402
+from .spec import ConvSpec, Workload  # noqa: E402
+
+__all__ = ["ConvSpec", "Workload", "Plan", "Kernel", "CompileError", "compile", "conv1d",
+           "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d"]

@@ -1,0 +1,63 @@
+"""Compile C source into a shared library with the system C compiler.
+
+The compiler's identity (path and ``--version``) and the exact flags are exposed for
+the cache key: a different compiler or flag set is a different kernel.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from .target import Target
+
+BASE_FLAGS = ("-O3", "-std=c11", "-fPIC", "-shared", "-fopenmp", "-fno-math-errno",
+              "-Wall", "-Werror=implicit-function-declaration")
+SANITIZE_FLAGS = ("-fsanitize=address,undefined", "-fno-sanitize-recover=all",
+                  "-fno-omit-frame-pointer", "-g")
+
+
+class CompileError(RuntimeError):
+    """The C compiler rejected a generated kernel; the message has its output and the source path."""
+
+    def __init__(self, message: str, source_path: Path, compiler_output: str):
+        super().__init__(message)
+        self.source_path = source_path
+        self.compiler_output = compiler_output
+
+
+def compiler_path() -> str:
+    name = os.environ.get("CC", "cc")
+    found = shutil.which(name)
+    if not found:
+        raise CompileError(f"C compiler {name!r} not found (set CC to a C compiler)", Path(), "")
+    return os.path.realpath(found)
+
+
+@functools.lru_cache(maxsize=None)
+def _version_of(path: str) -> str:
+    result = subprocess.run([path, "--version"], capture_output=True, text=True, check=False)
+    return result.stdout.splitlines()[0] if result.stdout else f"unknown ({path})"
+
+
+def compiler_identity() -> dict:
+    path = compiler_path()
+    return {"path": path, "version": _version_of(path)}
+
+
+def flags(target: Target) -> tuple[str, ...]:
+    extra = SANITIZE_FLAGS if target.sanitize else ()
+    return BASE_FLAGS + target.arch_flags + extra
+
+
+def compile_shared(source_path: Path, library_path: Path, target: Target) -> None:
+    """Compile ``source_path`` into ``library_path``; raise CompileError with the compiler's message."""
+    command = [compiler_path(), *flags(target), "-o", str(library_path), str(source_path)]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        output = (result.stderr + result.stdout).strip()
+        raise CompileError(
+            f"compiling {source_path} failed (exit {result.returncode}):\n"
+            f"$ {' '.join(command)}\n{output}", source_path, output)

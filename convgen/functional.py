@@ -1,0 +1,99 @@
+"""The six functional ops: numpy in, numpy out, PyTorch's semantics."""
+from __future__ import annotations
+
+import numpy as np
+
+from .api import compile as compile_kernel
+from .arrays import as_array, check_dtype
+from .spec import ConvSpec
+
+__all__ = ["conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d",
+           "conv_transpose3d"]
+
+
+def _operands(ndim: int, op: str, input, weight, bias):
+    x = as_array(input, "input")
+    w = as_array(weight, "weight")
+    check_dtype(w, "weight", x.dtype, "the input's dtype")
+    if bias is not None:
+        bias = as_array(bias, "bias")
+        check_dtype(bias, "bias", x.dtype, "the input's dtype")
+    if w.ndim != ndim + 2:
+        raise ValueError(f"weight of {op} must have {ndim + 2} dimensions (channels, channels, "
+                         f"*kernel), got shape {tuple(w.shape)}")
+    if x.ndim not in (ndim + 1, ndim + 2):
+        raise ValueError(f"Expected {ndim + 1}D (unbatched) or {ndim + 2}D (batched) input to "
+                         f"{op}, but got input of shape {tuple(x.shape)}")
+    if bias is not None and bias.ndim != 1:
+        raise ValueError(f"bias must be 1-dimensional, got shape {tuple(bias.shape)}")
+    return x, w, bias
+
+
+def _groups_of(weight: np.ndarray, groups, op: str) -> int:
+    if isinstance(groups, bool) or not isinstance(groups, (int, np.integer)):
+        raise TypeError(f"groups must be an int, got {groups!r}")
+    if groups <= 0:
+        raise ValueError(f"groups must be a positive integer, got {groups}")
+    if weight.shape[0] % groups:
+        raise ValueError(f"{op}: weight.shape[0] ({weight.shape[0]}) must be divisible by "
+                         f"groups ({groups}); weight has shape {tuple(weight.shape)}")
+    return int(groups)
+
+
+def _run(spec: ConvSpec, x, w, bias):
+    kernel = compile_kernel(spec, x.shape, dtype=x.dtype)
+    return kernel(x, w, bias)
+
+
+def _conv(ndim, input, weight, bias, stride, padding, dilation, groups, padding_mode):
+    op = f"conv{ndim}d"
+    x, w, bias = _operands(ndim, op, input, weight, bias)
+    groups = _groups_of(w, groups, op)
+    spec = ConvSpec.conv(ndim, w.shape[1] * groups, w.shape[0], w.shape[2:], stride, padding,
+                         dilation, groups, bias is not None, padding_mode)
+    return _run(spec, x, w, bias)
+
+
+def _conv_transpose(ndim, input, weight, bias, stride, padding, output_padding, groups,
+                    dilation, output_size):
+    op = f"conv_transpose{ndim}d"
+    x, w, bias = _operands(ndim, op, input, weight, bias)
+    groups = _groups_of(w, groups, op)
+    spec = ConvSpec.conv_transpose(ndim, w.shape[0], w.shape[1] * groups, w.shape[2:], stride,
+                                   padding, output_padding, groups, bias is not None, dilation)
+    if output_size is not None:   # as nn.ConvTransposeNd: output_size overrides output_padding
+        spec = spec.with_output_size(x.shape[-ndim:], output_size)
+    return _run(spec, x, w, bias)
+
+
+def conv1d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
+           padding_mode="zeros"):
+    return _conv(1, input, weight, bias, stride, padding, dilation, groups, padding_mode)
+
+
+def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
+           padding_mode="zeros"):
+    return _conv(2, input, weight, bias, stride, padding, dilation, groups, padding_mode)
+
+
+def conv3d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
+           padding_mode="zeros"):
+    return _conv(3, input, weight, bias, stride, padding, dilation, groups, padding_mode)
+
+
+def conv_transpose1d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
+                     dilation=1, output_size=None):
+    return _conv_transpose(1, input, weight, bias, stride, padding, output_padding, groups,
+                           dilation, output_size)
+
+
+def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
+                     dilation=1, output_size=None):
+    return _conv_transpose(2, input, weight, bias, stride, padding, output_padding, groups,
+                           dilation, output_size)
+
+
+def conv_transpose3d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
+                     dilation=1, output_size=None):
+    return _conv_transpose(3, input, weight, bias, stride, padding, output_padding, groups,
+                           dilation, output_size)
