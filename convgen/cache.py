@@ -6,6 +6,7 @@ Layout under the cache root (``CONVGEN_CACHE_DIR``, default ``~/.cache/convgen``
                            /kernel.so     the compiled library
                            /meta.json     the key, what went into it, and the library's sha256
     tmp/                                  entries being built (renamed into kernels/ when whole)
+    failed/<key>.c                        the source of a kernel that failed to compile
 
 An entry is built in ``tmp/`` and renamed into place in one step, so no reader ever sees
 a half-written entry and a compile killed midway leaves only a stray ``tmp/`` folder.
@@ -70,14 +71,18 @@ def _ensure_root(root: Path) -> None:
     os.chmod(root, 0o700)
 
 
-def lookup(key: str) -> Path | None:
-    """The entry for ``key`` if it is present and intact; a damaged entry is discarded."""
+def fetch(key: str) -> bytes | None:
+    """The verified library bytes of the entry for ``key``; a damaged entry is discarded.
+
+    Callers load these bytes (never the file in the cache), so an entry changed after
+    this check, or while loaded, can never be what runs.
+    """
     entry = entry_dir(key)
     if not entry.exists():
         return None
-    problem = _verify(entry, key)
+    library, problem = _verified_library(entry, key)
     if problem is None:
-        return entry
+        return library
     warnings.warn(f"convgen: discarding damaged cache entry {entry}: {problem}; rebuilding",
                   RuntimeWarning, stacklevel=3)
     STATS.discarded += 1
@@ -85,19 +90,20 @@ def lookup(key: str) -> Path | None:
     return None
 
 
-def _verify(entry: Path, key: str) -> str | None:
+def _verified_library(entry: Path, key: str) -> tuple[bytes | None, str | None]:
     try:
         meta = json.loads((entry / META_NAME).read_text())
     except (OSError, ValueError) as exc:
-        return f"unreadable {META_NAME} ({exc})"
+        return None, f"unreadable {META_NAME} ({exc})"
     if not isinstance(meta, dict) or meta.get("key") != key:
-        return "its recorded key differs"
+        return None, "its recorded key differs"
     try:
-        if file_sha256(entry / LIBRARY_NAME) != meta.get("library_sha256"):
-            return f"{LIBRARY_NAME} does not match its recorded hash"
+        library = (entry / LIBRARY_NAME).read_bytes()
     except OSError as exc:
-        return f"unreadable {LIBRARY_NAME} ({exc})"
-    return None
+        return None, f"unreadable {LIBRARY_NAME} ({exc})"
+    if hashlib.sha256(library).hexdigest() != meta.get("library_sha256"):
+        return None, f"{LIBRARY_NAME} does not match its recorded hash"
+    return library, None
 
 
 def _remove(entry: Path) -> None:
@@ -119,7 +125,11 @@ def publish(key: str, source: str, build, key_parts: dict) -> Path:
     try:
         source_path, library_path = tmp / SOURCE_NAME, tmp / LIBRARY_NAME
         source_path.write_text(source)
-        build(source_path, library_path)
+        try:
+            build(source_path, library_path)
+        except Exception as exc:
+            _keep_failed_source(root, key, source, exc)
+            raise
         meta = {"key": key, "library_sha256": file_sha256(library_path), "parts": key_parts}
         (tmp / META_NAME).write_text(json.dumps(meta, indent=1, sort_keys=True, default=str))
         final = entry_dir(key, root)
@@ -127,11 +137,21 @@ def publish(key: str, source: str, build, key_parts: dict) -> Path:
         try:
             os.rename(tmp, final)
         except OSError:
-            if lookup(key) is None:   # the entry in the way is damaged: replace it
+            if fetch(key) is None:   # the entry in the way is damaged: replace it
                 os.rename(tmp, final)
         return final
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _keep_failed_source(root: Path, key: str, source: str, exc: Exception) -> None:
+    """Keep a failed kernel's source where the user can read it, and say where in the error."""
+    failed = root / "failed"
+    failed.mkdir(exist_ok=True, mode=0o700)
+    kept = failed / f"{key}.c"
+    kept.write_text(source)
+    if hasattr(exc, "source_path"):
+        exc.source_path = kept
 
 
 def entries(root: Path | None = None) -> list[Path]:
@@ -156,5 +176,6 @@ def clear() -> int:
     found = entries(root)
     for entry in found:
         _remove(entry)
-    shutil.rmtree(root / "tmp", ignore_errors=True)
+    for stray in ("tmp", "failed"):
+        shutil.rmtree(root / stray, ignore_errors=True)
     return len(found)

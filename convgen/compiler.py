@@ -22,17 +22,22 @@ SANITIZE_FLAGS = ("-fsanitize=address,undefined", "-fno-sanitize-recover=all",
 class CompileError(RuntimeError):
     """The C compiler rejected a generated kernel; the message has its output and the source path."""
 
-    def __init__(self, message: str, source_path: Path, compiler_output: str):
-        super().__init__(message)
-        self.source_path = source_path
+    def __init__(self, command: list[str], source_path: Path, compiler_output: str):
+        super().__init__(command, source_path, compiler_output)
+        self.command = command
+        self.source_path = source_path   # updated by the cache to where the source was kept
         self.compiler_output = compiler_output
+
+    def __str__(self) -> str:
+        return (f"compiling {self.source_path} failed:\n$ {' '.join(self.command)}\n"
+                f"{self.compiler_output}")
 
 
 def compiler_path() -> str:
     name = os.environ.get("CC", "cc")
     found = shutil.which(name)
     if not found:
-        raise CompileError(f"C compiler {name!r} not found (set CC to a C compiler)", Path(), "")
+        raise CompileError([name], Path("-"), f"C compiler {name!r} not found; set CC to a C compiler")
     return os.path.realpath(found)
 
 
@@ -57,7 +62,4 @@ def compile_shared(source_path: Path, library_path: Path, target: Target) -> Non
     command = [compiler_path(), *flags(target), "-o", str(library_path), str(source_path)]
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0:
-        output = (result.stderr + result.stdout).strip()
-        raise CompileError(
-            f"compiling {source_path} failed (exit {result.returncode}):\n"
-            f"$ {' '.join(command)}\n{output}", source_path, output)
+        raise CompileError(command, source_path, (result.stderr + result.stdout).strip())

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
+import tempfile
 import threading
-from pathlib import Path
 
 import cffi
 import numpy as np
@@ -31,7 +32,6 @@ _LOADED: dict[tuple, "_Library"] = {}
 @dataclasses.dataclass(frozen=True)
 class _Library:
     key: str
-    entry: Path
     source: str
     function: object
 
@@ -52,13 +52,24 @@ def key_parts(workload: Workload, plan: Plan, target: Target, source: str) -> di
     }
 
 
-def _load(entry: Path, name: str):
+def _load(library: bytes, name: str):
+    """dlopen a private copy of verified library bytes, then unlink it (the mapping stays).
+
+    Loading a copy means nothing done to the cache file later -- rewritten, truncated,
+    replaced -- can change or crash a kernel this process has loaded.
+    """
     with _LOCK:
         if name not in _DECLARED:
             _FFI.cdef(f"void {name}(const void *x, const void *w, const void *bias, void *y);")
             _DECLARED.add(name)
-    library = _FFI.dlopen(str(entry / cache.LIBRARY_NAME))
-    return getattr(library, name)
+    fd, path = tempfile.mkstemp(prefix="convgen-", suffix=".so")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(library)
+        handle = _FFI.dlopen(path)
+    finally:
+        os.unlink(path)
+    return getattr(handle, name)
 
 
 def _library(workload: Workload, plan: Plan, target: Target) -> _Library:
@@ -70,14 +81,17 @@ def _library(workload: Workload, plan: Plan, target: Target) -> _Library:
     source = render(workload, plan, target)
     parts = key_parts(workload, plan, target, source)
     key = cache.key_of(parts)
-    entry = cache.lookup(key)
-    if entry is None:
+    library = cache.fetch(key)
+    if library is None:
         cache.STATS.compiles += 1
-        entry = cache.publish(key, source,
-                              lambda src, lib: compile_shared(src, lib, target), parts)
+        cache.publish(key, source, lambda src, lib: compile_shared(src, lib, target), parts)
+        library = cache.fetch(key)
+        if library is None:
+            raise RuntimeError(f"the cache entry {cache.entry_dir(key)} vanished or was damaged "
+                               f"right after it was built")
     else:
         cache.STATS.disk_hits += 1
-    loaded = _Library(key, entry, source, _load(entry, kernel_name(workload, plan)))
+    loaded = _Library(key, source, _load(library, kernel_name(workload, plan)))
     _LOADED[memo_key] = loaded
     return loaded
 

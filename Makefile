@@ -1,0 +1,35 @@
+# Quick start: `make demo` (compile, check and time sample layers), `make test` (the suite).
+# Both set up what they need in .venv on first use.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+RUNTIME_STAMP := $(VENV)/.runtime-installed
+TEST_STAMP    := $(VENV)/.test-installed
+# Parallel test workers: the suite is dominated by C compiles, one per distinct kernel.
+TEST_WORKERS ?= auto
+
+.PHONY: demo test clean-cache clean
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(RUNTIME_STAMP): pyproject.toml | $(VENV)/bin/python
+	$(PY) -m pip install --quiet --disable-pip-version-check -e .
+	touch $@
+
+# torch is pinned to 2.13.0 (the CPU build on this machine's disk) in the test extra.
+$(TEST_STAMP): pyproject.toml $(RUNTIME_STAMP)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $@
+
+demo: $(RUNTIME_STAMP)
+	$(PY) -m convgen.demo
+
+test: $(TEST_STAMP)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) tests
+
+clean-cache: $(RUNTIME_STAMP)
+	$(VENV)/bin/convgen cache clear
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .hypothesis

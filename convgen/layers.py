@@ -1,0 +1,53 @@
+"""Layers described as PyTorch's functional calls: an op name, a weight shape and keyword args.
+
+This is how the CLI, the demo and the benchmark suite (``shared/bench/suite_public.json``)
+name a layer; ``spec_from_op`` turns it into a ConvSpec with the same rules the
+functional ops apply.
+"""
+from __future__ import annotations
+
+OPS = {"conv1d": (1, False), "conv2d": (2, False), "conv3d": (3, False),
+       "conv_transpose1d": (1, True), "conv_transpose2d": (2, True),
+       "conv_transpose3d": (3, True)}
+FORWARD_ARGS = {"stride", "padding", "dilation", "groups", "padding_mode"}
+TRANSPOSED_ARGS = {"stride", "padding", "output_padding", "groups", "dilation", "output_size"}
+
+
+def op_info(op: str) -> tuple[int, bool]:
+    if op not in OPS:
+        raise ValueError(f"op must be one of {sorted(OPS)}, got {op!r}")
+    return OPS[op]
+
+
+def spec_from_op(op: str, weight_shape, bias: bool = True, input_shape=None, **args):
+    """The ConvSpec of ``torch.nn.functional.<op>(x, weight, bias, **args)``.
+
+    ``output_size`` (transposed ops) needs ``input_shape`` to be resolved.
+    """
+    from .spec import ConvSpec
+    ndim, transposed = op_info(op)
+    allowed = TRANSPOSED_ARGS if transposed else FORWARD_ARGS
+    unknown = set(args) - allowed
+    if unknown:
+        raise ValueError(f"{op} does not take {sorted(unknown)}; it takes {sorted(allowed)}")
+    shape = tuple(weight_shape)
+    if len(shape) != ndim + 2:
+        raise ValueError(f"weight of {op} must have {ndim + 2} dimensions, got shape {shape}")
+    groups = args.get("groups", 1)
+    if isinstance(groups, int) and groups > 0 and shape[0] % groups:
+        raise ValueError(f"{op}: weight.shape[0] ({shape[0]}) must be divisible by groups "
+                         f"({groups})")
+    if not transposed:
+        return ConvSpec.conv(ndim, shape[1] * groups, shape[0], shape[2:],
+                             args.get("stride", 1), args.get("padding", 0),
+                             args.get("dilation", 1), groups, bias,
+                             args.get("padding_mode", "zeros"))
+    spec = ConvSpec.conv_transpose(ndim, shape[0], shape[1] * groups, shape[2:],
+                                   args.get("stride", 1), args.get("padding", 0),
+                                   args.get("output_padding", 0), groups, bias,
+                                   args.get("dilation", 1))
+    if args.get("output_size") is not None:
+        if input_shape is None:
+            raise ValueError("output_size needs the input shape to be resolved")
+        spec = spec.with_output_size(tuple(input_shape)[-ndim:], args["output_size"])
+    return spec
