@@ -1,0 +1,105 @@
+"""Generated kernels never read or write out of bounds: AddressSanitizer + UBSan builds.
+
+A child process runs with libasan preloaded and CONVGEN_SANITIZE=1 (kernels compiled with
+-fsanitize=address,undefined), calls a sample of every op, algorithm and padding mode on
+random and edge shapes, and checks each against the numpy reference. Any sanitizer report
+aborts the child.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+# (op, input shape, weight shape, args): every op and padding mode, with edge shapes:
+# single output pixel, 1-wide axes, channels not a multiple of any block, groups, dilation.
+SAMPLE = [
+    ("conv1d", (2, 3, 11), (5, 3, 3), {"stride": 2, "padding": 1}),
+    ("conv1d", (1, 4, 6), (4, 1, 3), {"padding": 5, "groups": 4, "padding_mode": "replicate"}),
+    ("conv1d", (3, 4, 7), (6, 2, 3), {"padding": 7, "groups": 2, "padding_mode": "circular"}),
+    ("conv2d", (2, 3, 7, 5), (4, 3, 3, 2), {"padding": "same", "padding_mode": "reflect",
+                                            "dilation": (2, 3)}),
+    ("conv2d", (1, 6, 5, 5), (6, 2, 5, 5), {"groups": 3}),                  # one output pixel
+    ("conv2d", (2, 4, 1, 9), (8, 1, 1, 3), {"stride": (1, 3), "groups": 4, "padding": (0, 1)}),
+    ("conv2d", (1, 5, 6, 4), (5, 5, 3, 3), {"padding": (3, 2), "padding_mode": "circular"}),
+    ("conv3d", (1, 2, 3, 4, 5), (3, 2, 2, 3, 2), {"padding": (1, 2, 0), "stride": (2, 1, 2)}),
+    ("conv3d", (2, 4, 3, 3, 3), (4, 2, 3, 3, 3), {"padding": 2, "groups": 2,
+                                                  "padding_mode": "reflect"}),
+    ("conv_transpose1d", (2, 4, 5), (4, 3, 4), {"stride": 3, "padding": 2, "output_padding": 2}),
+    ("conv_transpose2d", (1, 4, 3, 5), (4, 2, 3, 3), {"stride": (2, 1), "padding": 1,
+                                                      "groups": 2, "dilation": (1, 3),
+                                                      "output_padding": (1, 2)}),
+    ("conv_transpose2d", (2, 3, 1, 1), (3, 5, 2, 2), {}),
+    ("conv_transpose3d", (1, 2, 2, 3, 2), (2, 3, 3, 2, 2), {"stride": 2, "padding": 1,
+                                                            "output_padding": 1}),
+]
+
+CHILD = textwrap.dedent("""
+    import sys
+    import numpy as np
+    import convgen
+    from convgen.layers import spec_from_op
+    from convgen.reference import convolve
+    rng = np.random.default_rng(7)
+    worst = 0.0
+    for op, x_shape, w_shape, args in SAMPLE:
+        for dtype in ("float32", "float64"):
+            spec = spec_from_op(op, w_shape, True, x_shape, **args)
+            kernel = convgen.compile(spec, x_shape, dtype=dtype)
+            assert kernel.target.sanitize, kernel.target
+            x = rng.standard_normal(x_shape).astype(dtype)
+            w = rng.standard_normal(w_shape).astype(dtype)
+            b = rng.standard_normal(spec.out_channels).astype(dtype)
+            y = kernel(x, w, b)
+            ref = convolve(kernel.workload, x, w, b)
+            err = float(np.linalg.norm(y - ref) / np.linalg.norm(ref))
+            assert err < (1e-5 if dtype == "float32" else 1e-12), (op, args, dtype, err)
+            worst = max(worst, err)
+    print("checked", len(SAMPLE) * 2, "kernels; worst relative error", worst)
+""")
+
+# Proof that the harness sees an overflow: hand a compiled kernel an input one row short,
+# bypassing the Python-side validation that would normally refuse it.
+OVERFLOW = textwrap.dedent("""
+    import numpy as np
+    import convgen
+    from convgen.kernel import _FFI
+    k = convgen.compile(convgen.ConvSpec.conv(2, 2, 2, 3), (1, 2, 6, 6), dtype="float64")
+    short = np.ones((1, 2, 5, 6))
+    w, b, y = np.ones((2, 2, 3, 3)), np.ones(2), np.empty(k.output_shape)
+    k._library.function(_FFI.from_buffer(short), _FFI.from_buffer(w), _FFI.from_buffer(b),
+                        _FFI.from_buffer(y, require_writable=True))
+    print("no report")
+""")
+
+
+def _libasan() -> str:
+    path = subprocess.run(["cc", "-print-file-name=libasan.so"], capture_output=True,
+                          text=True).stdout.strip()
+    if not os.path.isabs(path):
+        pytest.skip("the C compiler has no AddressSanitizer runtime (libasan.so)")
+    return path
+
+
+def _run_sanitized(script: str, tmp_path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "CONVGEN_SANITIZE": "1", "CONVGEN_CACHE_DIR": str(tmp_path / "cache"),
+           "LD_PRELOAD": _libasan(), "ASAN_OPTIONS": "detect_leaks=0:abort_on_error=0",
+           "UBSAN_OPTIONS": "print_stacktrace=1:halt_on_error=1"}
+    return subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+def test_sample_of_every_op_is_clean_under_asan_and_ubsan(tmp_path):
+    done = _run_sanitized(f"SAMPLE = {SAMPLE!r}\n" + CHILD, tmp_path)
+    report = done.stderr[-4000:]
+    assert "AddressSanitizer" not in done.stderr and "runtime error" not in done.stderr, report
+    assert done.returncode == 0, report
+    assert "checked" in done.stdout
+
+
+def test_the_harness_reports_an_out_of_bounds_read(tmp_path):
+    done = _run_sanitized(OVERFLOW, tmp_path)
+    assert done.returncode != 0 and "heap-buffer-overflow" in done.stderr, done.stderr[-2000:]
