@@ -5,6 +5,7 @@ templates/) -> shared library (compiler.py) -> cache (cache.py) -> Kernel (kerne
 """
 __version__ = "0.1.0"
 
+from . import nn  # noqa: E402
 from .api import compile  # noqa: E402,A004
 from .compiler import CompileError  # noqa: E402
 from .functional import (conv1d, conv2d, conv3d, conv_transpose1d,  # noqa: E402
@@ -13,5 +14,5 @@ from .kernel import Kernel  # noqa: E402
 from .plan import Plan  # noqa: E402
 from .spec import ConvSpec, Workload  # noqa: E402
 
-__all__ = ["ConvSpec", "Workload", "Plan", "Kernel", "CompileError", "compile", "conv1d",
+__all__ = ["nn", "ConvSpec", "Workload", "Plan", "Kernel", "CompileError", "compile", "conv1d",
            "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d"]

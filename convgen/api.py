@@ -42,6 +42,8 @@ def spec_of_torch(module) -> ConvSpec:
 
 
 def dtype_name(dtype) -> str:
+    if dtype is None:   # np.dtype(None) would quietly mean float64
+        raise TypeError(f"dtype must be one of {DTYPES}, got None")
     try:
         name = np.dtype(dtype).name
     except TypeError as exc:

@@ -12,11 +12,16 @@ def as_array(value, name: str) -> np.ndarray:
         device = getattr(value, "device", None)
         if device is not None and getattr(device, "type", "cpu") != "cpu":
             raise TypeError(f"{name} is a tensor on {device}; the 'cpu' target takes host arrays")
-        value = value.detach().numpy()
+        try:
+            value = value.detach().numpy()
+        except (TypeError, RuntimeError) as exc:   # bfloat16 and other dtypes numpy lacks
+            raise TypeError(f"{name} must be float32 or float64, got dtype {value.dtype}") from exc
     try:
         array = np.asarray(value)
     except (TypeError, ValueError) as exc:
         raise TypeError(f"{name} could not be read as an array: {exc}") from exc
+    if array.dtype.kind == "f" and not array.dtype.isnative:   # big-endian data: swap once here
+        array = array.astype(array.dtype.newbyteorder("="))
     if array.dtype not in SUPPORTED:
         raise TypeError(f"{name} must be float32 or float64, got dtype {array.dtype}")
     return array

@@ -62,7 +62,7 @@ def _conv_transpose(ndim, input, weight, bias, stride, padding, output_padding, 
     spec = ConvSpec.conv_transpose(ndim, w.shape[0], w.shape[1] * groups, w.shape[2:], stride,
                                    padding, output_padding, groups, bias is not None, dilation)
     if output_size is not None:   # as nn.ConvTransposeNd: output_size overrides output_padding
-        spec = spec.with_output_size(x.shape[-ndim:], output_size)
+        spec = spec.with_output_size(x.shape, output_size)
     return _run(spec, x, w, bias)
 
 

@@ -56,7 +56,9 @@ def _load(library: bytes, name: str):
     """dlopen a private copy of verified library bytes, then unlink it (the mapping stays).
 
     Loading a copy means nothing done to the cache file later -- rewritten, truncated,
-    replaced -- can change or crash a kernel this process has loaded.
+    replaced -- can change or crash a kernel this process has loaded. RTLD_NODELETE keeps
+    it (and the OpenMP runtime it links) mapped until the process ends: unloading libgomp
+    at exit while its worker threads still spin would crash the interpreter.
     """
     with _LOCK:
         if name not in _DECLARED:
@@ -66,7 +68,7 @@ def _load(library: bytes, name: str):
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(library)
-        handle = _FFI.dlopen(path)
+        handle = _FFI.dlopen(path, _FFI.RTLD_NOW | _FFI.RTLD_NODELETE)
     finally:
         os.unlink(path)
     return getattr(handle, name)

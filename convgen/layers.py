@@ -49,5 +49,5 @@ def spec_from_op(op: str, weight_shape, bias: bool = True, input_shape=None, **a
     if args.get("output_size") is not None:
         if input_shape is None:
             raise ValueError("output_size needs the input shape to be resolved")
-        spec = spec.with_output_size(tuple(input_shape)[-ndim:], args["output_size"])
+        spec = spec.with_output_size(input_shape, args["output_size"])
     return spec

@@ -170,19 +170,29 @@ class ConvSpec:
                 sizes.append((padded - reach - 1) // self.stride[i] + 1)
         return tuple(sizes)
 
-    def with_output_size(self, in_spatial: tuple[int, ...], output_size) -> "ConvSpec":
-        """Resolve ``output_size`` (transposed only) into ``output_padding``, with PyTorch's range check."""
+    def with_output_size(self, input_shape, output_size) -> "ConvSpec":
+        """Resolve ``output_size`` (transposed only) into ``output_padding``, with PyTorch's range check.
+
+        ``input_shape`` is the input's whole shape, batched or unbatched, or just its spatial
+        sizes. As in torch, ``output_size`` has one entry per spatial axis or one per input
+        dimension (then the leading batch/channel entries are ignored).
+        """
         if not self.transposed:
             raise ValueError("output_size applies only to transposed convolutions")
-        nd = self.ndim
+        nd, shape = self.ndim, tuple(input_shape)
+        if len(shape) not in (nd, nd + 1, nd + 2):
+            raise ValueError(f"Expected {nd + 1}D (unbatched) or {nd + 2}D (batched) input to "
+                             f"{self.op}, but got input of shape {shape}")
+        if isinstance(output_size, (str, bytes)) or not hasattr(output_size, "__iter__"):
+            raise TypeError(f"output_size must be a sequence of ints, got {output_size!r}")
         sizes = tuple(output_size)
-        if len(sizes) in (nd + 1, nd + 2):
+        if len(sizes) == len(shape):
             sizes = sizes[-nd:]
         if len(sizes) != nd or not all(_is_int(s) for s in sizes):
-            raise ValueError(
-                f"output_size must have {nd} ints (or {nd + 2} with batch and channels), "
-                f"got {output_size!r}"
-            )
+            allowed = f"{nd}" if len(shape) == nd else f"{nd} or {len(shape)}"
+            raise ValueError(f"output_size: for {len(shape)}D input, output_size must have "
+                             f"{allowed} ints, got {output_size!r}")
+        in_spatial = shape[-nd:]
         base = ConvSpec(**{**self.__dict__, "output_padding": (0,) * nd})
         min_sizes = base.output_spatial(in_spatial)
         max_sizes = tuple(m + s - 1 for m, s in zip(min_sizes, self.stride))

@@ -1,0 +1,51 @@
+"""The native runtime: threads, and a process that exits cleanly whatever OpenMP is doing."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import convgen
+from convgen.plan import default_threads
+
+CHILD = """
+import numpy as np, convgen
+k = convgen.compile(convgen.ConvSpec.conv(2, 16, 16, 3, padding=1), (2, 16, 24, 24))
+x, w = np.ones((2, 16, 24, 24), np.float32), np.ones((16, 16, 3, 3), np.float32)
+assert k.plan.threads == 2, k.plan
+for _ in range(5):
+    k(x, w, np.ones(16, np.float32))
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("policy", ["ACTIVE", "PASSIVE", ""])
+def test_process_exits_cleanly_with_openmp_workers_alive(policy, tmp_path):
+    # Unloading libgomp at exit under spinning workers used to crash the interpreter (SIGSEGV).
+    env = {**os.environ, "OMP_WAIT_POLICY": policy, "CONVGEN_NUM_THREADS": "2",
+           "CONVGEN_CACHE_DIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", CHILD], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+def test_num_threads_from_the_environment(monkeypatch):
+    monkeypatch.setenv("CONVGEN_NUM_THREADS", "3")
+    assert default_threads() == 3
+    k = convgen.compile(convgen.ConvSpec.conv(2, 8, 8, 3), (4, 8, 40, 40))
+    assert k.plan.threads == 3 and "num_threads(3)" in k.source
+    monkeypatch.setenv("CONVGEN_NUM_THREADS", "zero")
+    with pytest.raises(ValueError, match="CONVGEN_NUM_THREADS"):
+        default_threads()
+    monkeypatch.delenv("CONVGEN_NUM_THREADS")
+    assert default_threads() == len(os.sched_getaffinity(0))
+
+
+def test_tiny_work_runs_on_one_thread():
+    k = convgen.compile(convgen.ConvSpec.conv(1, 2, 2, 3), (1, 2, 8))
+    assert k.plan.threads == 1 and "omp parallel" not in k.source
+    y = k(np.ones((1, 2, 8), np.float32), np.ones((2, 2, 3), np.float32), np.zeros(2, np.float32))
+    assert (y == 6).all()
