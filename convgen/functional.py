@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from .api import compile as compile_kernel
-from .arrays import as_array, check_dtype
+from .arrays import as_array, check_dtype, check_shape
 from .spec import ConvSpec
 
 __all__ = ["conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d",
@@ -41,6 +41,8 @@ def _groups_of(weight: np.ndarray, groups, op: str) -> int:
 
 
 def _run(spec: ConvSpec, x, w, bias):
+    if bias is not None:   # checked here, before compiling, as well as by the kernel
+        check_shape(bias, "bias", (spec.out_channels,), "one value per output channel")
     kernel = compile_kernel(spec, x.shape, dtype=x.dtype)
     return kernel(x, w, bias)
 
@@ -59,9 +61,11 @@ def _conv_transpose(ndim, input, weight, bias, stride, padding, output_padding, 
     op = f"conv_transpose{ndim}d"
     x, w, bias = _operands(ndim, op, input, weight, bias)
     groups = _groups_of(w, groups, op)
+    if output_size is not None:   # as nn.ConvTransposeNd: output_size replaces output_padding
+        output_padding = 0
     spec = ConvSpec.conv_transpose(ndim, w.shape[0], w.shape[1] * groups, w.shape[2:], stride,
                                    padding, output_padding, groups, bias is not None, dilation)
-    if output_size is not None:   # as nn.ConvTransposeNd: output_size overrides output_padding
+    if output_size is not None:
         spec = spec.with_output_size(x.shape, output_size)
     return _run(spec, x, w, bias)
 

@@ -23,13 +23,19 @@ def _is_int(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def as_tuple(value, ndim: int, name: str) -> tuple[int, ...]:
-    """PyTorch's ``_ntuple``: an int is repeated, a sequence must have ``ndim`` ints."""
+def as_tuple(value, ndim: int, name: str, expand_single: bool = False) -> tuple[int, ...]:
+    """PyTorch's ``_ntuple``: an int is repeated, a sequence must have ``ndim`` ints.
+
+    With ``expand_single`` a one-element sequence is repeated too, as ATen's
+    ``expand_param_if_needed`` does for stride, padding, dilation and output_padding.
+    """
     if _is_int(value):
         return (int(value),) * ndim
     if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
         raise TypeError(f"{name} must be an int or a tuple of {ndim} ints, got {value!r}")
     items = tuple(value)
+    if expand_single and len(items) == 1:
+        items = items * ndim
     if len(items) != ndim or not all(_is_int(v) for v in items):
         raise ValueError(
             f"{name} must be an int or a tuple of {ndim} ints to match the "
@@ -109,9 +115,18 @@ class ConvSpec:
     def conv(cls, ndim, in_channels, out_channels, kernel_size, stride=1, padding=0,
              dilation=1, groups=1, bias=True, padding_mode="zeros") -> "ConvSpec":
         """The layer of ``torch.nn.Conv{ndim}d`` with these constructor arguments."""
+        if padding_mode in ("reflect", "replicate", "circular") and ndim > 1 and (
+                _is_single(padding) or (isinstance(padding, str) and padding == "same"
+                                         and _is_single(dilation))):
+            # nn.ConvNd hands these to F.pad unexpanded: it fails, or pads the last axis only.
+            raise ValueError(
+                f"padding_mode={padding_mode!r} needs padding (and, with padding='same', "
+                f"dilation) as an int or a tuple of {ndim} ints, got padding={padding!r}, "
+                f"dilation={dilation!r}"
+            )
         kernel_size = as_tuple(kernel_size, ndim, "kernel_size")
-        stride = as_tuple(stride, ndim, "stride")
-        dilation = as_tuple(dilation, ndim, "dilation")
+        stride = as_tuple(stride, ndim, "stride", expand_single=True)
+        dilation = as_tuple(dilation, ndim, "dilation", expand_single=True)
         before, after = resolve_padding(padding, ndim, kernel_size, stride, dilation)
         return cls(False, _int(in_channels, "in_channels"), _int(out_channels, "out_channels"),
                    kernel_size, stride, before, after, dilation, _int(groups, "groups"),
@@ -127,11 +142,13 @@ class ConvSpec:
                 f"padding of a transposed convolution must be an int or a tuple of ints, "
                 f"got {padding!r} ('same'/'valid' apply to forward convolutions only)"
             )
-        padding = as_tuple(padding, ndim, "padding")
+        padding = as_tuple(padding, ndim, "padding", expand_single=True)
         return cls(True, _int(in_channels, "in_channels"), _int(out_channels, "out_channels"),
-                   as_tuple(kernel_size, ndim, "kernel_size"), as_tuple(stride, ndim, "stride"),
-                   padding, padding, as_tuple(dilation, ndim, "dilation"), _int(groups, "groups"),
-                   bool(bias), padding_mode, as_tuple(output_padding, ndim, "output_padding"))
+                   as_tuple(kernel_size, ndim, "kernel_size"),
+                   as_tuple(stride, ndim, "stride", expand_single=True), padding, padding,
+                   as_tuple(dilation, ndim, "dilation", expand_single=True),
+                   _int(groups, "groups"), bool(bias), padding_mode,
+                   as_tuple(output_padding, ndim, "output_padding", expand_single=True))
 
     # -- derived facts -------------------------------------------------------------
     @property
@@ -219,6 +236,16 @@ class ConvSpec:
         return " ".join(parts)
 
 
+def _is_single(value) -> bool:
+    """A one-element sequence (which ATen repeats over all axes)."""
+    if isinstance(value, (str, bytes)):
+        return False
+    try:
+        return len(value) == 1
+    except TypeError:   # an int, a 0-d array
+        return False
+
+
 def _int(value, name: str) -> int:
     if not _is_int(value):
         raise TypeError(f"{name} must be an int, got {value!r}")
@@ -255,7 +282,7 @@ def resolve_padding(padding, ndim, kernel_size, stride, dilation):
             )
         totals = [d * (k - 1) for d, k in zip(dilation, kernel_size)]
         return tuple(t // 2 for t in totals), tuple(t - t // 2 for t in totals)
-    pads = as_tuple(padding, ndim, "padding")
+    pads = as_tuple(padding, ndim, "padding", expand_single=True)
     return pads, pads
 
 
