@@ -1,11 +1,9 @@
 """The six functional ops: numpy in, numpy out, PyTorch's semantics."""
 from __future__ import annotations
 
-import numpy as np
-
 from .api import compile as compile_kernel
 from .arrays import as_array, check_dtype, check_shape
-from .spec import ConvSpec
+from .layers import op_info, spec_from_op
 
 __all__ = ["conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d",
            "conv_transpose3d"]
@@ -29,18 +27,10 @@ def _operands(ndim: int, op: str, input, weight, bias):
     return x, w, bias
 
 
-def _groups_of(weight: np.ndarray, groups, op: str) -> int:
-    if isinstance(groups, bool) or not isinstance(groups, (int, np.integer)):
-        raise TypeError(f"groups must be an int, got {groups!r}")
-    if groups <= 0:
-        raise ValueError(f"groups must be a positive integer, got {groups}")
-    if weight.shape[0] % groups:
-        raise ValueError(f"{op}: weight.shape[0] ({weight.shape[0]}) must be divisible by "
-                         f"groups ({groups}); weight has shape {tuple(weight.shape)}")
-    return int(groups)
-
-
-def _run(spec: ConvSpec, x, w, bias):
+def _call(op: str, input, weight, bias, **args):
+    ndim, _ = op_info(op)
+    x, w, bias = _operands(ndim, op, input, weight, bias)
+    spec = spec_from_op(op, w.shape, bias is not None, x.shape, **args)
     if bias is not None:   # checked here, before compiling, as well as by the kernel
         check_shape(bias, "bias", (spec.out_channels,), "one value per output channel")
     kernel = compile_kernel(spec, x.shape, dtype=x.dtype)
@@ -48,26 +38,15 @@ def _run(spec: ConvSpec, x, w, bias):
 
 
 def _conv(ndim, input, weight, bias, stride, padding, dilation, groups, padding_mode):
-    op = f"conv{ndim}d"
-    x, w, bias = _operands(ndim, op, input, weight, bias)
-    groups = _groups_of(w, groups, op)
-    spec = ConvSpec.conv(ndim, w.shape[1] * groups, w.shape[0], w.shape[2:], stride, padding,
-                         dilation, groups, bias is not None, padding_mode)
-    return _run(spec, x, w, bias)
+    return _call(f"conv{ndim}d", input, weight, bias, stride=stride, padding=padding,
+                 dilation=dilation, groups=groups, padding_mode=padding_mode)
 
 
 def _conv_transpose(ndim, input, weight, bias, stride, padding, output_padding, groups,
                     dilation, output_size):
-    op = f"conv_transpose{ndim}d"
-    x, w, bias = _operands(ndim, op, input, weight, bias)
-    groups = _groups_of(w, groups, op)
-    if output_size is not None:   # as nn.ConvTransposeNd: output_size replaces output_padding
-        output_padding = 0
-    spec = ConvSpec.conv_transpose(ndim, w.shape[0], w.shape[1] * groups, w.shape[2:], stride,
-                                   padding, output_padding, groups, bias is not None, dilation)
-    if output_size is not None:
-        spec = spec.with_output_size(x.shape, output_size)
-    return _run(spec, x, w, bias)
+    return _call(f"conv_transpose{ndim}d", input, weight, bias, stride=stride,
+                 padding=padding, output_padding=output_padding, groups=groups,
+                 dilation=dilation, output_size=output_size)
 
 
 def conv1d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,

@@ -6,6 +6,10 @@ functional ops apply.
 """
 from __future__ import annotations
 
+import numbers
+
+from .spec import ConvSpec
+
 OPS = {"conv1d": (1, False), "conv2d": (2, False), "conv3d": (3, False),
        "conv_transpose1d": (1, True), "conv_transpose2d": (2, True),
        "conv_transpose3d": (3, True)}
@@ -24,7 +28,6 @@ def spec_from_op(op: str, weight_shape, bias: bool = True, input_shape=None, **a
 
     ``output_size`` (transposed ops) needs ``input_shape`` to be resolved.
     """
-    from .spec import ConvSpec
     ndim, transposed = op_info(op)
     allowed = TRANSPOSED_ARGS if transposed else FORWARD_ARGS
     unknown = set(args) - allowed
@@ -32,22 +35,33 @@ def spec_from_op(op: str, weight_shape, bias: bool = True, input_shape=None, **a
         raise ValueError(f"{op} does not take {sorted(unknown)}; it takes {sorted(allowed)}")
     shape = tuple(weight_shape)
     if len(shape) != ndim + 2:
-        raise ValueError(f"weight of {op} must have {ndim + 2} dimensions, got shape {shape}")
-    groups = args.get("groups", 1)
-    if isinstance(groups, int) and groups > 0 and shape[0] % groups:
-        raise ValueError(f"{op}: weight.shape[0] ({shape[0]}) must be divisible by groups "
-                         f"({groups})")
+        raise ValueError(f"weight of {op} must have {ndim + 2} dimensions (channels, channels, "
+                         f"*kernel), got shape {shape}")
+    groups = _groups(args.get("groups", 1), shape, op)
     if not transposed:
         return ConvSpec.conv(ndim, shape[1] * groups, shape[0], shape[2:],
                              args.get("stride", 1), args.get("padding", 0),
                              args.get("dilation", 1), groups, bias,
                              args.get("padding_mode", "zeros"))
+    output_size = args.get("output_size")
+    # As nn.ConvTransposeNd: a given output_size replaces output_padding entirely.
+    output_padding = 0 if output_size is not None else args.get("output_padding", 0)
     spec = ConvSpec.conv_transpose(ndim, shape[0], shape[1] * groups, shape[2:],
                                    args.get("stride", 1), args.get("padding", 0),
-                                   args.get("output_padding", 0), groups, bias,
-                                   args.get("dilation", 1))
-    if args.get("output_size") is not None:
+                                   output_padding, groups, bias, args.get("dilation", 1))
+    if output_size is not None:
         if input_shape is None:
             raise ValueError("output_size needs the input shape to be resolved")
-        spec = spec.with_output_size(input_shape, args["output_size"])
+        spec = spec.with_output_size(input_shape, output_size)
     return spec
+
+
+def _groups(groups, weight_shape: tuple[int, ...], op: str) -> int:
+    if isinstance(groups, bool) or not isinstance(groups, numbers.Integral):
+        raise TypeError(f"groups must be an int, got {groups!r}")
+    if groups <= 0:
+        raise ValueError(f"groups must be a positive integer, got {groups}")
+    if weight_shape[0] % groups:
+        raise ValueError(f"{op}: weight.shape[0] ({weight_shape[0]}) must be divisible by "
+                         f"groups ({groups}); weight has shape {weight_shape}")
+    return int(groups)
