@@ -1,11 +1,9 @@
 """``convgen.compile``: the front of the pipeline (layer -> spec -> workload -> plan)."""
 from __future__ import annotations
 
-import numpy as np
-
 from . import plan as planner
 from .kernel import Kernel
-from .spec import DTYPES, ConvSpec, Workload
+from .spec import ConvSpec, dtype_name, workload_of  # noqa: F401 (re-exported)
 from .target import get_target
 
 _KERNELS: dict[tuple, Kernel] = {}
@@ -41,38 +39,13 @@ def spec_of_torch(module) -> ConvSpec:
                          module.padding_mode)
 
 
-def dtype_name(dtype) -> str:
-    if dtype is None:   # np.dtype(None) would quietly mean float64
-        raise TypeError(f"dtype must be one of {DTYPES}, got None")
-    try:
-        name = np.dtype(dtype).name
-    except TypeError as exc:
-        raise TypeError(f"dtype must be one of {DTYPES}, got {dtype!r}") from exc
-    if name not in DTYPES:
-        raise TypeError(f"dtype must be one of {DTYPES}, got {name}")
-    return name
-
-
-def workload_of(spec: ConvSpec, input_shape, dtype) -> tuple[Workload, bool]:
-    """Bind a spec to an input shape; an unbatched shape (C, *spatial) becomes batch 1."""
-    shape = tuple(input_shape)
-    if not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) for s in shape):
-        raise TypeError(f"input_shape must be a tuple of ints, got {input_shape!r}")
-    nd = spec.ndim
-    if len(shape) not in (nd + 1, nd + 2):
-        raise ValueError(f"Expected {nd + 1}D (unbatched) or {nd + 2}D (batched) input to "
-                         f"{spec.op}, but got input of shape {shape}")
-    unbatched = len(shape) == nd + 1
-    return Workload(spec, (1, *shape) if unbatched else shape, dtype_name(dtype)), unbatched
-
-
 def compile(layer, input_shape, dtype="float32", target="cpu", plan="auto") -> Kernel:  # noqa: A001
     """A kernel for ``layer`` on inputs of ``input_shape``: compiled, cached and loaded."""
     spec = as_spec(layer)
     workload, unbatched = workload_of(spec, input_shape, dtype)
     resolved_target = get_target(target)
     if plan == "auto":  # the common case: skip re-ranking, the planner memoises its choice
-        chosen = planner.plan(workload, resolved_target)
+        chosen = planner.choose(workload, resolved_target)
     else:
         chosen = planner.resolve(plan, workload, resolved_target)
     memo = (workload, unbatched, resolved_target, chosen)

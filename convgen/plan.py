@@ -13,8 +13,8 @@ import os
 from dataclasses import dataclass
 from itertools import permutations
 
-from .spec import AXIS_NAMES, Workload
-from .target import Target
+from .spec import AXIS_NAMES, Workload, workload_of
+from .target import Target, get_target
 
 ALGORITHMS = ("direct", "transposed_gather")
 OC_BLOCKS = (1, 2, 4, 8, 16)
@@ -153,8 +153,20 @@ def _cost(plan: Plan, workload: Workload, target: Target) -> tuple[float, str]:
     return seconds, why
 
 
-def plan(workload: Workload, target: Target, threads: int | None = None) -> Plan:
-    """The planner's choice: the cheapest candidate."""
+def plan(spec, input_shape=None, dtype="float32", target="cpu", threads=None) -> Plan:
+    """The planner's choice for ``spec`` on inputs of ``input_shape`` (batched or not).
+
+    ``spec`` may also be a Workload, which already carries the shape and dtype.
+    """
+    if isinstance(spec, Workload):
+        workload = spec
+    else:
+        workload, _ = workload_of(spec, input_shape, dtype)
+    return choose(workload, get_target(target), threads)
+
+
+def choose(workload: Workload, target: Target, threads: int | None = None) -> Plan:
+    """The cheapest candidate (memoised: the hot path of every compile call)."""
     return _best(workload, target, threads or default_threads())
 
 
@@ -168,7 +180,7 @@ def resolve(requested, workload: Workload, target: Target) -> Plan:
     if isinstance(requested, Plan):
         chosen = requested
     elif requested == "auto":
-        chosen = plan(workload, target)
+        chosen = choose(workload, target)
     elif isinstance(requested, str) and requested in ALGORITHMS:
         ranked = [c.plan for c in candidates(workload, target) if c.plan.algorithm == requested]
         if not ranked:

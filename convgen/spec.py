@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import math
 import numbers
+
+import numpy as np
 from dataclasses import dataclass, field
 
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
@@ -371,3 +373,28 @@ def _empty_output_message(spec: ConvSpec, in_spatial, out_spatial) -> str:
     reach = tuple(d * (k - 1) + 1 for d, k in zip(spec.dilation, spec.kernel_size))
     return (f"the output would be empty: padded input size {padded} is smaller than the dilated "
             f"kernel size {reach} (input {in_spatial}, padding {spec.pad_before}/{spec.pad_after})")
+
+
+def dtype_name(dtype) -> str:
+    if dtype is None:   # np.dtype(None) would quietly mean float64
+        raise TypeError(f"dtype must be one of {DTYPES}, got None")
+    try:
+        name = np.dtype(dtype).name
+    except TypeError as exc:
+        raise TypeError(f"dtype must be one of {DTYPES}, got {dtype!r}") from exc
+    if name not in DTYPES:
+        raise TypeError(f"dtype must be one of {DTYPES}, got {name}")
+    return name
+
+
+def workload_of(spec: ConvSpec, input_shape, dtype) -> tuple[Workload, bool]:
+    """Bind a spec to an input shape; an unbatched shape (C, *spatial) becomes batch 1."""
+    shape = tuple(input_shape)
+    if not all(_is_int(s) for s in shape):
+        raise TypeError(f"input_shape must be a tuple of ints, got {input_shape!r}")
+    nd = spec.ndim
+    if len(shape) not in (nd + 1, nd + 2):
+        raise ValueError(f"Expected {nd + 1}D (unbatched) or {nd + 2}D (batched) input to "
+                         f"{spec.op}, but got input of shape {shape}")
+    unbatched = len(shape) == nd + 1
+    return Workload(spec, (1, *shape) if unbatched else shape, dtype_name(dtype)), unbatched
