@@ -17,7 +17,7 @@ from .spec import AXIS_NAMES, Workload, workload_of
 from .target import Target, get_target
 
 ALGORITHMS = ("direct", "transposed_gather")
-OC_BLOCKS = (1, 2, 4, 8, 16)
+MAX_OC_BLOCK = 16   # accumulators per pixel: beyond this they spill out of registers
 # Calling into an OpenMP team costs a few microseconds; below this much work one thread wins.
 _PARALLEL_OVERHEAD_S = 5e-6
 _SCALAR_MACS_PER_S = 6.0e9   # per thread: what the gather kernel reaches here (about 12 GMAC/s on 2 threads)
@@ -113,7 +113,7 @@ def candidates(workload: Workload, target: Target, threads: int | None = None) -
     spatial = AXIS_NAMES[spec.ndim]
     found = []
     for algorithm in algorithms_for(workload):
-        for oc_block in (b for b in OC_BLOCKS if spec.cout_per_group % b == 0):
+        for oc_block in _oc_blocks(spec.cout_per_group):
             for inner in _loop_orders(spatial):
                 order = ("n", *inner)
                 for parallel_loops in (1, 2):
@@ -123,6 +123,11 @@ def candidates(workload: Workload, target: Target, threads: int | None = None) -
                         found.append(Candidate(plan, cost, why))
     found.sort(key=lambda c: (c.cost_s, str(c.plan)))
     return found
+
+
+def _oc_blocks(cout_per_group: int) -> list[int]:
+    # Blocks never straddle groups, so they divide the group's channels (33 -> 1, 3, 11).
+    return [b for b in range(1, min(cout_per_group, MAX_OC_BLOCK) + 1) if cout_per_group % b == 0]
 
 
 def _loop_orders(spatial: tuple[str, ...]):
