@@ -1,6 +1,6 @@
 """Compile and call: a workload and plan become a loaded, callable Kernel.
 
-``build`` runs the back half of the pipeline: render -> cache lookup -> compile ->
+``_library`` runs the back half of the pipeline: render -> cache lookup -> compile ->
 publish -> load. Loaded kernels are kept in memory, keyed by the frozen values that
 determine them, so a second request costs one dict lookup.
 """

@@ -1,12 +1,19 @@
-"""Test set-up: every test session compiles into its own fresh cache directory."""
+"""Test set-up: every test session (each xdist worker) compiles into its own fresh cache."""
 import os
+import shutil
 import tempfile
 
 import pytest
 
 # Set before convgen is imported anywhere, so no test touches the user's cache.
+_OWN_CACHE = not os.environ.get("CONVGEN_TEST_CACHE_DIR")
 os.environ["CONVGEN_CACHE_DIR"] = os.environ.get("CONVGEN_TEST_CACHE_DIR") or tempfile.mkdtemp(
     prefix="convgen-test-cache-")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _OWN_CACHE:   # a few hundred kernels: don't leave them behind in /tmp on every run
+        shutil.rmtree(os.environ["CONVGEN_CACHE_DIR"], ignore_errors=True)
 
 
 @pytest.fixture
