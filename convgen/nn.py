@@ -149,8 +149,9 @@ class _ConvNd:
 
 
 class _Conv(_ConvNd):
-    def _init(self, in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
-              bias, padding_mode, device, dtype):
+    # One signature for Conv1d/2d/3d: torch.nn.ConvNd's names, order and defaults.
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
+                 groups=1, bias=True, padding_mode="zeros", device=None, dtype=None):
         _check_device(device)
         dtype = _dtype_of(dtype)
         spec = ConvSpec.conv(self._ndim, in_channels, out_channels, kernel_size, stride, padding,
@@ -163,8 +164,10 @@ class _Conv(_ConvNd):
 
 
 class _ConvTranspose(_ConvNd):
-    def _init(self, in_channels, out_channels, kernel_size, stride, padding, output_padding,
-              groups, bias, dilation, padding_mode, device, dtype):
+    # One signature for ConvTranspose1d/2d/3d: torch.nn.ConvTransposeNd's.
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
+                 output_padding=0, groups=1, bias=True, dilation=1, padding_mode="zeros",
+                 device=None, dtype=None):
         _check_device(device)
         dtype = _dtype_of(dtype)
         spec = ConvSpec.conv_transpose(self._ndim, in_channels, out_channels, kernel_size, stride,
@@ -186,21 +189,11 @@ class Conv1d(_Conv):
 
     _ndim = 1
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
-                 groups=1, bias=True, padding_mode="zeros", device=None, dtype=None):
-        self._init(in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
-                   bias, padding_mode, device, dtype)
-
 
 class Conv2d(_Conv):
     """``torch.nn.Conv2d``: same arguments and attributes, numpy in and out."""
 
     _ndim = 2
-
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
-                 groups=1, bias=True, padding_mode="zeros", device=None, dtype=None):
-        self._init(in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
-                   bias, padding_mode, device, dtype)
 
 
 class Conv3d(_Conv):
@@ -208,22 +201,11 @@ class Conv3d(_Conv):
 
     _ndim = 3
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
-                 groups=1, bias=True, padding_mode="zeros", device=None, dtype=None):
-        self._init(in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
-                   bias, padding_mode, device, dtype)
-
 
 class ConvTranspose1d(_ConvTranspose):
     """``torch.nn.ConvTranspose1d``: same arguments and attributes; ``m(x, output_size=None)``."""
 
     _ndim = 1
-
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
-                 output_padding=0, groups=1, bias=True, dilation=1, padding_mode="zeros",
-                 device=None, dtype=None):
-        self._init(in_channels, out_channels, kernel_size, stride, padding, output_padding,
-                   groups, bias, dilation, padding_mode, device, dtype)
 
 
 class ConvTranspose2d(_ConvTranspose):
@@ -231,20 +213,8 @@ class ConvTranspose2d(_ConvTranspose):
 
     _ndim = 2
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
-                 output_padding=0, groups=1, bias=True, dilation=1, padding_mode="zeros",
-                 device=None, dtype=None):
-        self._init(in_channels, out_channels, kernel_size, stride, padding, output_padding,
-                   groups, bias, dilation, padding_mode, device, dtype)
-
 
 class ConvTranspose3d(_ConvTranspose):
     """``torch.nn.ConvTranspose3d``: same arguments and attributes; ``m(x, output_size=None)``."""
 
     _ndim = 3
-
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
-                 output_padding=0, groups=1, bias=True, dilation=1, padding_mode="zeros",
-                 device=None, dtype=None):
-        self._init(in_channels, out_channels, kernel_size, stride, padding, output_padding,
-                   groups, bias, dilation, padding_mode, device, dtype)

@@ -347,14 +347,20 @@ def _axes(value, nd):
     return (value,) * nd if isinstance(value, int) else tuple(value)
 
 
-@st.composite
-def forward_configs(draw, nd: int) -> Case:
+def _draw_layer(draw, nd: int):
+    """What forward and transposed configurations share: groups, channels, kernel, stride, dilation."""
     groups = draw(st.sampled_from((1, 2, 3)))
     cin = groups * draw(st.integers(1, 6 // groups))
     cout = groups * draw(st.integers(1, 6 // groups))
     kernel = tuple(draw(st.integers(1, 4)) for _ in range(nd))
     stride = _per_axis(draw, nd, st.integers(1, 3))
     dilation = _per_axis(draw, nd, st.integers(1, 3))
+    return groups, cin, cout, kernel, stride, dilation
+
+
+@st.composite
+def forward_configs(draw, nd: int) -> Case:
+    groups, cin, cout, kernel, stride, dilation = _draw_layer(draw, nd)
     mode = draw(st.sampled_from(("zeros", "reflect", "replicate", "circular")))
     kinds = ["ints", "valid"] + (["same"] if _axes(stride, nd) == (1,) * nd else [])
     kind = draw(st.sampled_from(kinds))
@@ -383,12 +389,7 @@ def forward_configs(draw, nd: int) -> Case:
 
 @st.composite
 def transposed_configs(draw, nd: int) -> Case:
-    groups = draw(st.sampled_from((1, 2, 3)))
-    cin = groups * draw(st.integers(1, 6 // groups))
-    cout = groups * draw(st.integers(1, 6 // groups))
-    kernel = tuple(draw(st.integers(1, 4)) for _ in range(nd))
-    stride = _per_axis(draw, nd, st.integers(1, 3))
-    dilation = _per_axis(draw, nd, st.integers(1, 3))
+    groups, cin, cout, kernel, stride, dilation = _draw_layer(draw, nd)
     padding = _per_axis(draw, nd, st.integers(0, 3))
     s, d, p = _axes(stride, nd), _axes(dilation, nd), _axes(padding, nd)
     output_padding = tuple(draw(st.integers(0, max(si, di) - 1)) for si, di in zip(s, d))
