@@ -8,24 +8,17 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import os
-import tempfile
-import threading
-
-import cffi
 import numpy as np
 
 from . import __version__, cache
 from .arrays import as_array, check_dtype, check_out, check_shape, native_contiguous
+from . import loader
 from .compiler import compile_shared, compiler_identity, flags
 from .plan import Plan
 from .render import kernel_name, render, templates_digest
 from .spec import Workload
 from .target import Target
 
-_FFI = cffi.FFI()
-_DECLARED: set[str] = set()
-_LOCK = threading.Lock()
 _LOADED: dict[tuple, "_Library"] = {}
 
 
@@ -52,28 +45,6 @@ def key_parts(workload: Workload, plan: Plan, target: Target, source: str) -> di
     }
 
 
-def _load(library: bytes, name: str):
-    """dlopen a private copy of verified library bytes, then unlink it (the mapping stays).
-
-    Loading a copy means nothing done to the cache file later -- rewritten, truncated,
-    replaced -- can change or crash a kernel this process has loaded. RTLD_NODELETE keeps
-    it (and the OpenMP runtime it links) mapped until the process ends: unloading libgomp
-    at exit while its worker threads still spin would crash the interpreter.
-    """
-    with _LOCK:
-        if name not in _DECLARED:
-            _FFI.cdef(f"void {name}(const void *x, const void *w, const void *bias, void *y);")
-            _DECLARED.add(name)
-    fd, path = tempfile.mkstemp(prefix="convgen-", suffix=".so")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(library)
-        handle = _FFI.dlopen(path, _FFI.RTLD_NOW | _FFI.RTLD_NODELETE)
-    finally:
-        os.unlink(path)
-    return getattr(handle, name)
-
-
 def _library(workload: Workload, plan: Plan, target: Target) -> _Library:
     memo_key = (workload, plan, target)
     found = _LOADED.get(memo_key)
@@ -93,7 +64,10 @@ def _library(workload: Workload, plan: Plan, target: Target) -> _Library:
                                f"right after it was built")
     else:
         cache.STATS.disk_hits += 1
-    loaded = _Library(key, source, _load(library, kernel_name(workload, plan)))
+    name = kernel_name(workload, plan)
+    loader.declare(f"void {name}(const void *x, const void *w, const void *bias, void *y);", name)
+    (function,) = loader.load(library, (name,))
+    loaded = _Library(key, source, function)
     _LOADED[memo_key] = loaded
     return loaded
 
@@ -140,7 +114,7 @@ class Kernel:
             out = np.empty(self.output_shape, dtype=self.dtype)
         else:
             check_out(out, self.output_shape, self.dtype, (x, weight, bias))
-        ffi = _FFI
+        ffi = loader.FFI
         self._library.function(ffi.from_buffer(x), ffi.from_buffer(weight),
                                ffi.NULL if bias is None else ffi.from_buffer(bias),
                                ffi.from_buffer(out, require_writable=True))

@@ -66,7 +66,7 @@ CHILD = textwrap.dedent("""
 OVERFLOW = textwrap.dedent("""
     import numpy as np
     import convgen
-    from convgen.kernel import _FFI
+    from convgen.loader import FFI as _FFI
     k = convgen.compile(convgen.ConvSpec.conv(2, 2, 2, 3), (1, 2, 6, 6), dtype="float64")
     short = np.ones((1, 2, 5, 6))
     w, b, y = np.ones((2, 2, 3, 3)), np.ones(2), np.empty(k.output_shape)
