@@ -44,6 +44,9 @@ def compile(layer, input_shape, dtype="float32", target="cpu", plan="auto") -> K
     spec = as_spec(layer)
     workload, unbatched = workload_of(spec, input_shape, dtype)
     resolved_target = get_target(target)
+    if resolved_target.lang == "cuda":   # the CUDA backend plans, renders and loads on its own
+        from .cuda import compile_cuda
+        return compile_cuda(workload, unbatched, resolved_target, plan)
     if plan == "auto":  # the common case: skip re-ranking, the planner memoises its choice
         chosen = planner.choose(workload, resolved_target)
     else:

@@ -167,7 +167,11 @@ def plan(spec, input_shape=None, dtype="float32", target="cpu", threads=None) ->
         workload = spec
     else:
         workload, _ = workload_of(spec, input_shape, dtype)
-    return choose(workload, get_target(target), threads)
+    resolved = get_target(target)
+    if resolved.lang == "cuda":
+        from .cuda import plan_cuda
+        return plan_cuda(workload, resolved)
+    return choose(workload, resolved, threads)
 
 
 def choose(workload: Workload, target: Target, threads: int | None = None) -> Plan:
