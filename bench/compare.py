@@ -1,24 +1,40 @@
-"""convgen vs torch on the public benchmark suite, side by side in one process.
+"""convgen vs torch (oneDNN) vs onnxruntime (MLAS) on the public suite, in one process.
 
-    python bench/compare.py [--suite PATH] [--threads N] [--layers NAME,...] [--dtype float32]
+    python bench/compare.py [--threads N] [--layers NAME,...] [--dtype float32] [--min-time S]
 
-Each layer runs through convgen (default plan) and torch (oneDNN) with the same thread
-count, interleaved rep by rep so that machine noise hits both alike, with preallocated
-outputs and warm threads; the table shows medians and the ratio torch/convgen (> 1 means
-convgen is faster), then the geometric mean of the ratios.
+Each layer runs through convgen (default plan, weights packed once), torch and, when it
+is installed (`pip install -e '.[bench]'`), onnxruntime on a one-node model of the same
+layer: same process, same thread count, interleaved rep by rep so machine noise hits all
+alike, preallocated outputs, warm threads. The table shows medians, GFLOP/s, the share of
+the machine's FMA peak (measured here by a generated micro-benchmark) and the ratios
+torch/convgen and onnxruntime/convgen (> 1: convgen is faster), then geometric means,
+the issue's targets, the cold compile time and the per-call Python overhead.
+
+torch's OpenMP workers spin (OMP_WAIT_POLICY=ACTIVE) so the anchor is at its best; torch
+and convgen share one libgomp in a process, so convgen runs so too here. The threading
+check at the end runs convgen alone in a child process with the default environment.
 """
 from __future__ import annotations
 
-import argparse
-import json
-import math
 import os
-import statistics
-import sys
-import time
-from pathlib import Path
 
-import numpy as np
+# Before torch (and its libgomp) loads: the anchors at their best.
+os.environ.setdefault("OMP_WAIT_POLICY", "ACTIVE")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import anchors  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SUITE = ROOT.parent / "shared" / "bench" / "suite_public.json"
@@ -29,58 +45,116 @@ def load_suite(path: Path, names: set[str] | None) -> list[dict]:
     return [layer for layer in layers if not names or layer["name"] in names]
 
 
-def interleaved_medians(run_a, run_b, min_time: float, min_reps: int = 5) -> tuple[float, float]:
-    run_a(), run_b()                      # warm-up: threads awake, pages touched
-    a, b, start = [], [], time.perf_counter()
-    while time.perf_counter() - start < min_time or len(a) < min_reps:
-        for runner, samples in ((run_a, a), (run_b, b)):
+def interleaved_medians(runners: list, min_time: float, min_reps: int = 7) -> list[float]:
+    for run in runners:   # warm-up: threads awake, pages touched, caches filled
+        run()
+    samples = [[] for _ in runners]
+    start = time.perf_counter()
+    while time.perf_counter() - start < min_time or len(samples[0]) < min_reps:
+        for run, times in zip(runners, samples):
             t0 = time.perf_counter()
-            runner()
-            samples.append(time.perf_counter() - t0)
-    return statistics.median(a), statistics.median(b)
+            run()
+            times.append(time.perf_counter() - t0)
+    return [statistics.median(times) for times in samples]
 
 
-def bench_layer(layer: dict, dtype: str, min_time: float, torch) -> dict:
+def bench_layer(layer: dict, dtype: str, min_time: float, ort_threads: int | None) -> dict:
     import convgen
     from convgen.layers import spec_from_op
 
     rng = np.random.default_rng(0)
-    args = dict(layer["args"])
-    spec = spec_from_op(layer["op"], layer["w"], True, layer["x"], **args)
-    t0 = time.perf_counter()
+    spec = spec_from_op(layer["op"], layer["w"], True, layer["x"], **layer["args"])
     kernel = convgen.compile(spec, tuple(layer["x"]), dtype=dtype)
-    compile_s = time.perf_counter() - t0
     x = rng.standard_normal(layer["x"]).astype(dtype)
     w = rng.standard_normal(layer["w"]).astype(dtype)
     b = rng.standard_normal(spec.out_channels).astype(dtype)
     out = np.empty(kernel.output_shape, dtype)
-    torch_call = _torch_call(torch, layer, x, w, b)
-    ours, theirs = interleaved_medians(lambda: kernel(x, w, b, out=out), torch_call, min_time)
-    reference = torch_call().numpy()
-    kernel(x, w, b, out=out)
+    packed = kernel.prepack(w)   # once per weight, as a deployed layer does
+    runners = [lambda: kernel(x, packed, b, out=out), anchors.torch_call(layer, x, w, b)]
+    if ort_threads:
+        runners.append(anchors.onnxruntime_call(layer, x, w, b, ort_threads, out.shape))
+    times = interleaved_medians(runners, min_time)
+    reference = runners[1]()
+    kernel(x, packed, b, out=out)
     err = float(np.linalg.norm(out - reference) / np.linalg.norm(reference))
     return {"name": layer["name"], "op": layer["op"], "gflop": kernel.flops / 1e9,
-            "convgen_s": ours, "torch_s": theirs, "compile_s": compile_s, "rel_err": err,
-            "plan": str(kernel.plan)}
+            "convgen_s": times[0], "torch_s": times[1],
+            "ort_s": times[2] if ort_threads else None, "rel_err": err,
+            "plan": str(kernel.plan), "dense_3x3_1x1": _counts_for_peak_target(layer)}
 
 
-def _torch_call(torch, layer, x, w, b):
-    import torch.nn.functional as F
-    args = dict(layer["args"])
-    xt, wt, bt = (torch.from_numpy(a) for a in (x, w, b))
-    mode = args.pop("padding_mode", "zeros")
-    if mode != "zeros":   # as nn.ConvNd does it: an explicit pad, then the conv
-        ndim = len(layer["w"]) - 2
-        module = getattr(torch.nn, f"Conv{ndim}d")(
-            layer["w"][1] * args.get("groups", 1), layer["w"][0], tuple(layer["w"][2:]),
-            padding_mode=mode, dtype=wt.dtype, **args)
-        with torch.no_grad():
-            module.weight.copy_(wt)
-            module.bias.copy_(bt)
-        return lambda: module(xt).detach()
-    op = getattr(F, layer["op"])
-    with torch.no_grad():
-        return lambda: op(xt, wt, bt, **args)
+def _counts_for_peak_target(layer: dict) -> bool:
+    """The issue's peak target: 3x3 and 1x1 (forward) layers with >= 64 channels."""
+    kernel = tuple(layer["w"][2:])
+    dense = layer["args"].get("groups", 1) == 1 and not layer["op"].startswith("conv_transpose")
+    return dense and kernel in ((3, 3), (1, 1)) and min(layer["w"][:2]) >= 64
+
+
+def geomean(values: list[float]) -> float:
+    return math.exp(sum(map(math.log, values)) / len(values))
+
+
+def print_header() -> None:
+    print(f"{'layer':<20}{'GFLOP':>7}{'convgen ms':>11}{'GFLOP/s':>8}{'%peak':>6}"
+          f"{'torch ms':>10}{'ort ms':>9}{'torch/cg':>9}{'ort/cg':>8}{'rel err':>9}  plan")
+
+
+def print_targets(rows: list[dict], peak: float) -> None:
+    vs_torch = [r["torch_s"] / r["convgen_s"] for r in rows]
+    print(f"\ngeometric mean torch/convgen: {geomean(vs_torch):.2f}x "
+          f"(min {min(vs_torch):.2f}x, max {max(vs_torch):.2f}x)")
+    with_ort = [r for r in rows if r["ort_s"]]
+    vs_ort = [r["ort_s"] / r["convgen_s"] for r in with_ort]
+    if vs_ort:
+        print(f"geometric mean onnxruntime/convgen: {geomean(vs_ort):.2f}x "
+              f"(min {min(vs_ort):.2f}x, max {max(vs_ort):.2f}x)")
+    dense = [r for r in rows if r["dense_3x3_1x1"]]
+    shares = {r["name"]: r["gflop"] / r["convgen_s"] / peak for r in dense}
+    checks = [("geomean vs torch >= 1.5x", geomean(vs_torch) >= 1.5),
+              ("no layer below 0.9x torch", min(vs_torch) >= 0.9)]
+    if vs_ort:
+        checks.append(("geomean vs onnxruntime >= 1.2x", geomean(vs_ort) >= 1.2))
+    if shares:
+        checks.append((f"3x3/1x1 layers >= 64 ch at >= 70% of peak "
+                       f"({', '.join(f'{n} {s:.0%}' for n, s in shares.items())})",
+                       min(shares.values()) >= 0.7))
+    print("targets (issue 3):")
+    for text, ok in checks:
+        print(f"  [{'met' if ok else 'MISSED'}] {text}")
+
+
+def compile_and_call_costs(dtype: str) -> None:
+    """A cold compile (empty cache) and the Python overhead of a cached call."""
+    import convgen
+    from convgen import ConvSpec
+    saved = os.environ.get("CONVGEN_CACHE_DIR")
+    with tempfile.TemporaryDirectory() as empty:
+        os.environ["CONVGEN_CACHE_DIR"] = empty
+        spec = ConvSpec.conv(2, 64, 64, 3, padding=1, bias=True)
+        t0 = time.perf_counter()
+        kernel = convgen.compile(spec, (1, 64, 57, 59), dtype=dtype)   # a shape nothing else uses
+        cold = time.perf_counter() - t0
+    if saved is None:
+        del os.environ["CONVGEN_CACHE_DIR"]
+    else:
+        os.environ["CONVGEN_CACHE_DIR"] = saved
+    print(f"\ncold compile of one kernel (plan, render, cc, load): {cold:.2f} s  [{kernel.plan}]")
+    tiny = convgen.compile(ConvSpec.conv(1, 1, 1, 1), (1, 1, 1), dtype=dtype)
+    x, w, b = (np.ones(s, dtype) for s in ((1, 1, 1), (1, 1, 1), (1,)))
+    out, packed = np.empty((1, 1, 1), dtype), tiny.prepack(w)
+    calls = {"kernel(x, packed, b, out=)": lambda: tiny(x, packed, b, out=out),
+             "kernel(x, w, b)": lambda: tiny(x, w, b),
+             "convgen.conv1d(x, w, b)": lambda: convgen.conv1d(x, w, b)}
+    for name, call in calls.items():
+        call()
+        best = []
+        for _ in range(7):
+            t0 = time.perf_counter()
+            for _ in range(2000):
+                call()
+            best.append((time.perf_counter() - t0) / 2000)
+        print(f"cached call, a 1-element layer (all of it Python overhead): {name}: "
+              f"{statistics.median(best) * 1e6:.1f} us")
 
 
 def main(argv=None) -> int:
@@ -89,29 +163,50 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--layers", default="", help="comma-separated layer names (default: all)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    parser.add_argument("--min-time", type=float, default=0.5, help="seconds per layer")
+    parser.add_argument("--min-time", type=float, default=0.6, help="seconds per layer")
+    parser.add_argument("--no-onnxruntime", action="store_true")
+    parser.add_argument("--skip-threading-check", action="store_true")
     args = parser.parse_args(argv)
     os.environ["CONVGEN_NUM_THREADS"] = str(args.threads)
-    import torch
-    torch.set_num_threads(args.threads)
-    torch.set_grad_enabled(False)
+    torch = anchors.setup_torch(args.threads)
+    ort_threads = None if args.no_onnxruntime or not anchors.have_onnxruntime() else args.threads
+    from convgen.peak import fma_peak_gflops
+    peak = fma_peak_gflops(args.threads)
     layers = load_suite(args.suite, set(filter(None, args.layers.split(","))))
-    print(f"convgen vs torch {torch.__version__}: {len(layers)} layers, {args.dtype}, "
-          f"{args.threads} threads, medians of interleaved runs\n")
-    print(f"{'layer':<20}{'GFLOP':>8}{'convgen ms':>12}{'GFLOP/s':>9}{'torch ms':>10}"
-          f"{'GFLOP/s':>9}{'torch/convgen':>15}{'rel err':>10}")
-    ratios = []
+    print(f"convgen vs torch {torch.__version__}"
+          f"{' vs onnxruntime ' + anchors.onnxruntime_version() if ort_threads else ''}: "
+          f"{len(layers)} layers, {args.dtype}, {args.threads} threads, medians of interleaved runs")
+    print(f"measured float32 FMA peak, {args.threads} threads: {peak:.0f} GFLOP/s\n")
+    print_header()
+    rows = []
     for layer in layers:
-        r = bench_layer(layer, args.dtype, args.min_time, torch)
-        ratio = r["torch_s"] / r["convgen_s"]
-        ratios.append(ratio)
-        print(f"{r['name']:<20}{r['gflop']:8.3f}{r['convgen_s'] * 1e3:12.3f}"
-              f"{r['gflop'] / r['convgen_s']:9.1f}{r['torch_s'] * 1e3:10.3f}"
-              f"{r['gflop'] / r['torch_s']:9.1f}{ratio:14.2f}x{r['rel_err']:10.1e}", flush=True)
-    geomean = math.exp(sum(map(math.log, ratios)) / len(ratios))
-    print(f"\ngeometric mean torch/convgen: {geomean:.2f}x  "
-          f"(min {min(ratios):.2f}x, max {max(ratios):.2f}x)")
+        rows.append(bench_layer(layer, args.dtype, args.min_time, ort_threads))
+        print_row(rows[-1], peak)
+    print_targets(rows, peak)
+    compile_and_call_costs(args.dtype)
+    if not args.skip_threading_check:
+        threading_check(args.threads)
     return 0
+
+
+def print_row(row: dict, peak: float) -> None:
+    rate = row["gflop"] / row["convgen_s"]
+    ort = f"{row['ort_s'] * 1e3:9.3f}" if row["ort_s"] else f"{'-':>9}"
+    ort_ratio = f"{row['ort_s'] / row['convgen_s']:7.2f}x" if row["ort_s"] else f"{'-':>8}"
+    print(f"{row['name']:<20}{row['gflop']:7.3f}{row['convgen_s'] * 1e3:11.3f}{rate:8.1f}"
+          f"{100 * rate / peak:5.0f}%{row['torch_s'] * 1e3:10.3f}{ort}"
+          f"{row['torch_s'] / row['convgen_s']:8.2f}x{ort_ratio}{row['rel_err']:9.1e}  {row['plan']}",
+          flush=True)
+
+
+def threading_check(threads: int) -> None:
+    """convgen alone, default environment (no OMP_* variables): back-to-back calls and
+    calls after idle gaps, to show there is no wake-up cliff."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OMP_", "GOMP_"))}
+    env["CONVGEN_NUM_THREADS"] = str(threads)
+    done = subprocess.run([sys.executable, str(Path(__file__).with_name("threading_check.py"))],
+                          env=env, capture_output=True, text=True, check=False)
+    print("\n" + (done.stdout + done.stderr).strip())
 
 
 if __name__ == "__main__":

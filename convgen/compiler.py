@@ -13,7 +13,10 @@ from pathlib import Path
 
 from .target import Target
 
-BASE_FLAGS = ("-O3", "-std=c11", "-fPIC", "-shared", "-fopenmp", "-fno-math-errno",
+# -ffp-contract=fast: a*b+c becomes one FMA (ISO C mode would otherwise keep two roundings
+# and half the throughput); it only ever makes a sum more accurate.
+BASE_FLAGS = ("-O3", "-std=c11", "-ffp-contract=fast", "-fPIC", "-shared", "-fopenmp",
+              "-fno-math-errno",
               "-Wall", "-Werror=implicit-function-declaration")
 SANITIZE_FLAGS = ("-fsanitize=address,undefined", "-fno-sanitize-recover=all",
                   "-fno-omit-frame-pointer", "-g")

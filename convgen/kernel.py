@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import threading
+
 import numpy as np
 
 from . import __version__, cache
 from .arrays import as_array, check_dtype, check_out, check_shape, native_contiguous
 from . import loader
 from .compiler import compile_shared, compiler_identity, flags
-from .plan import Plan
+from .plan import Plan, buffers
 from .render import kernel_name, render, templates_digest
 from .spec import Workload
 from .target import Target
@@ -26,7 +28,8 @@ _LOADED: dict[tuple, "_Library"] = {}
 class _Library:
     key: str
     source: str
-    function: object
+    run: object    # run(x, packed_weights, bias, y, workspace)
+    pack: object   # pack(weight, packed_weights)
 
 
 def key_parts(workload: Workload, plan: Plan, target: Target, source: str) -> dict:
@@ -65,11 +68,40 @@ def _library(workload: Workload, plan: Plan, target: Target) -> _Library:
     else:
         cache.STATS.disk_hits += 1
     name = kernel_name(workload, plan)
-    loader.declare(f"void {name}(const void *x, const void *w, const void *bias, void *y);", name)
-    (function,) = loader.load(library, (name,))
-    loaded = _Library(key, source, function)
+    loader.declare(f"void {name}(const void *x, const void *wp, const void *bias, void *y, "
+                   f"void *work);", name)
+    loader.declare(f"void {name}_pack(const void *w, void *wp);", f"{name}_pack")
+    run, pack = loader.load(library, (name, f"{name}_pack"))
+    loaded = _Library(key, source, run, pack)
     _LOADED[memo_key] = loaded
     return loaded
+
+
+class PackedWeights:
+    """Weights packed once into the order one kernel reads them (``Kernel.prepack``).
+
+    Pass it in place of the weight array to skip the per-call packing. It holds a copy:
+    changing the original array afterwards does not change it.
+    """
+
+    def __init__(self, kernel_key: str, packed: np.ndarray):
+        self.kernel_key, self.packed = kernel_key, packed
+
+    def __repr__(self) -> str:
+        return f"<convgen.PackedWeights {self.packed.size} elements for kernel {self.kernel_key[:12]}>"
+
+
+_SCRATCH = threading.local()   # per Python thread: one growing buffer shared by all kernels
+
+
+def _scratch(elements: int, dtype: np.dtype) -> np.ndarray:
+    """Scratch memory reused across calls, so calls never page-fault fresh memory."""
+    key = f"buf_{dtype.name}"
+    buf = getattr(_SCRATCH, key, None)
+    if buf is None or buf.size < elements:
+        buf = np.empty(max(elements, 1), dtype=dtype)
+        setattr(_SCRATCH, key, buf)
+    return buf
 
 
 class Kernel:
@@ -78,6 +110,7 @@ class Kernel:
     def __init__(self, workload: Workload, plan: Plan, target: Target, unbatched: bool = False):
         self.workload, self.plan, self.target, self.unbatched = workload, plan, target, unbatched
         self._library = _library(workload, plan, target)
+        self._buffers = buffers(workload, plan)
         self.dtype = np.dtype(workload.dtype)
         drop = 1 if unbatched else 0
         self.input_shape = workload.input_shape[drop:]
@@ -92,14 +125,33 @@ class Kernel:
         return (f"<convgen.Kernel {self.spec.op} input={self.input_shape} "
                 f"output={self.output_shape} {self.workload.dtype} [{self.plan}]>")
 
+    def prepack(self, weight) -> PackedWeights:
+        """Pack ``weight`` once for repeated calls: ``kernel(x, kernel.prepack(w), b)``."""
+        weight = self._checked_weight(weight)
+        packed = np.empty(self._buffers.packed_weights, dtype=self.dtype)
+        ffi = loader.FFI
+        self._library.pack(ffi.from_buffer(weight), ffi.from_buffer(packed, require_writable=True))
+        packed.setflags(write=False)
+        return PackedWeights(self.key, packed)
+
+    def _checked_weight(self, weight) -> np.ndarray:
+        weight = as_array(weight, "weight")
+        check_dtype(weight, "weight", self.dtype, "the input's dtype")
+        check_shape(weight, "weight", self.spec.weight_shape, f"{self.spec.op}'s weight layout")
+        return native_contiguous(weight)
+
     def __call__(self, x, weight, bias=None, out=None) -> np.ndarray:
         spec = self.spec
         x = as_array(x, "input")
         check_dtype(x, "input", self.dtype, "the kernel's dtype")
         check_shape(x, "input", self.input_shape, "the shape the kernel was compiled for")
-        weight = as_array(weight, "weight")
-        check_dtype(weight, "weight", self.dtype, "the input's dtype")
-        check_shape(weight, "weight", spec.weight_shape, f"{spec.op}'s weight layout")
+        if isinstance(weight, PackedWeights):
+            if weight.kernel_key != self.key:
+                raise ValueError("weight: these PackedWeights were packed by another kernel; "
+                                 "pack them with this kernel's prepack()")
+            packed = None
+        else:
+            weight = self._checked_weight(weight)
         if spec.bias:
             if bias is None:
                 raise ValueError("bias is required: this kernel was compiled with bias=True")
@@ -109,13 +161,23 @@ class Kernel:
             bias = native_contiguous(bias)
         elif bias is not None:
             raise ValueError("bias must be None: this kernel was compiled with bias=False")
-        x, weight = native_contiguous(x), native_contiguous(weight)
+        x = native_contiguous(x)
         if out is None:
             out = np.empty(self.output_shape, dtype=self.dtype)
         else:
-            check_out(out, self.output_shape, self.dtype, (x, weight, bias))
+            check_out(out, self.output_shape, self.dtype,
+                      (x, bias) if isinstance(weight, PackedWeights) else (x, weight, bias))
         ffi = loader.FFI
-        self._library.function(ffi.from_buffer(x), ffi.from_buffer(weight),
-                               ffi.NULL if bias is None else ffi.from_buffer(bias),
-                               ffi.from_buffer(out, require_writable=True))
+        sizes = self._buffers
+        scratch = _scratch(sizes.workspace + (0 if isinstance(weight, PackedWeights)
+                                              else sizes.packed_weights), self.dtype)
+        work = ffi.from_buffer(scratch, require_writable=True)
+        if isinstance(weight, PackedWeights):
+            packed = ffi.from_buffer(weight.packed)
+        else:
+            packed = ffi.cast("void *", ffi.cast("char *", work) + sizes.workspace * self.dtype.itemsize)
+            self._library.pack(ffi.from_buffer(weight), packed)
+        self._library.run(ffi.from_buffer(x), packed,
+                          ffi.NULL if bias is None else ffi.from_buffer(bias),
+                          ffi.from_buffer(out, require_writable=True), work)
         return out

@@ -1,40 +1,60 @@
 """Plans and the planner.
 
-A ``Plan`` says how one workload is computed: the algorithm (which template), the order
-of the outer loops, the output-channel block held in registers, and how the outer loops
-are split across threads. The planner enumerates every legal plan for a workload and
-ranks them with a small analytical cost model; ``explain`` shows the ranking.
+A ``Plan`` says how one workload is computed: the algorithm (which template), the
+register tile (output channels x output pixels held in accumulators), the vector width,
+the order of the parallel outer loops and the thread count. The planner enumerates every
+legal plan for a workload and ranks them with an analytical cost model (vector FMAs and
+loads per register tile, lanes wasted on tails, bytes moved through the cache levels,
+thread balance); ``explain`` shows the ranking.
+
+Algorithms (each a template under ``templates/cpu/``):
+
+- ``implicit_gemm``: output channels in vector lanes, a run of output pixels broadcast
+  from the (padded) input; pre-packed weights; every op, every stride; transposed convs
+  by stride-phase decomposition (``lower.py``).
+- ``direct_simd``: output pixels of a row in vector lanes, a block of output channels
+  broadcast from pre-packed weights; where the row's input is contiguous (unit stride
+  along the innermost axis). Depthwise and small groups run here.
+- ``direct`` / ``transposed_gather``: the scalar gather kernels, exact reference paths
+  that cover everything and that the planner ranks last.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import os
 from dataclasses import dataclass
-from itertools import permutations
 
-from .spec import AXIS_NAMES, Workload, workload_of
+from .lower import Lowering, lower
+from .machine import Machine, host
+from .spec import Workload, workload_of
 from .target import Target, get_target
 
-ALGORITHMS = ("direct", "transposed_gather")
-MAX_OC_BLOCK = 16   # accumulators per pixel: beyond this they spill out of registers
-# Calling into an OpenMP team costs a few microseconds; below this much work one thread wins.
-_PARALLEL_OVERHEAD_S = 5e-6
-_SCALAR_MACS_PER_S = 6.0e9   # per thread: what the gather kernel reaches here (about 12 GMAC/s on 2 threads)
+SIMD_ALGORITHMS = ("implicit_gemm", "direct_simd")
+GATHER_ALGORITHMS = ("direct", "transposed_gather")
+ALGORITHMS = SIMD_ALGORITHMS + GATHER_ALGORITHMS
+LOOP_ORDERS = ("oc_outer", "pixel_outer")
+MAX_GATHER_OC_BLOCK = 16
+_PARALLEL_OVERHEAD_S = 4e-6      # one OpenMP fork/join with warm (spinning) workers
+_CALL_OVERHEAD_S = 2e-6
+_GATHER_MACS_PER_S = 6.0e9       # per thread: what the scalar gather kernel reaches here
+_DTYPE_BYTES = {"float32": 4, "float64": 8}
 
 
 @dataclass(frozen=True)
 class Plan:
     algorithm: str
-    loop_order: tuple[str, ...]   # outer loops, outermost first: "n", "oc_block", spatial axes
-    oc_block: int                 # output channels accumulated together per output pixel
-    parallel_loops: int           # the outermost loops collapsed and split across threads
+    oc_tile: int         # output channels per register tile
+    pixel_tile: int      # output pixels per register tile (along the innermost axis)
+    vector: int          # lanes per vector register (1: scalar code)
+    loop_order: str      # "oc_outer": channel blocks outside pixel rows; "pixel_outer": inside
     threads: int
 
+    _FIELDS = ("algorithm", "oc_tile", "pixel_tile", "vector", "loop_order", "threads")
+
     def __str__(self) -> str:
-        return (f"algorithm={self.algorithm} loop_order={','.join(self.loop_order)} "
-                f"oc_block={self.oc_block} parallel_loops={self.parallel_loops} "
-                f"threads={self.threads}")
+        return " ".join(f"{name}={getattr(self, name)}" for name in self._FIELDS)
 
     @classmethod
     def parse(cls, text: str) -> "Plan":
@@ -45,15 +65,13 @@ class Plan:
             if not sep:
                 raise ValueError(f"plan: expected key=value, got {item!r} in {text!r}")
             fields[key] = value
-        expected = {"algorithm", "loop_order", "oc_block", "parallel_loops", "threads"}
-        if set(fields) != expected:
-            raise ValueError(f"plan: expected the fields {sorted(expected)}, got {sorted(fields)}")
+        if set(fields) != set(cls._FIELDS):
+            raise ValueError(f"plan: expected the fields {sorted(cls._FIELDS)}, got {sorted(fields)}")
         try:
-            return cls(fields["algorithm"], tuple(fields["loop_order"].split(",")),
-                       int(fields["oc_block"]), int(fields["parallel_loops"]),
-                       int(fields["threads"]))
+            numbers = {k: int(fields[k]) for k in ("oc_tile", "pixel_tile", "vector", "threads")}
         except ValueError as exc:
             raise ValueError(f"plan: malformed number in {text!r}") from exc
+        return cls(fields["algorithm"], loop_order=fields["loop_order"], **numbers)
 
 
 def default_threads() -> int:
@@ -69,34 +87,100 @@ def default_threads() -> int:
         return os.cpu_count() or 1
 
 
+def registers(target: Target) -> int:
+    """Vector registers the micro-kernel may fill (AVX-512 has 32, AVX2 and SSE 16)."""
+    return 32 if target.isa == "avx512" else 16
+
+
+def native_vector(target: Target, dtype: str) -> int:
+    return target.vector_bytes // _DTYPE_BYTES[dtype]
+
+
 def algorithms_for(workload: Workload) -> tuple[str, ...]:
-    return ("transposed_gather",) if workload.spec.transposed else ("direct",)
+    spec = workload.spec
+    found = ["implicit_gemm"]
+    if spec.stride[-1] == 1:   # a row's inputs and outputs are contiguous
+        found.append("direct_simd")
+    found.append("transposed_gather" if spec.transposed else "direct")
+    return tuple(found)
 
 
-def loop_extents(plan_loops: tuple[str, ...], workload: Workload, oc_block: int) -> dict[str, int]:
-    extents = {"n": workload.input_shape[0], "oc_block": workload.spec.out_channels // oc_block}
-    extents.update(zip(AXIS_NAMES[workload.spec.ndim], workload.out_spatial))
-    return {name: extents[name] for name in plan_loops}
+def lowering_for(workload: Workload, plan: Plan) -> Lowering:
+    """The lowering a plan's kernel computes (direct_simd reads whole vectors past a row's end)."""
+    return lower(workload, plan.vector if plan.algorithm == "direct_simd" else 1)
 
 
-def check_plan(plan: Plan, workload: Workload) -> None:
-    """Refuse a plan that cannot compute this workload, saying why."""
+@dataclass(frozen=True)
+class Buffers:
+    """Elements of the buffers a kernel needs besides its operands."""
+    packed_weights: int   # the weights in the order the kernel reads them
+    workspace: int        # scratch: the padded input
+
+
+def buffers(workload: Workload, plan: Plan) -> Buffers:
+    spec = workload.spec
+    if plan.algorithm in GATHER_ALGORITHMS:
+        return Buffers(math.prod(spec.weight_shape), 0)
+    low = lowering_for(workload, plan)
+    per_group = sum(oc_blocks(workload, plan) * spec.cin_per_group * p.taps * plan.oc_tile
+                    for p in low.phases)
+    padded = workload.input_shape[0] * spec.in_channels * low.padded_spatial if low.copy_input else 0
+    return Buffers(spec.groups * per_group, padded)
+
+
+def oc_blocks(workload: Workload, plan: Plan) -> int:
+    """Register tiles per group along the output channels (the last one may be partial)."""
+    return -(-workload.spec.cout_per_group // plan.oc_tile)
+
+
+def check_plan(plan: Plan, workload: Workload, target: Target) -> None:
+    """Refuse a plan that cannot compute this workload on this target, saying why."""
     spec = workload.spec
     if plan.algorithm not in algorithms_for(workload):
-        raise ValueError(f"plan: algorithm {plan.algorithm!r} does not apply to {spec.op}; "
+        raise ValueError(f"plan: algorithm {plan.algorithm!r} does not apply to this {spec.op}; "
                          f"choose one of {algorithms_for(workload)}")
-    loops = ("n", "oc_block", *AXIS_NAMES[spec.ndim])
-    if sorted(plan.loop_order) != sorted(loops) or plan.loop_order[0] != "n":
-        raise ValueError(f"plan: loop_order must be 'n' followed by a permutation of {loops[1:]}, "
-                         f"got {plan.loop_order}")
-    if plan.oc_block < 1 or spec.cout_per_group % plan.oc_block:
-        raise ValueError(f"plan: oc_block={plan.oc_block} must divide the output channels per "
-                         f"group ({spec.cout_per_group})")
-    if not 1 <= plan.parallel_loops <= len(plan.loop_order):
-        raise ValueError(f"plan: parallel_loops must be in 1..{len(plan.loop_order)}, "
-                         f"got {plan.parallel_loops}")
+    if plan.loop_order not in LOOP_ORDERS:
+        raise ValueError(f"plan: loop_order must be one of {LOOP_ORDERS}, got {plan.loop_order!r}")
     if plan.threads < 1:
         raise ValueError(f"plan: threads must be positive, got {plan.threads}")
+    if min(plan.oc_tile, plan.pixel_tile, plan.vector) < 1:
+        raise ValueError(f"plan: oc_tile, pixel_tile and vector must be positive, got {plan}")
+    if plan.algorithm in GATHER_ALGORITHMS:
+        _check_gather(plan, spec)
+    else:
+        _check_simd(plan, workload, target)
+
+
+def _check_gather(plan: Plan, spec) -> None:
+    if plan.vector != 1 or plan.pixel_tile != 1:
+        raise ValueError(f"plan: the scalar {plan.algorithm} kernel takes vector=1 pixel_tile=1")
+    if plan.oc_tile > MAX_GATHER_OC_BLOCK or spec.cout_per_group % plan.oc_tile:
+        raise ValueError(f"plan: oc_tile={plan.oc_tile} must divide the output channels per "
+                         f"group ({spec.cout_per_group}) and be at most {MAX_GATHER_OC_BLOCK}")
+
+
+def _check_simd(plan: Plan, workload: Workload, target: Target) -> None:
+    native = native_vector(target, workload.dtype)
+    if plan.vector not in (native, native // 2) or plan.vector < 1:
+        raise ValueError(f"plan: vector must be {native} (or {native // 2}) lanes of "
+                         f"{workload.dtype} on target {target.name}, got {plan.vector}")
+    regs = registers(target) * (native // plan.vector)   # half-width vectors: twice as many
+    if plan.algorithm == "implicit_gemm":
+        if plan.oc_tile % plan.vector:
+            raise ValueError(f"plan: implicit_gemm's oc_tile ({plan.oc_tile}) must be a "
+                             f"multiple of vector ({plan.vector})")
+        accumulators, loads = plan.pixel_tile * (plan.oc_tile // plan.vector), plan.oc_tile // plan.vector
+    else:
+        if plan.pixel_tile % plan.vector:
+            raise ValueError(f"plan: direct_simd's pixel_tile ({plan.pixel_tile}) must be a "
+                             f"multiple of vector ({plan.vector})")
+        if workload.spec.cout_per_group % plan.oc_tile:
+            raise ValueError(f"plan: direct_simd's oc_tile ({plan.oc_tile}) must divide the "
+                             f"output channels per group ({workload.spec.cout_per_group})")
+        accumulators, loads = plan.oc_tile * (plan.pixel_tile // plan.vector), plan.pixel_tile // plan.vector
+    if accumulators + loads + 1 > regs:
+        raise ValueError(f"plan: a {plan.oc_tile}x{plan.pixel_tile} tile needs "
+                         f"{accumulators + loads + 1} vector registers; the target has {regs}")
 
 
 @dataclass(frozen=True)
@@ -109,53 +193,134 @@ class Candidate:
 def candidates(workload: Workload, target: Target, threads: int | None = None) -> list[Candidate]:
     """Every legal plan for the workload, cheapest first."""
     threads = threads or default_threads()
-    spec = workload.spec
-    spatial = AXIS_NAMES[spec.ndim]
     found = []
-    for algorithm in algorithms_for(workload):
-        for oc_block in _oc_blocks(spec.cout_per_group):
-            for inner in _loop_orders(spatial):
-                order = ("n", *inner)
-                for parallel_loops in (1, 2):
-                    for team in sorted({1, threads}):
-                        plan = Plan(algorithm, order, oc_block, parallel_loops, team)
-                        cost, why = _cost(plan, workload, target)
-                        found.append(Candidate(plan, cost, why))
+    for plan in _enumerate(workload, target, threads):
+        try:
+            check_plan(plan, workload, target)
+        except ValueError:
+            continue
+        cost, why = _cost(plan, workload, target, host())
+        found.append(Candidate(plan, cost, why))
     found.sort(key=lambda c: (c.cost_s, str(c.plan)))
     return found
 
 
-def _oc_blocks(cout_per_group: int) -> list[int]:
-    # Blocks never straddle groups, so they divide the group's channels (33 -> 1, 3, 11).
-    return [b for b in range(1, min(cout_per_group, MAX_OC_BLOCK) + 1) if cout_per_group % b == 0]
+def _enumerate(workload: Workload, target: Target, threads: int):
+    spec = workload.spec
+    teams = sorted({1, threads})
+    vl = native_vector(target, workload.dtype)
+    regs = registers(target)
+    for algorithm in algorithms_for(workload):
+        if algorithm in GATHER_ALGORITHMS:
+            tiles = [(b, 1, 1) for b in range(1, MAX_GATHER_OC_BLOCK + 1) if spec.cout_per_group % b == 0]
+        elif algorithm == "implicit_gemm":
+            wide = -(-spec.cout_per_group // vl)
+            tiles = [(v * vl, r, vl) for v in range(1, min(wide, 4) + 1)
+                     for r in range(1, (regs - v - 1) // v + 1)]
+        else:
+            tiles = [(o, nv * vl, vl) for o in range(1, min(spec.cout_per_group, 16) + 1)
+                     if spec.cout_per_group % o == 0
+                     for nv in range(1, 9) if o * nv + nv + 1 <= regs]
+        for oc_tile, pixel_tile, vector in tiles:
+            for order in LOOP_ORDERS:
+                for team in teams:
+                    yield Plan(algorithm, oc_tile, pixel_tile, vector, order, team)
 
 
-def _loop_orders(spatial: tuple[str, ...]):
-    # Spatial axes stay in memory order (outer to inner); the channel-block loop goes
-    # before them (weights stay hot) or after them (the input window stays hot).
-    yield ("oc_block", *spatial)
-    yield (*spatial, "oc_block")
-
-
-def _cost(plan: Plan, workload: Workload, target: Target) -> tuple[float, str]:
-    """Predicted seconds: MACs at a per-thread rate, scaled by load traffic and balance."""
-    extents = loop_extents(plan.loop_order, workload, plan.oc_block)
-    work_items = math.prod(list(extents.values())[: plan.parallel_loops])
-    per_thread = max(1, math.ceil(work_items / plan.threads))
-    balance = max(work_items, 1) / (per_thread * plan.threads)
-    # Each input tap loaded is reused by oc_block accumulators; the weight walk adds a load too.
-    loads_per_mac = 1.0 / plan.oc_block + 1.0
-    # Channel blocks innermost re-read the same input window from L1: a little cheaper.
-    locality = 0.95 if plan.loop_order[-1] == "oc_block" else 1.0
-    # Wider register blocks spill past what the ISA holds.
-    spill = 1.0 + max(0, plan.oc_block - (16 if target.isa == "avx512" else 8)) * 0.05
-    compute = workload.macs * loads_per_mac * locality * spill / _SCALAR_MACS_PER_S
-    seconds = compute / (plan.threads * balance)
+def _cost(plan: Plan, workload: Workload, target: Target, machine: Machine) -> tuple[float, str]:
+    if plan.algorithm in GATHER_ALGORITHMS:
+        seconds = workload.macs / (_GATHER_MACS_PER_S * plan.threads) + _CALL_OVERHEAD_S
+        if plan.threads > 1:
+            seconds += _PARALLEL_OVERHEAD_S
+        return seconds, f"scalar gather: {workload.macs} MACs at {_GATHER_MACS_PER_S:.0e}/s per thread"
+    low = lowering_for(workload, plan)
+    tile_cost = _gemm_phase_cost if plan.algorithm == "implicit_gemm" else _simd_phase_cost
+    cycles, items_total, useful, issued = 0.0, 0, 0, 0
+    for phase in low.phases:
+        items, item_cycles, lanes_used, lanes_issued = tile_cost(plan, workload, phase, machine)
+        cycles += math.ceil(items / plan.threads) * item_cycles
+        items_total += items
+        useful, issued = useful + lanes_used, issued + lanes_issued
+    seconds = cycles / machine.clock_hz + _setup_seconds(plan, workload, low, machine) + _CALL_OVERHEAD_S
     if plan.threads > 1:
-        seconds += _PARALLEL_OVERHEAD_S * plan.threads
-    why = (f"{workload.macs} MACs, {loads_per_mac:.2f} loads/MAC, {work_items} parallel items "
-           f"over {plan.threads} threads (balance {balance:.2f})")
+        seconds += _PARALLEL_OVERHEAD_S
+    why = (f"{items_total} parallel items over {plan.threads} threads, "
+           f"{useful / max(issued, 1):.0%} of vector lanes useful")
     return seconds, why
+
+
+def _level_bandwidth(working_set: int, machine: Machine) -> float:
+    """Bytes per cycle from the cache level a working set of this size lives in."""
+    if working_set <= machine.l1d_bytes // 2:
+        return 64.0 * machine.loads_per_cycle
+    if working_set <= machine.l2_bytes // 2:
+        return machine.l2_bytes_per_cycle
+    if working_set <= machine.l3_bytes // 2:
+        return machine.l3_bytes_per_cycle
+    return machine.dram_bytes_per_s / machine.clock_hz
+
+
+def _gemm_phase_cost(plan: Plan, workload: Workload, phase, machine: Machine):
+    """implicit_gemm: per K step, V weight vectors loaded, R pixels broadcast, R*V FMAs."""
+    spec, size = workload.spec, _DTYPE_BYTES[workload.dtype]
+    v, r = plan.oc_tile // plan.vector, plan.pixel_tile
+    k_steps = spec.cin_per_group * phase.taps
+    block = plan.oc_tile * k_steps * size      # the weights one tile walks through
+    weights_ws = block if plan.loop_order == "oc_outer" else block * oc_blocks(workload, plan) * spec.groups
+    bandwidth = _level_bandwidth(weights_ws, machine)
+
+    def tile(pixels: int) -> float:
+        fma = pixels * v / machine.fma_per_cycle
+        loads = (pixels + v) / machine.loads_per_cycle
+        weights = v * plan.vector * size / bandwidth
+        store = pixels * plan.oc_tile * 0.5 / k_steps if k_steps else pixels * plan.oc_tile
+        return k_steps * max(fma, loads, weights) + store * k_steps + 20
+
+    inner = phase.axes[-1]
+    full, tail = divmod(inner.count, r)
+    row_cycles = full * tile(r) + (tile(tail) if tail else 0)
+    rows = phase.outputs // max(inner.count, 1)
+    items = workload.input_shape[0] * spec.groups * oc_blocks(workload, plan) * rows
+    used = phase.outputs * spec.out_channels * workload.input_shape[0]
+    issued = items * inner.count * plan.oc_tile
+    return items, row_cycles, used, issued
+
+
+def _simd_phase_cost(plan: Plan, workload: Workload, phase, machine: Machine):
+    """direct_simd: per K step, NV input vectors loaded, OCB weights broadcast, OCB*NV FMAs."""
+    spec, size = workload.spec, _DTYPE_BYTES[workload.dtype]
+    ocb, nv = plan.oc_tile, plan.pixel_tile // plan.vector
+    k_steps = spec.cin_per_group * phase.taps
+    inner = phase.axes[-1]
+    row_bytes = -(-inner.count // plan.vector) * plan.vector * size
+    rows_in_window = math.prod(len(a.taps) for a in phase.axes[:-1])
+    window = spec.cin_per_group * rows_in_window * row_bytes
+    inputs_ws = window if plan.loop_order == "pixel_outer" else window * 8
+    bandwidth = _level_bandwidth(inputs_ws, machine)
+
+    def tile(vectors: int) -> float:
+        fma = ocb * vectors / machine.fma_per_cycle
+        loads = (ocb + vectors) / machine.loads_per_cycle
+        inputs = vectors * plan.vector * size / bandwidth
+        return k_steps * max(fma, loads, inputs) + ocb * vectors + 20
+
+    vectors = -(-inner.count // plan.vector)
+    full, tail = divmod(vectors, nv)
+    row_cycles = full * tile(nv) + (tile(tail) if tail else 0)
+    rows = phase.outputs // max(inner.count, 1)
+    items = workload.input_shape[0] * spec.groups * oc_blocks(workload, plan) * rows
+    used = phase.outputs * spec.out_channels * workload.input_shape[0]
+    issued = items * vectors * plan.vector * plan.oc_tile
+    return items, row_cycles, used, issued
+
+
+def _setup_seconds(plan: Plan, workload: Workload, low: Lowering, machine: Machine) -> float:
+    """Copying the input into its padded layout and packing the weights, once per call."""
+    size = _DTYPE_BYTES[workload.dtype]
+    moved = 2 * math.prod(workload.spec.weight_shape) * size
+    if low.copy_input:
+        moved += 2 * workload.input_shape[0] * workload.spec.in_channels * low.padded_spatial * size
+    return moved / (machine.dram_bytes_per_s * min(plan.threads, 2))
 
 
 def plan(spec, input_shape=None, dtype="float32", target="cpu", threads=None) -> Plan:
@@ -193,7 +358,7 @@ def resolve(requested, workload: Workload, target: Target) -> Plan:
     elif isinstance(requested, str) and requested in ALGORITHMS:
         ranked = [c.plan for c in candidates(workload, target) if c.plan.algorithm == requested]
         if not ranked:
-            raise ValueError(f"plan: algorithm {requested!r} does not apply to "
+            raise ValueError(f"plan: algorithm {requested!r} does not apply to this "
                              f"{workload.spec.op}; choose one of {algorithms_for(workload)}")
         chosen = ranked[0]
     elif isinstance(requested, str) and "=" in requested:
@@ -201,7 +366,7 @@ def resolve(requested, workload: Workload, target: Target) -> Plan:
     else:
         raise ValueError(f"plan must be 'auto', an algorithm name {ALGORITHMS}, a plan string "
                          f"or a Plan, got {requested!r}")
-    check_plan(chosen, workload)
+    check_plan(chosen, workload, target)
     return chosen
 
 

@@ -13,13 +13,15 @@ import jinja2
 
 from . import __version__
 from ._paths import templates_dir
-from .plan import Plan, loop_extents
+from .lower import Lowering
+from .plan import GATHER_ALGORITHMS, Plan, buffers, lowering_for, oc_blocks
 from .spec import AXIS_NAMES, Workload
 from .target import Target
 
 CTYPES = {"float32": "float", "float64": "double"}
-TEMPLATES = {"direct": "cpu/direct.c.j2", "transposed_gather": "cpu/transposed_gather.c.j2"}
-_LOOP_VARS = {"n": "n", "oc_block": "ocb", "d": "od", "h": "oh", "w": "ow"}
+_DTYPE_BYTES = {"float32": 4, "float64": 8}
+TEMPLATES = {"direct": "cpu/direct.c.j2", "transposed_gather": "cpu/transposed_gather.c.j2",
+             "implicit_gemm": "cpu/implicit_gemm.c.j2", "direct_simd": "cpu/direct_simd.c.j2"}
 
 
 class TemplateError(RuntimeError):
@@ -51,15 +53,8 @@ def kernel_name(workload: Workload, plan: Plan) -> str:
     return f"convgen_{workload.spec.op}_{plan.algorithm}"
 
 
-def context(workload: Workload, plan: Plan, target: Target) -> dict:
+def _common(workload: Workload, plan: Plan, target: Target) -> dict:
     spec = workload.spec
-    axes = [
-        {"name": name, "NAME": name.upper(), "in_size": workload.in_spatial[i],
-         "out_size": workload.out_spatial[i], "kernel": spec.kernel_size[i],
-         "stride": spec.stride[i], "dilation": spec.dilation[i], "pad": spec.pad_before[i]}
-        for i, name in enumerate(AXIS_NAMES[spec.ndim])
-    ]
-    extents = loop_extents(plan.loop_order, workload, plan.oc_block)
     return {
         "info": {"version": __version__, "spec": spec.describe(), "plan": str(plan),
                  "input_shape": workload.input_shape, "output_shape": workload.output_shape,
@@ -69,19 +64,158 @@ def context(workload: Workload, plan: Plan, target: Target) -> dict:
         "batch": workload.input_shape[0],
         "in_channels": spec.in_channels,
         "out_channels": spec.out_channels,
+        "groups": spec.groups,
         "cin_per_group": spec.cin_per_group,
         "cout_per_group": spec.cout_per_group,
         "kernel_taps": math.prod(spec.kernel_size),
+        "weight_elems": math.prod(spec.weight_shape),
         "in_spatial": math.prod(workload.in_spatial),
         "out_spatial": math.prod(workload.out_spatial),
         "has_bias": spec.bias,
+        "transposed": spec.transposed,
         "padding_mode": spec.padding_mode,
-        "axes": axes,
-        "loops": [{"var": _LOOP_VARS[name], "extent": extents[name]} for name in plan.loop_order],
-        "oc_block": plan.oc_block,
-        "parallel_loops": plan.parallel_loops,
         "threads": plan.threads,
     }
+
+
+def _gather_context(workload: Workload, plan: Plan) -> dict:
+    spec = workload.spec
+    names = AXIS_NAMES[spec.ndim]
+    axes = [
+        {"name": name, "NAME": name.upper(), "in_size": workload.in_spatial[i],
+         "out_size": workload.out_spatial[i], "kernel": spec.kernel_size[i],
+         "stride": spec.stride[i], "dilation": spec.dilation[i], "pad": spec.pad_before[i]}
+        for i, name in enumerate(names)
+    ]
+    extents = {"n": workload.input_shape[0], "oc_block": spec.out_channels // plan.oc_tile}
+    extents.update(zip(names, workload.out_spatial))
+    variables = {"n": "n", "oc_block": "ocb", "d": "od", "h": "oh", "w": "ow"}
+    order = (("n", "oc_block", *names) if plan.loop_order == "oc_outer"
+             else ("n", *names, "oc_block"))
+    return {"axes": axes, "oc_block": plan.oc_tile, "parallel_loops": 2,
+            "loops": [{"var": variables[a], "extent": extents[a]} for a in order]}
+
+
+def _simd_context(workload: Workload, plan: Plan, target: Target) -> dict:
+    spec = workload.spec
+    low = lowering_for(workload, plan)
+    names = AXIS_NAMES[spec.ndim]
+    axes = _simd_axes(workload, low, names)
+    phases, tiles = _phases(workload, plan, low, axes)
+    return {
+        "vector": plan.vector,
+        "vector_bytes": plan.vector * _DTYPE_BYTES[workload.dtype],
+        "oc_tile": plan.oc_tile,
+        "oc_blocks": oc_blocks(workload, plan),
+        "padded_spatial": low.padded_spatial,
+        "pack_group": buffers(workload, plan).packed_weights // spec.groups,
+        "copy_input": low.copy_input,
+        "axes": axes,
+        "inner": axes[-1],
+        "outer_axes": axes[:-1],
+        "in_step_row": low.phases[0].axes[-1].in_step,
+        "out_step_row": low.phases[0].axes[-1].out_step,
+        "phases": phases,
+        "tiles": tiles,
+        "loop_order": plan.loop_order,
+    }
+
+
+def _simd_axes(workload: Workload, low: Lowering, names) -> list[dict]:
+    axes = []
+    for i, name in enumerate(names):
+        pad = low.padded[i]
+        n_in = workload.in_spatial[i]
+        axes.append({
+            "name": name, "NAME": name.upper(), "in_size": n_in, "padded": pad.size,
+            "before": pad.before, "extent": pad.mode_extent, "out_size": workload.out_spatial[i],
+            "padded_stride": math.prod(p.size for p in low.padded[i + 1:]),
+            "out_stride": math.prod(workload.out_spatial[i + 1:]),
+            "in_row_stride": math.prod(workload.in_spatial[i + 1:-1]) if i < len(names) - 1 else 1,
+            # the stretch of a padded row that is a plain copy of the input row
+            "copy_begin": min(pad.before, pad.mode_extent),
+            "copy_end": min(pad.before + n_in, pad.mode_extent),
+        })
+    return axes
+
+
+def _phases(workload: Workload, plan: Plan, low: Lowering, axes: list[dict]):
+    spec = workload.spec
+    tiles: dict[str, dict] = {}
+    phases, pack_offset = [], 0
+    for index, phase in enumerate(low.phases):
+        flat_offsets, weight_taps = [], []
+        for combo in _tap_combos(phase):
+            flat_offsets.append(sum(off * axes[i]["padded_stride"] for i, (_, off) in enumerate(combo)))
+            weight_taps.append(_flat(tuple(k for k, _ in combo), spec.kernel_size))
+        inner = phase.axes[-1]
+        outer = [{"NAME": axes[i]["NAME"], "count": a.count, "start": a.start,
+                  "out_step": a.out_step, "in_step": a.in_step}
+                 for i, a in enumerate(phase.axes[:-1])]
+        phases.append({
+            "index": index, "taps": flat_offsets, "weight_taps": weight_taps,
+            "counts": [a.count for a in phase.axes], "starts": [a.start for a in phase.axes],
+            "out_steps": [a.out_step for a in phase.axes], "outer": outer,
+            "inner_start": inner.start, "rows": phase.outputs // max(inner.count, 1),
+            "pack_offset": pack_offset, "runs": _runs(plan, inner.count, tiles),
+        })
+        pack_offset += oc_blocks(workload, plan) * spec.cin_per_group * len(flat_offsets) * plan.oc_tile
+    return phases, list(tiles.values())
+
+
+def _tap_combos(phase):
+    combos = [()]
+    for a in phase.axes:
+        combos = [c + ((k, off),) for c in combos for k, off in zip(a.taps, a.offsets)]
+    return combos
+
+
+def _flat(index: tuple[int, ...], sizes: tuple[int, ...]) -> int:
+    flat = 0
+    for i, n in zip(index, sizes):
+        flat = flat * n + i
+    return flat
+
+
+def _runs(plan: Plan, count: int, tiles: dict) -> list[dict]:
+    """How one row of ``count`` outputs splits into register tiles: full ones, then a tail."""
+    runs = []
+    if plan.algorithm == "implicit_gemm":
+        full, tail = divmod(count, plan.pixel_tile)
+        pieces = [(plan.pixel_tile, full), (tail, 1 if tail else 0)]
+        for pixels, times in pieces:
+            if times:
+                tiles.setdefault(str(pixels), {"name": str(pixels), "pixels": pixels})
+        step = plan.pixel_tile
+    else:
+        vectors = -(-count // plan.vector)
+        last = count - (vectors - 1) * plan.vector
+        nv = plan.pixel_tile // plan.vector
+        full, tail = divmod(vectors, nv)
+        if tail == 0 and last != plan.vector:   # the partial vector ends the last full tile
+            full, tail = full - 1, nv
+        pieces = [((nv, plan.vector), full), ((tail, last), 1 if tail else 0)]
+        for (vecs, lanes), times in pieces:
+            if times:
+                name = f"{vecs}v{lanes}"
+                tiles.setdefault(name, {"name": name, "vectors": vecs, "last_lanes": lanes})
+        step = plan.pixel_tile
+    first = 0
+    for size, times in pieces:
+        if times:
+            name = str(size) if plan.algorithm == "implicit_gemm" else f"{size[0]}v{size[1]}"
+            runs.append({"first": first, "end": first + times * step, "step": step, "tile": name})
+            first += times * step
+    return runs
+
+
+def context(workload: Workload, plan: Plan, target: Target) -> dict:
+    ctx = _common(workload, plan, target)
+    if plan.algorithm in GATHER_ALGORITHMS:
+        ctx.update(_gather_context(workload, plan))
+    else:
+        ctx.update(_simd_context(workload, plan, target))
+    return ctx
 
 
 def render(workload: Workload, plan: Plan, target: Target) -> str:

@@ -21,7 +21,7 @@ def test_help_lists_the_subcommands():
 def test_plan_explains_the_ranking(capsys):
     assert main(["plan", *LAYER, "--top", "3"]) == 0
     out = capsys.readouterr().out
-    assert "candidate plans" in out and out.count("algorithm=direct") == 3
+    assert "candidate plans" in out and out.count("algorithm=") == 3 and "*" in out
     assert "input (1, 8, 9, 7) -> output (1, 4, 9, 7)" in out
 
 

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 import convgen
 from convgen.api import workload_of
-from convgen.plan import Plan, candidates
+from convgen.plan import ALGORITHMS, Plan, algorithms_for, candidates
 from convgen.spec import ConvSpec
 from convgen.target import get_target, host_cpu_features
 from helpers import TRANSPOSED_OPS, assert_matches, poisoned_call, random, torch_reference
@@ -313,6 +313,36 @@ def test_grid(case):
     check_case(case, rng, via_torch_module=seed_of(case.name + case.op) % 2 == 1)
 
 
+def _forced_plans(case: Case):
+    """(algorithm, plan) for every algorithm that applies to the case: a candidate of that
+    algorithm drawn by the case's seed, so the grid meets many tile shapes and tails."""
+    workload = workload_of(spec_of(case), case.x_shape, case.dtype)[0]
+    by_algorithm = {}
+    for cand in candidates(workload, _CPU):
+        by_algorithm.setdefault(cand.plan.algorithm, []).append(cand.plan)
+    seed = seed_of(f"{case.op}-{case.name}-{case.dtype}")
+    return [(alg, plans[seed % len(plans)]) for alg, plans in sorted(by_algorithm.items())]
+
+
+FORCED = [(case, alg) for case in GRID for alg in ALGORITHMS
+          if alg in algorithms_for(workload_of(spec_of(case), case.x_shape, case.dtype)[0])]
+
+
+@pytest.mark.parametrize("case,algorithm", FORCED,
+                         ids=[f"{c.op}-{c.name}-{c.dtype}-{a}" for c, a in FORCED])
+def test_grid_every_algorithm(case, algorithm):
+    """Each algorithm forced on every grid case it applies to, not only where it would win."""
+    plan = dict(_forced_plans(case))[algorithm]
+    rng = np.random.default_rng(seed_of(f"{case.op}-{case.name}-{case.dtype}-{algorithm}"))
+    x, w, b = operands(case, rng)
+    ref = torch_reference(case.op, x, w, b, **case.kwargs)
+    kernel = convgen.compile(spec_of(case), case.x_shape, case.dtype, plan=plan)
+    assert kernel.plan == plan
+    assert_matches(poisoned_call(kernel, x, w, b), ref, case.dtype)
+    # pre-packed weights give the very same result
+    np.testing.assert_array_equal(kernel(x, kernel.prepack(w), b), kernel(x, w, b))
+
+
 def test_grid_covers_every_argument():
     """The grid reaches what it claims: every op, mode, dtype, batch form and range edge."""
     seen = {(c.op, c.name) for c in GRID}
@@ -465,19 +495,31 @@ def _workload(case: Case):
 
 
 def _plan_id(name: str, plan: Plan) -> str:
-    return (f"{name}-{plan.algorithm}-oc{plan.oc_block}-{'.'.join(plan.loop_order)}"
-            f"-par{plan.parallel_loops}-t{plan.threads}")
+    return (f"{name}-{plan.algorithm}-oc{plan.oc_tile}-px{plan.pixel_tile}-v{plan.vector}"
+            f"-{plan.loop_order}-t{plan.threads}")
 
 
-PLAN_CASES = [(name, cand.plan) for name, case in PLAN_WORKLOADS.items()
-              for cand in candidates(_workload(case), _CPU)]
+def _sample(plans: list[Plan]) -> list[Plan]:
+    """Every algorithm's best plan, then every tile shape the planner lists (one each)."""
+    seen, picked = set(), []
+    for plan in plans:
+        shape = (plan.algorithm, plan.oc_tile, plan.pixel_tile)
+        if shape not in seen or plan.algorithm not in {p.algorithm for p in picked}:
+            seen.add(shape)
+            picked.append(plan)
+    return picked
+
+
+PLAN_CASES = [(name, plan) for name, case in PLAN_WORKLOADS.items()
+              for plan in _sample([c.plan for c in candidates(_workload(case), _CPU)])]
 
 
 def test_candidates_are_many_and_distinct():
     for name, case in PLAN_WORKLOADS.items():
         plans = [c.plan for c in candidates(_workload(case), _CPU)]
         assert len(plans) == len(set(plans)) >= 4, name
-        assert len({p.oc_block for p in plans}) > 1, name
+        assert len({p.oc_tile for p in plans}) > 1, name
+        assert len({p.algorithm for p in plans}) >= 2, name
 
 
 def _check_plan(case: Case, plan, seed: int = 0):
@@ -513,13 +555,14 @@ def test_plan_by_algorithm_name(name):
     algorithm = "transposed_gather" if case.transposed else "direct"
     kernel = _check_plan(case, algorithm)
     assert kernel.plan.algorithm == algorithm
-    assert _check_plan(case, "auto").plan.algorithm == algorithm
+    assert _check_plan(case, "implicit_gemm").plan.algorithm == "implicit_gemm"
 
 
 @pytest.mark.parametrize("plan", [
-    Plan("direct", ("n", "w", "oc_block", "h"), 2, 3, 3),     # an order the planner never lists
-    Plan("direct", ("n", "h", "oc_block", "w"), 4, 4, 2),     # every loop collapsed
-    Plan("direct", ("n", "oc_block", "h", "w"), 1, 1, 1),
+    Plan("direct", 2, 1, 1, "pixel_outer", 3),                 # more threads than cores
+    Plan("implicit_gemm", 16, 1, 16, "pixel_outer", 4),        # one-pixel tiles
+    Plan("implicit_gemm", 8, 5, 8, "oc_outer", 2),             # half-width vectors
+    Plan("direct_simd", 2, 8, 8, "oc_outer", 1),               # half-width vectors
 ], ids=lambda p: _plan_id("grouped_conv2d", p))
 def test_plan_outside_the_candidates(plan):
     """Any plan check_plan accepts computes the right thing, not only the listed ones."""
@@ -527,25 +570,26 @@ def test_plan_outside_the_candidates(plan):
 
 
 @pytest.mark.parametrize("name,plan,match", [
-    ("grouped_conv2d", Plan("direct", ("n", "oc_block", "h", "w"), 3, 1, 1), "oc_block"),
-    ("grouped_conv2d", Plan("direct", ("n", "oc_block", "h", "w"), 8, 1, 1), "oc_block"),
-    ("grouped_conv2d", Plan("direct", ("n", "oc_block", "h", "w"), 0, 1, 1), "oc_block"),
-    ("grouped_conv2d", Plan("transposed_gather", ("n", "oc_block", "h", "w"), 1, 1, 1),
-     "does not apply"),
-    ("transposed_conv2d_s2", Plan("direct", ("n", "oc_block", "h", "w"), 1, 1, 1),
-     "does not apply"),
-    ("grouped_conv2d", Plan("direct", ("oc_block", "n", "h", "w"), 1, 1, 1), "loop_order"),
-    ("grouped_conv2d", Plan("direct", ("n", "oc_block", "h"), 1, 1, 1), "loop_order"),
-    ("grouped_conv2d", Plan("direct", ("n", "oc_block", "h", "w"), 1, 0, 1), "parallel_loops"),
-    ("grouped_conv2d", Plan("direct", ("n", "oc_block", "h", "w"), 1, 5, 1), "parallel_loops"),
-    ("grouped_conv2d", Plan("direct", ("n", "oc_block", "h", "w"), 1, 1, 0), "threads"),
+    ("grouped_conv2d", Plan("direct", 3, 1, 1, "oc_outer", 1), "oc_tile"),
+    ("grouped_conv2d", Plan("direct", 8, 2, 1, "oc_outer", 1), "pixel_tile"),
+    ("grouped_conv2d", Plan("direct", 0, 1, 1, "oc_outer", 1), "positive"),
+    ("grouped_conv2d", Plan("transposed_gather", 1, 1, 1, "oc_outer", 1), "does not apply"),
+    ("transposed_conv2d_s2", Plan("direct", 1, 1, 1, "oc_outer", 1), "does not apply"),
+    ("transposed_conv2d_s2", Plan("direct_simd", 1, 16, 16, "oc_outer", 1), "does not apply"),
+    ("grouped_conv2d", Plan("direct", 1, 1, 1, "sideways", 1), "loop_order"),
+    ("grouped_conv2d", Plan("direct", 1, 1, 1, "oc_outer", 0), "threads"),
+    ("grouped_conv2d", Plan("implicit_gemm", 12, 4, 16, "oc_outer", 1), "multiple of vector"),
+    ("grouped_conv2d", Plan("implicit_gemm", 16, 4, 3, "oc_outer", 1), "vector must be"),
+    ("grouped_conv2d", Plan("implicit_gemm", 64, 8, 16, "oc_outer", 1), "registers"),
+    ("grouped_conv2d", Plan("direct_simd", 3, 16, 16, "oc_outer", 1), "divide"),
+    ("grouped_conv2d", Plan("direct_simd", 2, 20, 16, "oc_outer", 1), "multiple of vector"),
     ("grouped_conv2d", "transposed_gather", "does not apply"),
     ("transposed_conv2d_s2", "direct", "does not apply"),
-    ("grouped_conv2d", "algorithm=direct loop_order=n,oc_block,h,w oc_block=3 parallel_loops=1 "
-                       "threads=1", "oc_block"),
-    ("grouped_conv2d", "algorithm=direct loop_order=n,oc_block,h,w oc_block=x parallel_loops=1 "
+    ("grouped_conv2d", "algorithm=direct oc_tile=3 pixel_tile=1 vector=1 loop_order=oc_outer "
+                       "threads=1", "oc_tile"),
+    ("grouped_conv2d", "algorithm=direct oc_tile=x pixel_tile=1 vector=1 loop_order=oc_outer "
                        "threads=1", "malformed"),
-    ("grouped_conv2d", "algorithm=direct oc_block=1", "fields"),
+    ("grouped_conv2d", "algorithm=direct oc_tile=1", "fields"),
     ("grouped_conv2d", "bogus", "plan must be"),
 ])
 def test_invalid_plan_is_refused(name, plan, match):

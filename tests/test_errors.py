@@ -119,7 +119,7 @@ def no_native(monkeypatch):
         raise AssertionError("native code was reached for an invalid call")
 
     for module, name in [(kernel_module, "_library"), (kernel_module, "render"),
-                         (kernel_module, "compile_shared"), (kernel_module, "_load"),
+                         (kernel_module, "compile_shared"), (sys.modules["convgen.loader"], "load"),
                          (sys.modules["convgen.compiler"], "compile_shared"),
                          (sys.modules["convgen.render"], "render")]:
         monkeypatch.setattr(module, name, boom)
@@ -478,7 +478,7 @@ def unrunnable(kernels, monkeypatch):
     for k in kernels:
         def boom(*args):
             raise AssertionError("the C kernel was called for an invalid call")
-        monkeypatch.setattr(k, "_library", dataclasses.replace(k._library, function=boom))
+        monkeypatch.setattr(k, "_library", dataclasses.replace(k._library, run=boom, pack=boom))
     return kernels
 
 

@@ -22,9 +22,11 @@ def test_candidates_are_legal_ranked_and_parse_back():
     ranked = candidates(workload, get_target("cpu"), threads=2)
     costs = [c.cost_s for c in ranked]
     assert costs == sorted(costs) and len(ranked) > 10
-    assert {c.plan.oc_block for c in ranked} == {1, 2, 4, 8}   # the divisors of 8 per group
+    gather = {c.plan.oc_tile for c in ranked if c.plan.algorithm == "direct"}
+    assert gather == {1, 2, 4, 8}   # the divisors of 8 per group
+    assert {c.plan.algorithm for c in ranked} == {"direct", "direct_simd", "implicit_gemm"}
     for cand in ranked:
-        check_plan(cand.plan, workload)
+        check_plan(cand.plan, workload, get_target("cpu"))
         assert Plan.parse(str(cand.plan)) == cand.plan
 
 
@@ -37,8 +39,18 @@ def test_explain_shows_the_choice_first():
     assert best in starred
 
 
-def test_more_threads_than_work_items_do_not_win_on_balance():
-    # batch 1, 2 output channels, a single output row: splitting just n would idle a thread
-    spec = ConvSpec.conv(2, 4, 2, (3, 3), padding=1)
-    chosen = plan(spec, (1, 4, 1, 4096), threads=2)
-    assert chosen.threads == 1 or chosen.parallel_loops >= 2
+def test_tiny_layers_stay_on_one_thread():
+    # a fork/join costs more than this whole layer
+    chosen = plan(ConvSpec.conv(1, 2, 2, 3), (1, 2, 8), threads=2)
+    assert chosen.threads == 1
+
+
+def test_simd_algorithms_win_where_they_should():
+    dense = plan(ConvSpec.conv(2, 64, 64, 3, padding=1), (1, 64, 28, 28), threads=2)
+    assert dense.algorithm in ("implicit_gemm", "direct_simd") and dense.threads == 2
+    depthwise = plan(ConvSpec.conv(2, 32, 32, 3, padding=1, groups=32), (1, 32, 56, 56))
+    assert depthwise.algorithm == "direct_simd"   # no channels to fill vector lanes with
+    strided = plan(ConvSpec.conv(2, 64, 64, 3, stride=2, padding=1), (1, 64, 28, 28))
+    assert strided.algorithm == "implicit_gemm"
+    hifigan = plan(ConvSpec.conv_transpose(1, 64, 32, 16, stride=8, padding=4), (1, 64, 32))
+    assert hifigan.algorithm == "implicit_gemm"

@@ -1,0 +1,104 @@
+"""The libraries convgen is measured against, each called the way it runs at its best.
+
+torch: the functional op (oneDNN), grad off; padding modes as nn.ConvNd applies them.
+onnxruntime: a one-node model (a Pad node first for the non-zero padding modes), all
+graph optimisations, the output bound to a preallocated buffer.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+_ONNX_PAD_MODE = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
+
+
+def setup_torch(threads: int):
+    import torch
+    torch.set_num_threads(threads)
+    torch.set_grad_enabled(False)
+    return torch
+
+
+def torch_call(layer: dict, x, w, b):
+    import torch
+    import torch.nn.functional as F
+    args = dict(layer["args"])
+    xt, wt, bt = (torch.from_numpy(a) for a in (x, w, b))
+    mode = args.pop("padding_mode", "zeros")
+    if mode != "zeros":   # as nn.ConvNd does it: an explicit pad, then the conv
+        ndim = len(layer["w"]) - 2
+        module = getattr(torch.nn, f"Conv{ndim}d")(
+            layer["w"][1] * args.get("groups", 1), layer["w"][0], tuple(layer["w"][2:]),
+            padding_mode=mode, dtype=wt.dtype, **args)
+        with torch.no_grad():
+            module.weight.copy_(wt)
+            module.bias.copy_(bt)
+        return lambda: module(xt).numpy()
+    op = getattr(F, layer["op"])
+    return lambda: op(xt, wt, bt, **args).numpy()
+
+
+def have_onnxruntime() -> bool:
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def onnxruntime_version() -> str:
+    import onnxruntime
+    return onnxruntime.__version__
+
+
+def _per_axis(value, ndim: int) -> list[int]:
+    return [int(value)] * ndim if isinstance(value, int) else [int(v) for v in value]
+
+
+def onnx_model(layer: dict, w: np.ndarray, b: np.ndarray):
+    """A one-node ONNX model of the layer (Pad + Conv for non-zero padding modes)."""
+    from onnx import TensorProto, helper, numpy_helper
+    args, ndim = layer["args"], len(layer["w"]) - 2
+    pads = _per_axis(args.get("padding", 0), ndim)
+    attrs = {"strides": _per_axis(args.get("stride", 1), ndim),
+             "dilations": _per_axis(args.get("dilation", 1), ndim),
+             "group": int(args.get("groups", 1)), "kernel_shape": list(layer["w"][2:])}
+    nodes, conv_input = [], "x"
+    mode = args.get("padding_mode", "zeros")
+    if mode != "zeros":
+        pad_tensor = numpy_helper.from_array(np.array([0, 0, *pads, 0, 0, *pads], np.int64), "pads")
+        nodes.append(helper.make_node("Pad", ["x", "pads"], ["xp"], mode=_ONNX_PAD_MODE[mode]))
+        conv_input, pads, extra = "xp", [0] * ndim, [pad_tensor]
+    else:
+        extra = []
+    attrs["pads"] = pads + pads
+    op = "Conv"
+    if layer["op"].startswith("conv_transpose"):
+        op = "ConvTranspose"
+        attrs["output_padding"] = _per_axis(args.get("output_padding", 0), ndim)
+    nodes.append(helper.make_node(op, [conv_input, "w", "b"], ["y"], **attrs))
+    graph = helper.make_graph(
+        nodes, layer["name"],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(layer["x"]))],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b"), *extra])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+
+
+def onnxruntime_call(layer: dict, x, w, b, threads: int, out_shape):
+    import onnxruntime as ort
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = ort.InferenceSession(onnx_model(layer, w, b).SerializeToString(), options,
+                                   providers=["CPUExecutionProvider"])
+    out = np.empty(out_shape, np.float32)
+    binding = session.io_binding()
+    binding.bind_cpu_input("x", x)
+    binding.bind_output("y", "cpu", 0, np.float32, list(out_shape), out.ctypes.data)
+
+    def run():
+        session.run_with_iobinding(binding)
+        return out
+    return run

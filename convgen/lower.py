@@ -1,0 +1,124 @@
+"""Lowering: a workload as phases of a forward correlation over a padded input.
+
+Every op of the family becomes the same computation: for each *phase*, each output pixel
+``o = start + q * out_step`` (per axis) is a dot product of weight taps with padded-input
+elements at ``q * in_step + offset(tap)``.
+
+- A forward conv has one phase: ``in_step`` is the stride, ``offset = k * dilation``
+  (the input is padded by ``pad_before`` in front, by its padding mode).
+- A transposed conv splits each axis into ``stride`` phases (stride-phase decomposition):
+  output ``o = q * s + r`` only receives taps ``k`` with ``(r + pad - k * dil) % s == 0``,
+  from input ``q + (r + pad - k * dil) / s``. No multiplication by an inserted zero.
+
+The SIMD templates loop over this data; the planner reads its sizes. Computed once per
+(workload, plan) and passed down, never re-derived.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+
+from .spec import Workload
+
+
+@dataclass(frozen=True)
+class AxisPhase:
+    start: int                 # first output index of the phase
+    out_step: int              # output index distance between consecutive q
+    count: int                 # outputs of the phase along the axis
+    in_step: int               # padded-input distance between consecutive q
+    taps: tuple[int, ...]      # kernel indices along the axis that feed this phase
+    offsets: tuple[int, ...]   # padded-input offset of each tap
+
+
+@dataclass(frozen=True)
+class Phase:
+    axes: tuple[AxisPhase, ...]
+
+    @property
+    def taps(self) -> int:
+        return math.prod(len(a.taps) for a in self.axes)
+
+    @property
+    def outputs(self) -> int:
+        return math.prod(a.count for a in self.axes)
+
+
+@dataclass(frozen=True)
+class PaddedAxis:
+    """The padded input along one axis: ``size`` elements, input index ``i`` at ``i + before``.
+    Positions in ``[0, mode_extent)`` follow the padding mode; any beyond are zero."""
+    size: int
+    before: int
+    mode_extent: int
+
+
+@dataclass(frozen=True)
+class Lowering:
+    phases: tuple[Phase, ...]
+    padded: tuple[PaddedAxis, ...]
+    copy_input: bool           # False: the padded input is the input itself
+
+    @property
+    def padded_spatial(self) -> int:
+        return math.prod(a.size for a in self.padded)
+
+
+def lower(workload: Workload, row_overrun: int = 1) -> Lowering:
+    """Phases and padded geometry; ``row_overrun`` rounds the innermost axis's reads up to
+    a multiple of it (templates that compute whole vectors read, and discard, past the end)."""
+    return _lower(workload, row_overrun)
+
+
+@functools.lru_cache(maxsize=1024)
+def _lower(workload: Workload, row_overrun: int) -> Lowering:
+    spec = workload.spec
+    per_axis, padded = [], []
+    for ax in range(spec.ndim):
+        inner = ax == spec.ndim - 1
+        overrun = row_overrun if inner else 1
+        if spec.transposed:
+            phases, pad = _transposed_axis(workload, ax, overrun)
+        else:
+            phases, pad = _forward_axis(workload, ax, overrun)
+        per_axis.append(phases)
+        padded.append(pad)
+    combos = [()]
+    for phases in per_axis:
+        combos = [c + (p,) for c in combos for p in phases]
+    copy = any(p.size != n for p, n in zip(padded, workload.in_spatial))
+    return Lowering(tuple(Phase(c) for c in combos), tuple(padded), copy)
+
+
+def _reads_end(phase: AxisPhase, overrun: int) -> int:
+    """One past the last padded-input element a phase reads (count rounded up to overrun)."""
+    last_q = -(-phase.count // overrun) * overrun - 1
+    return last_q * phase.in_step + max(phase.offsets, default=0) + 1
+
+
+def _forward_axis(workload: Workload, ax: int, overrun: int):
+    spec = workload.spec
+    k, dil, stride = spec.kernel_size[ax], spec.dilation[ax], spec.stride[ax]
+    before, after = spec.pad_before[ax], spec.pad_after[ax]
+    n_in, n_out = workload.in_spatial[ax], workload.out_spatial[ax]
+    phase = AxisPhase(0, 1, n_out, stride, tuple(range(k)), tuple(t * dil for t in range(k)))
+    extent = before + n_in + after
+    return (phase,), PaddedAxis(max(extent, _reads_end(phase, overrun)), before, extent)
+
+
+def _transposed_axis(workload: Workload, ax: int, overrun: int):
+    spec = workload.spec
+    k, dil, s = spec.kernel_size[ax], spec.dilation[ax], spec.stride[ax]
+    pad = spec.pad_before[ax]
+    n_in, n_out = workload.in_spatial[ax], workload.out_spatial[ax]
+    raw = []   # (start, count, taps, unshifted input offsets)
+    for r in range(min(s, n_out)):
+        taps = tuple(t for t in range(k) if (r + pad - t * dil) % s == 0)
+        raw.append((r, -(-(n_out - r) // s), taps, tuple((r + pad - t * dil) // s for t in taps)))
+    before = max([0] + [-o for *_, offs in raw for o in offs])
+    phases = tuple(AxisPhase(r, s, count, 1, taps, tuple(o + before for o in offs))
+                   for r, count, taps, offs in raw)
+    extent = before + n_in
+    size = max([extent] + [_reads_end(p, overrun) for p in phases if p.taps])
+    return phases, PaddedAxis(size, before, extent)
