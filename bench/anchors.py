@@ -82,7 +82,8 @@ def onnx_model(layer: dict, w: np.ndarray, b: np.ndarray):
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(layer["x"]))],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
         [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b"), *extra])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+    # IR version 10 (onnx 1.16): new enough for opset 19, old enough for any onnxruntime >= 1.18
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)], ir_version=10)
 
 
 def onnxruntime_call(layer: dict, x, w, b, threads: int, out_shape):

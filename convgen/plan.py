@@ -234,18 +234,24 @@ def _cost(plan: Plan, workload: Workload, target: Target, machine: Machine) -> t
             seconds += _PARALLEL_OVERHEAD_S
         return seconds, f"scalar gather: {workload.macs} MACs at {_GATHER_MACS_PER_S:.0e}/s per thread"
     low = lowering_for(workload, plan)
+    width = native_vector(target, workload.dtype) / plan.vector   # 2: half-width vectors
     tile_cost = _gemm_phase_cost if plan.algorithm == "implicit_gemm" else _simd_phase_cost
-    cycles, items_total, useful, issued = 0.0, 0, 0, 0
+    compute, items_total, useful, issued = 0.0, 0, 0, 0
     for phase in low.phases:
-        items, item_cycles, lanes_used, lanes_issued = tile_cost(plan, workload, phase, machine)
-        cycles += math.ceil(items / plan.threads) * item_cycles
+        items, item_cycles, lanes_used, lanes_issued = tile_cost(plan, workload, phase, machine, width)
+        compute += math.ceil(items / plan.threads) * item_cycles
         items_total += items
         useful, issued = useful + lanes_used, issued + lanes_issued
+    stream = _stream_cycles(plan, workload, low, machine) / plan.threads
+    # prefetching hides part of the streaming behind the FMAs
+    cycles = max(compute, stream) + 0.5 * min(compute, stream)
     seconds = cycles / machine.clock_hz + _setup_seconds(plan, workload, low, machine) + _CALL_OVERHEAD_S
     if plan.threads > 1:
         seconds += _PARALLEL_OVERHEAD_S
     why = (f"{items_total} parallel items over {plan.threads} threads, "
-           f"{useful / max(issued, 1):.0%} of vector lanes useful")
+           f"{useful / max(issued, 1):.0%} of vector lanes useful, "
+           f"compute {compute / machine.clock_hz * 1e3:.3f} ms/thread, "
+           f"streaming {stream / machine.clock_hz * 1e3:.3f} ms/thread")
     return seconds, why
 
 
@@ -260,21 +266,41 @@ def _level_bandwidth(working_set: int, machine: Machine) -> float:
     return machine.dram_bytes_per_s / machine.clock_hz
 
 
-def _gemm_phase_cost(plan: Plan, workload: Workload, phase, machine: Machine):
+def _stream_cycles(plan: Plan, workload: Workload, low: Lowering, machine: Machine) -> float:
+    """Cycles spent streaming the operand that the loop order does not keep in cache.
+
+    oc_outer keeps a channel tile's weights and walks the whole input once per tile;
+    pixel_outer keeps a row's input window and walks all the weights once per row.
+    """
+    spec, size = workload.spec, _DTYPE_BYTES[workload.dtype]
+    batch = workload.input_shape[0]
+    inputs = batch * spec.in_channels * (low.padded_spatial if low.copy_input
+                                         else math.prod(workload.in_spatial)) * size
+    weights = buffers(workload, plan).packed_weights * size
+    if plan.loop_order == "oc_outer":
+        traffic, working_set = inputs * oc_blocks(workload, plan), inputs
+    else:
+        rows = sum(p.outputs // max(p.axes[-1].count, 1) for p in low.phases) * batch
+        traffic, working_set = weights * rows, weights
+    if working_set <= machine.l2_bytes // 2:
+        return (inputs + weights) / machine.l2_bytes_per_cycle
+    return traffic / _level_bandwidth(working_set, machine)
+
+
+def _gemm_phase_cost(plan: Plan, workload: Workload, phase, machine: Machine, width: float):
     """implicit_gemm: per K step, V weight vectors loaded, R pixels broadcast, R*V FMAs."""
     spec, size = workload.spec, _DTYPE_BYTES[workload.dtype]
     v, r = plan.oc_tile // plan.vector, plan.pixel_tile
     k_steps = spec.cin_per_group * phase.taps
     block = plan.oc_tile * k_steps * size      # the weights one tile walks through
-    weights_ws = block if plan.loop_order == "oc_outer" else block * oc_blocks(workload, plan) * spec.groups
-    bandwidth = _level_bandwidth(weights_ws, machine)
+    bandwidth = _level_bandwidth(block, machine)
 
     def tile(pixels: int) -> float:
-        fma = pixels * v / machine.fma_per_cycle
-        loads = (pixels + v) / machine.loads_per_cycle
+        fma = pixels * v / (machine.fma_per_cycle * width)
+        loads = (pixels + v * machine.vector_load_cost / width) / machine.loads_per_cycle
         weights = v * plan.vector * size / bandwidth
-        store = pixels * plan.oc_tile * 0.5 / k_steps if k_steps else pixels * plan.oc_tile
-        return k_steps * max(fma, loads, weights) + store * k_steps + 20
+        store = pixels * plan.oc_tile * 0.5
+        return k_steps * max(fma, loads, weights) + store + 20
 
     inner = phase.axes[-1]
     full, tail = divmod(inner.count, r)
@@ -286,21 +312,19 @@ def _gemm_phase_cost(plan: Plan, workload: Workload, phase, machine: Machine):
     return items, row_cycles, used, issued
 
 
-def _simd_phase_cost(plan: Plan, workload: Workload, phase, machine: Machine):
+def _simd_phase_cost(plan: Plan, workload: Workload, phase, machine: Machine, width: float):
     """direct_simd: per K step, NV input vectors loaded, OCB weights broadcast, OCB*NV FMAs."""
     spec, size = workload.spec, _DTYPE_BYTES[workload.dtype]
     ocb, nv = plan.oc_tile, plan.pixel_tile // plan.vector
     k_steps = spec.cin_per_group * phase.taps
     inner = phase.axes[-1]
-    row_bytes = -(-inner.count // plan.vector) * plan.vector * size
     rows_in_window = math.prod(len(a.taps) for a in phase.axes[:-1])
-    window = spec.cin_per_group * rows_in_window * row_bytes
-    inputs_ws = window if plan.loop_order == "pixel_outer" else window * 8
-    bandwidth = _level_bandwidth(inputs_ws, machine)
+    window = spec.cin_per_group * rows_in_window * (plan.pixel_tile + len(inner.taps)) * size
+    bandwidth = _level_bandwidth(window, machine)
 
     def tile(vectors: int) -> float:
-        fma = ocb * vectors / machine.fma_per_cycle
-        loads = (ocb + vectors) / machine.loads_per_cycle
+        fma = ocb * vectors / (machine.fma_per_cycle * width)
+        loads = (ocb + vectors * machine.vector_load_cost / width) / machine.loads_per_cycle
         inputs = vectors * plan.vector * size / bandwidth
         return k_steps * max(fma, loads, inputs) + ocb * vectors + 20
 
@@ -315,12 +339,14 @@ def _simd_phase_cost(plan: Plan, workload: Workload, phase, machine: Machine):
 
 
 def _setup_seconds(plan: Plan, workload: Workload, low: Lowering, machine: Machine) -> float:
-    """Copying the input into its padded layout and packing the weights, once per call."""
+    """Copying the input into its padded layout (packed weights come ready), once per call."""
+    if not low.copy_input:
+        return 0.0
     size = _DTYPE_BYTES[workload.dtype]
-    moved = 2 * math.prod(workload.spec.weight_shape) * size
-    if low.copy_input:
-        moved += 2 * workload.input_shape[0] * workload.spec.in_channels * low.padded_spatial * size
-    return moved / (machine.dram_bytes_per_s * min(plan.threads, 2))
+    moved = workload.input_shape[0] * workload.spec.in_channels * (
+        low.padded_spatial + math.prod(workload.in_spatial)) * size
+    per_cycle = _level_bandwidth(moved, machine) * min(plan.threads, 2)
+    return moved / per_cycle / machine.clock_hz
 
 
 def plan(spec, input_shape=None, dtype="float32", target="cpu", threads=None) -> Plan:

@@ -108,6 +108,9 @@ def _simd_context(workload: Workload, plan: Plan, target: Target) -> dict:
         "oc_tile": plan.oc_tile,
         "oc_blocks": oc_blocks(workload, plan),
         "padded_spatial": low.padded_spatial,
+        "row_pitch": low.row_pitch,
+        "channel_stride": _layout_stride(workload, low, "channel"),
+        "batch_stride": spec.in_channels * low.padded_spatial,
         "pack_group": buffers(workload, plan).packed_weights // spec.groups,
         "copy_input": low.copy_input,
         "axes": axes,
@@ -129,7 +132,7 @@ def _simd_axes(workload: Workload, low: Lowering, names) -> list[dict]:
         axes.append({
             "name": name, "NAME": name.upper(), "in_size": n_in, "padded": pad.size,
             "before": pad.before, "extent": pad.mode_extent, "out_size": workload.out_spatial[i],
-            "padded_stride": math.prod(p.size for p in low.padded[i + 1:]),
+            "padded_stride": _layout_stride(workload, low, i),
             "out_stride": math.prod(workload.out_spatial[i + 1:]),
             "in_row_stride": math.prod(workload.in_spatial[i + 1:-1]) if i < len(names) - 1 else 1,
             # the stretch of a padded row that is a plain copy of the input row
@@ -137,6 +140,24 @@ def _simd_axes(workload: Workload, low: Lowering, names) -> list[dict]:
             "copy_end": min(pad.before + n_in, pad.mode_extent),
         })
     return axes
+
+
+def _layout_stride(workload: Workload, low: Lowering, axis) -> int:
+    """Element stride of a spatial axis (index) or of "channel" in the (padded) input.
+
+    A copied input is laid out [n][rows][channel][row] so that the rows a tile reads are
+    together for every channel (a few pages, prefetcher-friendly); an input read in place
+    keeps NCHW.
+    """
+    sizes = [p.size for p in low.padded[:-1]] + [low.row_pitch]
+    if not low.copy_input:
+        return math.prod(sizes) if axis == "channel" else math.prod(sizes[axis + 1:])
+    channels = workload.spec.in_channels
+    if axis == "channel":
+        return low.row_pitch
+    if axis == len(sizes) - 1:
+        return 1
+    return channels * math.prod(sizes[axis + 1:])
 
 
 def _phases(workload: Workload, plan: Plan, low: Lowering, axes: list[dict]):
