@@ -8,6 +8,8 @@ layer: same process, same thread count, interleaved rep by rep so machine noise 
 alike, preallocated outputs, warm threads. The table shows medians, GFLOP/s, the share of
 the machine's FMA peak (measured here by a generated micro-benchmark) and the ratios
 torch/convgen and onnxruntime/convgen (> 1: convgen is faster), then geometric means,
+(onnxruntime is timed right after each convgen/torch pair rather than interleaved: its
+own thread pool spins after a run and would slow whatever ran next),
 the issue's targets, the cold compile time and the per-call Python overhead.
 
 torch's OpenMP workers spin (OMP_WAIT_POLICY=ACTIVE) so the anchor is at its best; torch
@@ -71,9 +73,13 @@ def bench_layer(layer: dict, dtype: str, min_time: float, ort_threads: int | Non
     out = np.empty(kernel.output_shape, dtype)
     packed = kernel.prepack(w)   # once per weight, as a deployed layer does
     runners = [lambda: kernel(x, packed, b, out=out), anchors.torch_call(layer, x, w, b)]
-    if ort_threads:
-        runners.append(anchors.onnxruntime_call(layer, x, w, b, ort_threads, out.shape))
     times = interleaved_medians(runners, min_time)
+    if ort_threads:
+        # timed in a block of its own: onnxruntime's workers spin on their own pool after a
+        # run, which would steal the cores from whichever library runs next
+        ort_run = anchors.onnxruntime_call(layer, x, w, b, ort_threads, out.shape)
+        times += interleaved_medians([ort_run], min_time / 2)
+        time.sleep(0.2)   # let its workers go to sleep before the next layer
     reference = runners[1]()
     kernel(x, packed, b, out=out)
     err = float(np.linalg.norm(out - reference) / np.linalg.norm(reference))

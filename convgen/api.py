@@ -39,8 +39,14 @@ def spec_of_torch(module) -> ConvSpec:
                          module.padding_mode)
 
 
-def compile(layer, input_shape, dtype="float32", target="cpu", plan="auto") -> Kernel:  # noqa: A001
-    """A kernel for ``layer`` on inputs of ``input_shape``: compiled, cached and loaded."""
+def compile(layer, input_shape, dtype="float32", target="cpu", plan="auto",  # noqa: A001
+            accuracy="fast") -> Kernel:
+    """A kernel for ``layer`` on inputs of ``input_shape``: compiled, cached and loaded.
+
+    ``accuracy="strict"`` keeps the planner to exact algorithms: no Winograd, whose float32
+    results differ from a direct sum by a few more units in the last place.
+    """
+    accuracy = planner.check_accuracy(accuracy)
     spec = as_spec(layer)
     workload, unbatched = workload_of(spec, input_shape, dtype)
     resolved_target = get_target(target)
@@ -48,9 +54,9 @@ def compile(layer, input_shape, dtype="float32", target="cpu", plan="auto") -> K
         from .cuda import compile_cuda
         return compile_cuda(workload, unbatched, resolved_target, plan)
     if plan == "auto":  # the common case: skip re-ranking, the planner memoises its choice
-        chosen = planner.choose(workload, resolved_target)
+        chosen = planner.choose(workload, resolved_target, accuracy=accuracy)
     else:
-        chosen = planner.resolve(plan, workload, resolved_target)
+        chosen = planner.resolve(plan, workload, resolved_target, accuracy)
     memo = (workload, unbatched, resolved_target, chosen)
     kernel = _KERNELS.get(memo)
     if kernel is None:

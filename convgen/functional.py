@@ -27,13 +27,34 @@ def _operands(ndim: int, op: str, input, weight, bias):
     return x, w, bias
 
 
+# (op, shapes, dtype, arguments with their types) -> Kernel: a repeated call skips
+# building the spec and planning. Only calls that compiled are remembered.
+_KERNELS: dict[tuple, object] = {}
+
+
+def _freeze(value):
+    """A hashable, type-exact form of an argument (True and 1 must not share a key)."""
+    if isinstance(value, (list, tuple)):
+        return (type(value).__name__, tuple(_freeze(v) for v in value))
+    return (type(value).__name__, value)
+
+
 def _call(op: str, input, weight, bias, **args):
     ndim, _ = op_info(op)
     x, w, bias = _operands(ndim, op, input, weight, bias)
-    spec = spec_from_op(op, w.shape, bias is not None, x.shape, **args)
-    if bias is not None:   # checked here, before compiling, as well as by the kernel
-        check_shape(bias, "bias", (spec.out_channels,), "one value per output channel")
-    kernel = compile_kernel(spec, x.shape, dtype=x.dtype)
+    try:
+        memo = (op, x.shape, w.shape, bias is not None, x.dtype.str,
+                tuple((k, _freeze(v)) for k, v in args.items()))
+        kernel = _KERNELS.get(memo)
+    except TypeError:   # an unhashable argument: no memo, the checks below report it
+        memo = kernel = None
+    if kernel is None:
+        spec = spec_from_op(op, w.shape, bias is not None, x.shape, **args)
+        if bias is not None:   # checked here, before compiling, as well as by the kernel
+            check_shape(bias, "bias", (spec.out_channels,), "one value per output channel")
+        kernel = compile_kernel(spec, x.shape, dtype=x.dtype)
+        if memo is not None:
+            _KERNELS[memo] = kernel
     return kernel(x, w, bias)
 
 

@@ -26,14 +26,17 @@ import math
 import os
 from dataclasses import dataclass
 
+from . import winograd
 from .lower import Lowering, lower
 from .machine import Machine, host
 from .spec import Workload, workload_of
 from .target import Target, get_target
 
 SIMD_ALGORITHMS = ("implicit_gemm", "direct_simd")
+WINOGRAD_ALGORITHMS = ("winograd2", "winograd4")    # F(2, 3) and F(4, 3) per axis
 GATHER_ALGORITHMS = ("direct", "transposed_gather")
-ALGORITHMS = SIMD_ALGORITHMS + GATHER_ALGORITHMS
+ALGORITHMS = SIMD_ALGORITHMS + WINOGRAD_ALGORITHMS + GATHER_ALGORITHMS
+ACCURACIES = ("fast", "strict")   # strict: exact algorithms only (no Winograd)
 LOOP_ORDERS = ("oc_outer", "pixel_outer")
 MAX_GATHER_OC_BLOCK = 16
 _PARALLEL_OVERHEAD_S = 4e-6      # one OpenMP fork/join with warm (spinning) workers
@@ -96,13 +99,20 @@ def native_vector(target: Target, dtype: str) -> int:
     return target.vector_bytes // _DTYPE_BYTES[dtype]
 
 
-def algorithms_for(workload: Workload) -> tuple[str, ...]:
+def algorithms_for(workload: Workload, accuracy: str = "fast") -> tuple[str, ...]:
     spec = workload.spec
     found = ["implicit_gemm"]
     if spec.stride[-1] == 1:   # a row's inputs and outputs are contiguous
         found.append("direct_simd")
+    if accuracy != "strict" and winograd.applies(spec):
+        found += WINOGRAD_ALGORITHMS
     found.append("transposed_gather" if spec.transposed else "direct")
     return tuple(found)
+
+
+def winograd_geometry(workload: Workload, plan: Plan) -> winograd.Geometry:
+    line = 64 // _DTYPE_BYTES[workload.dtype]
+    return winograd.geometry(workload, int(plan.algorithm[-1]), plan.pixel_tile, line, plan.vector)
 
 
 def lowering_for(workload: Workload, plan: Plan) -> Lowering:
@@ -121,6 +131,13 @@ def buffers(workload: Workload, plan: Plan) -> Buffers:
     spec = workload.spec
     if plan.algorithm in GATHER_ALGORITHMS:
         return Buffers(math.prod(spec.weight_shape), 0)
+    if plan.algorithm in WINOGRAD_ALGORITHMS:
+        geo = winograd_geometry(workload, plan)
+        points = geo.alpha ** spec.ndim
+        rows = math.prod(geo.padded[:-1])
+        padded = workload.input_shape[0] * rows * spec.in_channels * geo.channel_stride
+        return Buffers(points * spec.out_channels * spec.cin_per_group,
+                       padded + plan.threads * geo.scratch)
     low = lowering_for(workload, plan)
     per_group = sum(oc_blocks(workload, plan) * spec.cin_per_group * p.taps * plan.oc_tile
                     for p in low.phases)
@@ -133,9 +150,12 @@ def oc_blocks(workload: Workload, plan: Plan) -> int:
     return -(-workload.spec.cout_per_group // plan.oc_tile)
 
 
-def check_plan(plan: Plan, workload: Workload, target: Target) -> None:
+def check_plan(plan: Plan, workload: Workload, target: Target, accuracy: str = "fast") -> None:
     """Refuse a plan that cannot compute this workload on this target, saying why."""
     spec = workload.spec
+    if accuracy == "strict" and plan.algorithm in WINOGRAD_ALGORITHMS:
+        raise ValueError(f"plan: {plan.algorithm} is not exact (Winograd rounds differently); "
+                         f"accuracy='strict' allows only {algorithms_for(workload, 'strict')}")
     if plan.algorithm not in algorithms_for(workload):
         raise ValueError(f"plan: algorithm {plan.algorithm!r} does not apply to this {spec.op}; "
                          f"choose one of {algorithms_for(workload)}")
@@ -165,6 +185,9 @@ def _check_simd(plan: Plan, workload: Workload, target: Target) -> None:
         raise ValueError(f"plan: vector must be {native} (or {native // 2}) lanes of "
                          f"{workload.dtype} on target {target.name}, got {plan.vector}")
     regs = registers(target) * (native // plan.vector)   # half-width vectors: twice as many
+    if plan.algorithm in WINOGRAD_ALGORITHMS and plan.loop_order != "pixel_outer":
+        raise ValueError(f"plan: {plan.algorithm} runs blocks of tiles with every channel "
+                         f"inside: loop_order must be 'pixel_outer'")
     if plan.algorithm == "implicit_gemm":
         if plan.oc_tile % plan.vector:
             raise ValueError(f"plan: implicit_gemm's oc_tile ({plan.oc_tile}) must be a "
@@ -172,10 +195,10 @@ def _check_simd(plan: Plan, workload: Workload, target: Target) -> None:
         accumulators, loads = plan.pixel_tile * (plan.oc_tile // plan.vector), plan.oc_tile // plan.vector
     else:
         if plan.pixel_tile % plan.vector:
-            raise ValueError(f"plan: direct_simd's pixel_tile ({plan.pixel_tile}) must be a "
+            raise ValueError(f"plan: {plan.algorithm}'s pixel_tile ({plan.pixel_tile}) must be a "
                              f"multiple of vector ({plan.vector})")
         if workload.spec.cout_per_group % plan.oc_tile:
-            raise ValueError(f"plan: direct_simd's oc_tile ({plan.oc_tile}) must divide the "
+            raise ValueError(f"plan: {plan.algorithm}'s oc_tile ({plan.oc_tile}) must divide the "
                              f"output channels per group ({workload.spec.cout_per_group})")
         accumulators, loads = plan.oc_tile * (plan.pixel_tile // plan.vector), plan.pixel_tile // plan.vector
     if accumulators + loads + 1 > regs:
@@ -190,13 +213,14 @@ class Candidate:
     why: str
 
 
-def candidates(workload: Workload, target: Target, threads: int | None = None) -> list[Candidate]:
+def candidates(workload: Workload, target: Target, threads: int | None = None,
+               accuracy: str = "fast") -> list[Candidate]:
     """Every legal plan for the workload, cheapest first."""
     threads = threads or default_threads()
     found = []
-    for plan in _enumerate(workload, target, threads):
+    for plan in _enumerate(workload, target, threads, accuracy):
         try:
-            check_plan(plan, workload, target)
+            check_plan(plan, workload, target, accuracy)
         except ValueError:
             continue
         cost, why = _cost(plan, workload, target, host())
@@ -205,12 +229,12 @@ def candidates(workload: Workload, target: Target, threads: int | None = None) -
     return found
 
 
-def _enumerate(workload: Workload, target: Target, threads: int):
+def _enumerate(workload: Workload, target: Target, threads: int, accuracy: str):
     spec = workload.spec
     teams = sorted({1, threads})
     vl = native_vector(target, workload.dtype)
     regs = registers(target)
-    for algorithm in algorithms_for(workload):
+    for algorithm in algorithms_for(workload, accuracy):
         if algorithm in GATHER_ALGORITHMS:
             tiles = [(b, 1, 1) for b in range(1, MAX_GATHER_OC_BLOCK + 1) if spec.cout_per_group % b == 0]
         elif algorithm == "implicit_gemm":
@@ -221,8 +245,9 @@ def _enumerate(workload: Workload, target: Target, threads: int):
             tiles = [(o, nv * vl, vl) for o in range(1, min(spec.cout_per_group, 16) + 1)
                      if spec.cout_per_group % o == 0
                      for nv in range(1, 9) if o * nv + nv + 1 <= regs]
+        orders = ("pixel_outer",) if algorithm in WINOGRAD_ALGORITHMS else LOOP_ORDERS
         for oc_tile, pixel_tile, vector in tiles:
-            for order in LOOP_ORDERS:
+            for order in orders:
                 for team in teams:
                     yield Plan(algorithm, oc_tile, pixel_tile, vector, order, team)
 
@@ -233,8 +258,10 @@ def _cost(plan: Plan, workload: Workload, target: Target, machine: Machine) -> t
         if plan.threads > 1:
             seconds += _PARALLEL_OVERHEAD_S
         return seconds, f"scalar gather: {workload.macs} MACs at {_GATHER_MACS_PER_S:.0e}/s per thread"
-    low = lowering_for(workload, plan)
     width = native_vector(target, workload.dtype) / plan.vector   # 2: half-width vectors
+    if plan.algorithm in WINOGRAD_ALGORITHMS:
+        return _winograd_cost(plan, workload, machine, width)
+    low = lowering_for(workload, plan)
     tile_cost = _gemm_phase_cost if plan.algorithm == "implicit_gemm" else _simd_phase_cost
     compute, items_total, useful, issued = 0.0, 0, 0, 0
     for phase in low.phases:
@@ -253,6 +280,31 @@ def _cost(plan: Plan, workload: Workload, target: Target, machine: Machine) -> t
            f"compute {compute / machine.clock_hz * 1e3:.3f} ms/thread, "
            f"streaming {stream / machine.clock_hz * 1e3:.3f} ms/thread")
     return seconds, why
+
+
+def _winograd_cost(plan: Plan, workload: Workload, machine: Machine, width: float):
+    """Per block: input transforms, XI small GEMMs (register tiles as direct_simd's), output
+    transforms with their scalar interleaving stores."""
+    spec, size = workload.spec, _DTYPE_BYTES[workload.dtype]
+    geo = winograd_geometry(workload, plan)
+    points, nv = geo.alpha ** spec.ndim, plan.pixel_tile // plan.vector
+    fma = plan.oc_tile * nv / (machine.fma_per_cycle * width)
+    loads = (plan.oc_tile + nv * machine.vector_load_cost / width) / machine.loads_per_cycle
+    gemm = points * (spec.cout_per_group // plan.oc_tile) * (
+        spec.cin_per_group * max(fma, loads) + plan.oc_tile * nv + 20)
+    vector_ops = 6 * geo.alpha * points / width   # adds per transformed tile, roughly
+    transforms = nv * (spec.cin_per_group + spec.cout_per_group) * vector_ops / 2
+    stores = spec.cout_per_group * plan.pixel_tile * geo.m ** spec.ndim
+    scratch = geo.scratch * size
+    spill = 1.0 if scratch <= machine.l2_bytes // 2 else 1.3   # V and M out of L2
+    block_cycles = spec.groups * (gemm + transforms + stores) * spill
+    blocks = workload.input_shape[0] * math.prod(geo.tiles[:-1]) * geo.blocks
+    cycles = math.ceil(blocks / plan.threads) * block_cycles
+    copy = workload.input_shape[0] * spec.in_channels * math.prod(geo.padded) * size * 2
+    seconds = (cycles / machine.clock_hz + copy / (machine.l3_bytes_per_cycle * machine.clock_hz)
+               / plan.threads + _CALL_OVERHEAD_S + (_PARALLEL_OVERHEAD_S if plan.threads > 1 else 0))
+    return seconds, (f"F({geo.m},3): {blocks} blocks of {plan.pixel_tile} tiles over "
+                     f"{plan.threads} threads, {geo.scratch * size // 1024} KiB scratch per thread")
 
 
 def _level_bandwidth(working_set: int, machine: Machine) -> float:
@@ -349,10 +401,12 @@ def _setup_seconds(plan: Plan, workload: Workload, low: Lowering, machine: Machi
     return moved / per_cycle / machine.clock_hz
 
 
-def plan(spec, input_shape=None, dtype="float32", target="cpu", threads=None) -> Plan:
+def plan(spec, input_shape=None, dtype="float32", target="cpu", threads=None,
+         accuracy="fast") -> Plan:
     """The planner's choice for ``spec`` on inputs of ``input_shape`` (batched or not).
 
     ``spec`` may also be a Workload, which already carries the shape and dtype.
+    ``accuracy="strict"`` keeps to exact algorithms (no Winograd).
     """
     if isinstance(spec, Workload):
         workload = spec
@@ -362,25 +416,32 @@ def plan(spec, input_shape=None, dtype="float32", target="cpu", threads=None) ->
     if resolved.lang == "cuda":
         from .cuda import plan_cuda
         return plan_cuda(workload, resolved)
-    return choose(workload, resolved, threads)
+    return choose(workload, resolved, threads, check_accuracy(accuracy))
 
 
-def choose(workload: Workload, target: Target, threads: int | None = None) -> Plan:
+def check_accuracy(accuracy) -> str:
+    if accuracy not in ACCURACIES:
+        raise ValueError(f"accuracy must be one of {ACCURACIES}, got {accuracy!r}")
+    return accuracy
+
+
+def choose(workload: Workload, target: Target, threads: int | None = None,
+           accuracy: str = "fast") -> Plan:
     """The cheapest candidate (memoised: the hot path of every compile call)."""
-    return _best(workload, target, threads or default_threads())
+    return _best(workload, target, threads or default_threads(), accuracy)
 
 
 @functools.lru_cache(maxsize=4096)
-def _best(workload: Workload, target: Target, threads: int) -> Plan:
-    return candidates(workload, target, threads)[0].plan
+def _best(workload: Workload, target: Target, threads: int, accuracy: str) -> Plan:
+    return candidates(workload, target, threads, accuracy)[0].plan
 
 
-def resolve(requested, workload: Workload, target: Target) -> Plan:
+def resolve(requested, workload: Workload, target: Target, accuracy: str = "fast") -> Plan:
     """A user's ``plan=`` argument ("auto", an algorithm name, a plan string, a Plan) as a Plan."""
     if isinstance(requested, Plan):
         chosen = requested
     elif requested == "auto":
-        chosen = choose(workload, target)
+        chosen = choose(workload, target, accuracy=accuracy)
     elif isinstance(requested, str) and requested in ALGORITHMS:
         ranked = [c.plan for c in candidates(workload, target) if c.plan.algorithm == requested]
         if not ranked:
@@ -392,14 +453,15 @@ def resolve(requested, workload: Workload, target: Target) -> Plan:
     else:
         raise ValueError(f"plan must be 'auto', an algorithm name {ALGORITHMS}, a plan string "
                          f"or a Plan, got {requested!r}")
-    check_plan(chosen, workload, target)
+    check_plan(chosen, workload, target, accuracy)
     return chosen
 
 
-def explain(workload: Workload, target: Target, top: int = 5) -> str:
-    ranked = candidates(workload, target)
+def explain(workload: Workload, target: Target, top: int = 5, accuracy: str = "fast") -> str:
+    ranked = candidates(workload, target, accuracy=accuracy)
     lines = [f"{workload.spec.describe()}", f"input {workload.input_shape} -> output "
-             f"{workload.output_shape}, {workload.dtype}, target {target.description}",
+             f"{workload.output_shape}, {workload.dtype}, target {target.description}, "
+             f"accuracy {accuracy}",
              f"{len(ranked)} candidate plans; the best {min(top, len(ranked))}:"]
     for i, cand in enumerate(ranked[:top]):
         lines.append(f"  {'*' if i == 0 else ' '} {cand.cost_s * 1e3:9.3f} ms  {cand.plan}")

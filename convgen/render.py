@@ -14,14 +14,17 @@ import jinja2
 from . import __version__
 from ._paths import templates_dir
 from .lower import Lowering
-from .plan import GATHER_ALGORITHMS, Plan, buffers, lowering_for, oc_blocks
+from . import winograd
+from .plan import (GATHER_ALGORITHMS, WINOGRAD_ALGORITHMS, Plan, buffers, lowering_for,
+                   oc_blocks, winograd_geometry)
 from .spec import AXIS_NAMES, Workload
 from .target import Target
 
 CTYPES = {"float32": "float", "float64": "double"}
 _DTYPE_BYTES = {"float32": 4, "float64": 8}
 TEMPLATES = {"direct": "cpu/direct.c.j2", "transposed_gather": "cpu/transposed_gather.c.j2",
-             "implicit_gemm": "cpu/implicit_gemm.c.j2", "direct_simd": "cpu/direct_simd.c.j2"}
+             "implicit_gemm": "cpu/implicit_gemm.c.j2", "direct_simd": "cpu/direct_simd.c.j2",
+             "winograd2": "cpu/winograd.c.j2", "winograd4": "cpu/winograd.c.j2"}
 
 
 class TemplateError(RuntimeError):
@@ -230,10 +233,41 @@ def _runs(plan: Plan, count: int, tiles: dict) -> list[dict]:
     return runs
 
 
+def _winograd_context(workload: Workload, plan: Plan) -> dict:
+    spec = workload.spec
+    geo = winograd_geometry(workload, plan)
+    transform = winograd.TRANSFORMS[geo.m]
+    axes = [{"name": name, "NAME": name.upper(), "in_size": workload.in_spatial[i],
+             "out_size": workload.out_spatial[i], "padded": geo.padded[i],
+             "before": geo.before[i], "extent": geo.mode_extent[i],
+             # padded columns that are a plain copy of the input row
+             "copy_begin": min(geo.before[i], geo.mode_extent[i]),
+             "copy_end": min(geo.before[i] + workload.in_spatial[i], geo.mode_extent[i])}
+            for i, name in enumerate(AXIS_NAMES[spec.ndim])]
+    return {
+        "ndim": spec.ndim, "m": geo.m, "alpha": geo.alpha, "xi": geo.alpha ** spec.ndim,
+        "vector": plan.vector, "vector_bytes": plan.vector * _DTYPE_BYTES[workload.dtype],
+        "oc_tile": plan.oc_tile, "block": geo.block, "blocks": geo.blocks,
+        "tile_rows": math.prod(geo.tiles[:-1]), "padded_rows": math.prod(geo.padded[:-1]),
+        "phase_pitch": geo.phase_pitch, "scratch": geo.scratch,
+        "v_point": geo.v_point, "m_point": geo.m_point, "row_chunks": geo.row_chunks,
+        "axes": axes, "inner": axes[-1], "outer": axes[0] if spec.ndim == 2 else None,
+        "bt": _fractions(transform.bt), "g": _fractions(transform.g), "at": _fractions(transform.at),
+    }
+
+
+def _fractions(matrix) -> list[list[tuple[int, int, int]]]:
+    """Each row's non-zero entries as (numerator, denominator, column)."""
+    return [[(v.numerator, v.denominator, j) for j, v in enumerate(row) if v != 0]
+            for row in matrix]
+
+
 def context(workload: Workload, plan: Plan, target: Target) -> dict:
     ctx = _common(workload, plan, target)
     if plan.algorithm in GATHER_ALGORITHMS:
         ctx.update(_gather_context(workload, plan))
+    elif plan.algorithm in WINOGRAD_ALGORITHMS:
+        ctx.update(_winograd_context(workload, plan))
     else:
         ctx.update(_simd_context(workload, plan, target))
     return ctx

@@ -5,6 +5,9 @@ import tempfile
 
 import pytest
 
+# The suite runs two xdist workers on two cores: libgomp's default spin, not convgen's
+# longer one, so an idle worker's threads do not steal the other worker's core.
+os.environ.setdefault("GOMP_SPINCOUNT", "300000")
 # Set before convgen is imported anywhere, so no test touches the user's cache.
 _OWN_CACHE = not os.environ.get("CONVGEN_TEST_CACHE_DIR")
 os.environ["CONVGEN_CACHE_DIR"] = os.environ.get("CONVGEN_TEST_CACHE_DIR") or tempfile.mkdtemp(

@@ -1,6 +1,8 @@
 """The planner: its public signature, the candidate space and the explanation."""
 from __future__ import annotations
 
+import pytest
+
 import convgen
 from convgen.plan import Plan, candidates, check_plan, explain, plan
 from convgen.spec import ConvSpec, workload_of
@@ -24,7 +26,8 @@ def test_candidates_are_legal_ranked_and_parse_back():
     assert costs == sorted(costs) and len(ranked) > 10
     gather = {c.plan.oc_tile for c in ranked if c.plan.algorithm == "direct"}
     assert gather == {1, 2, 4, 8}   # the divisors of 8 per group
-    assert {c.plan.algorithm for c in ranked} == {"direct", "direct_simd", "implicit_gemm"}
+    assert {c.plan.algorithm for c in ranked} == {"direct", "direct_simd", "implicit_gemm",
+                                                  "winograd2", "winograd4"}
     for cand in ranked:
         check_plan(cand.plan, workload, get_target("cpu"))
         assert Plan.parse(str(cand.plan)) == cand.plan
@@ -47,10 +50,35 @@ def test_tiny_layers_stay_on_one_thread():
 
 def test_simd_algorithms_win_where_they_should():
     dense = plan(ConvSpec.conv(2, 64, 64, 3, padding=1), (1, 64, 28, 28), threads=2)
-    assert dense.algorithm in ("implicit_gemm", "direct_simd") and dense.threads == 2
+    assert dense.algorithm.startswith("winograd") and dense.threads == 2
+    exact = plan(ConvSpec.conv(2, 64, 64, 3, padding=1), (1, 64, 28, 28), threads=2,
+                 accuracy="strict")
+    assert exact.algorithm in ("implicit_gemm", "direct_simd")
     depthwise = plan(ConvSpec.conv(2, 32, 32, 3, padding=1, groups=32), (1, 32, 56, 56))
     assert depthwise.algorithm == "direct_simd"   # no channels to fill vector lanes with
     strided = plan(ConvSpec.conv(2, 64, 64, 3, stride=2, padding=1), (1, 64, 28, 28))
     assert strided.algorithm == "implicit_gemm"
     hifigan = plan(ConvSpec.conv_transpose(1, 64, 32, 16, stride=8, padding=4), (1, 64, 32))
     assert hifigan.algorithm == "implicit_gemm"
+
+
+def test_strict_accuracy_never_plans_winograd():
+    spec = ConvSpec.conv(2, 64, 64, 3, padding=1)
+    workload, _ = workload_of(spec, (1, 64, 56, 56), "float32")
+    fast = candidates(workload, get_target("cpu"), threads=2)
+    strict = candidates(workload, get_target("cpu"), threads=2, accuracy="strict")
+    assert any(c.plan.algorithm.startswith("winograd") for c in fast)
+    assert not any(c.plan.algorithm.startswith("winograd") for c in strict)
+    assert not plan(spec, (1, 64, 56, 56), accuracy="strict").algorithm.startswith("winograd")
+    kernel = convgen.compile(spec, (1, 64, 56, 56), accuracy="strict")
+    assert not kernel.plan.algorithm.startswith("winograd")
+    with pytest.raises(ValueError, match="strict"):
+        convgen.compile(spec, (1, 64, 56, 56), plan="winograd4", accuracy="strict")
+    with pytest.raises(ValueError, match="accuracy"):
+        convgen.compile(spec, (1, 64, 56, 56), accuracy="exactish")
+
+
+def test_winograd_transforms_are_exact_in_rationals():
+    from convgen.winograd import TRANSFORMS, check
+    for transform in TRANSFORMS.values():
+        assert check(transform) < 1e-13

@@ -49,3 +49,21 @@ def test_tiny_work_runs_on_one_thread():
     assert k.plan.threads == 1 and "omp parallel" not in k.source
     y = k(np.ones((1, 2, 8), np.float32), np.ones((2, 2, 3), np.float32), np.zeros(2, np.float32))
     assert (y == 6).all()
+
+
+def _child(code: str, **env_changes) -> str:
+    env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    env.update(env_changes)
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+def test_convgen_keeps_openmp_workers_spinning_by_default():
+    code = "import os, convgen._openmp as o; print(o.STATUS, os.environ.get('GOMP_SPINCOUNT'))"
+    assert _child(code) == f"GOMP_SPINCOUNT=3000000 3000000"
+    # the user's settings win
+    assert _child(code, OMP_WAIT_POLICY="PASSIVE").startswith("user settings kept None")
+    assert _child(code, GOMP_SPINCOUNT="7") == "user settings kept 7"
+    # too late once an OpenMP runtime is loaded: say so, change nothing
+    late = "import torch; " + code
+    assert _child(late).startswith("an OpenMP runtime was already loaded")

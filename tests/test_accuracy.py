@@ -1,0 +1,40 @@
+"""Float32 error of each algorithm on realistic layers, against torch in float64.
+
+The bounds are the documented ones (README, "Accuracy"): the exact algorithms sum the
+same products in another order (relative L2 error a few 1e-7); Winograd F(2,3) is close
+to them; F(4,3) multiplies by larger transform constants and is a few times worse.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch.nn.functional as F
+import torch
+
+import convgen
+from convgen import ConvSpec
+from helpers import rel_l2
+
+# (documented bound, algorithms it covers)
+BOUNDS = {"implicit_gemm": 2e-6, "direct_simd": 2e-6, "direct": 2e-6, "winograd2": 2e-6,
+          "winograd4": 1e-5}
+LAYERS = [   # 3x3 unit-stride layers of the sizes networks use (Winograd applies to all)
+    (ConvSpec.conv(2, 64, 64, 3, padding=1), (1, 64, 28, 28)),
+    (ConvSpec.conv(2, 256, 128, 3, padding=1), (1, 256, 14, 14)),
+    (ConvSpec.conv(1, 512, 256, 3, padding=1), (1, 512, 64)),
+]
+
+
+@pytest.mark.parametrize("algorithm", sorted(BOUNDS))
+@pytest.mark.parametrize("layer", range(len(LAYERS)))
+def test_float32_error_within_the_documented_bound(algorithm, layer):
+    spec, shape = LAYERS[layer]
+    rng = np.random.default_rng(layer)
+    x = rng.standard_normal(shape).astype(np.float32)
+    w = (rng.standard_normal(spec.weight_shape) / np.sqrt(spec.in_channels * 9)).astype(np.float32)
+    b = rng.standard_normal(spec.out_channels).astype(np.float32)
+    op = getattr(F, spec.op)
+    ref = op(*(torch.from_numpy(a.astype(np.float64)) for a in (x, w, b)), padding=1).numpy()
+    kernel = convgen.compile(spec, shape, plan=algorithm)
+    err = rel_l2(kernel(x, w, b), ref)
+    assert err <= BOUNDS[algorithm], f"{algorithm}: relative L2 error {err:.2e}"
