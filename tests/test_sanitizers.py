@@ -37,28 +37,41 @@ SAMPLE = [
                                                             "output_padding": 1}),
 ]
 
+# Every algorithm the planner lists for a sample layer is built and run, so a new
+# algorithm is covered as soon as the planner offers it; the child fails if one of
+# convgen.plan.ALGORITHMS applies to no sample layer (add one where it does).
 CHILD = textwrap.dedent("""
     import sys
     import numpy as np
     import convgen
     from convgen.layers import spec_from_op
+    from convgen.plan import ALGORITHMS, candidates
     from convgen.reference import convolve
+    from convgen.spec import workload_of
+    from convgen.target import get_target
     rng = np.random.default_rng(7)
-    worst = 0.0
+    worst, checked, covered = 0.0, 0, set()
     for op, x_shape, w_shape, args in SAMPLE:
         for dtype in ("float32", "float64"):
             spec = spec_from_op(op, w_shape, True, x_shape, **args)
-            kernel = convgen.compile(spec, x_shape, dtype=dtype)
-            assert kernel.target.sanitize, kernel.target
-            x = rng.standard_normal(x_shape).astype(dtype)
-            w = rng.standard_normal(w_shape).astype(dtype)
-            b = rng.standard_normal(spec.out_channels).astype(dtype)
-            y = kernel(x, w, b)
-            ref = convolve(kernel.workload, x, w, b)
-            err = float(np.linalg.norm(y - ref) / np.linalg.norm(ref))
-            assert err < (1e-5 if dtype == "float32" else 1e-12), (op, args, dtype, err)
-            worst = max(worst, err)
-    print("checked", len(SAMPLE) * 2, "kernels; worst relative error", worst)
+            workload, _ = workload_of(spec, x_shape, dtype)
+            algorithms = sorted({c.plan.algorithm for c in candidates(workload, get_target("cpu"))})
+            for algorithm in algorithms:
+                kernel = convgen.compile(spec, x_shape, dtype=dtype, plan=algorithm)
+                assert kernel.target.sanitize, kernel.target
+                x = rng.standard_normal(x_shape).astype(dtype)
+                w = rng.standard_normal(w_shape).astype(dtype)
+                b = rng.standard_normal(spec.out_channels).astype(dtype)
+                y = kernel(x, w, b)
+                ref = convolve(kernel.workload, x, w, b)
+                err = float(np.linalg.norm(y - ref) / np.linalg.norm(ref))
+                assert err < (1e-5 if dtype == "float32" else 1e-12), (op, args, dtype,
+                                                                       algorithm, err)
+                worst, checked = max(worst, err), checked + 1
+                covered.add(algorithm)
+    missing = set(ALGORITHMS) - covered
+    assert not missing, f"no sample layer exercises the algorithms {sorted(missing)}"
+    print("checked", checked, "kernels of", sorted(covered), "; worst relative error", worst)
 """)
 
 # Proof that the harness sees an overflow: hand a compiled kernel an input one row short,
