@@ -8,7 +8,7 @@ TEST_STAMP    := $(VENV)/.test-installed
 # Parallel test workers: the suite is dominated by C compiles, one per distinct kernel.
 TEST_WORKERS ?= auto
 
-.PHONY: demo test clean-cache clean
+.PHONY: demo test fuzz clean-cache clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,11 @@ demo: $(RUNTIME_STAMP)
 
 test: $(TEST_STAMP)
 	$(PY) -m pytest -q -n $(TEST_WORKERS) tests
+
+# The property fuzz of tests/test_fuzz.py with a large budget (the suite runs 60 examples).
+fuzz: $(TEST_STAMP)
+	CONVGEN_FUZZ_EXAMPLES=$${CONVGEN_FUZZ_EXAMPLES:-2000} $(PY) -m pytest -q -n $(TEST_WORKERS) \
+		tests/test_fuzz.py --hypothesis-show-statistics
 
 clean-cache: $(RUNTIME_STAMP)
 	$(VENV)/bin/convgen cache clear

@@ -94,6 +94,8 @@ def onnxruntime_call(layer: dict, x, w, b, threads: int, out_shape):
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     session = ort.InferenceSession(onnx_model(layer, w, b).SerializeToString(), options,
                                    providers=["CPUExecutionProvider"])
+    if out_shape is None:   # as the model computes it
+        out_shape = session.run(None, {"x": x})[0].shape
     out = np.empty(out_shape, np.float32)
     binding = session.io_binding()
     binding.bind_cpu_input("x", x)

@@ -8,8 +8,8 @@ layer: same process, same thread count, interleaved rep by rep so machine noise 
 alike, preallocated outputs, warm threads. The table shows medians, GFLOP/s, the share of
 the machine's FMA peak (measured here by a generated micro-benchmark) and the ratios
 torch/convgen and onnxruntime/convgen (> 1: convgen is faster), then geometric means,
-(onnxruntime is timed right after each convgen/torch pair rather than interleaved: its
-own thread pool spins after a run and would slow whatever ran next),
+(onnxruntime is timed in a child process before the table: its own thread pool spins
+after a run and, next to libgomp's workers, distorts every library's timings),
 the issue's targets, the cold compile time and the per-call Python overhead.
 
 torch's OpenMP workers spin (OMP_WAIT_POLICY=ACTIVE) so the anchor is at its best; torch
@@ -60,7 +60,7 @@ def interleaved_medians(runners: list, min_time: float, min_reps: int = 7) -> li
     return [statistics.median(times) for times in samples]
 
 
-def bench_layer(layer: dict, dtype: str, min_time: float, ort_threads: int | None) -> dict:
+def bench_layer(layer: dict, dtype: str, min_time: float, ort_s: float | None) -> dict:
     import convgen
     from convgen.layers import spec_from_op
 
@@ -74,18 +74,12 @@ def bench_layer(layer: dict, dtype: str, min_time: float, ort_threads: int | Non
     packed = kernel.prepack(w)   # once per weight, as a deployed layer does
     runners = [lambda: kernel(x, packed, b, out=out), anchors.torch_call(layer, x, w, b)]
     times = interleaved_medians(runners, min_time)
-    if ort_threads:
-        # timed in a block of its own: onnxruntime's workers spin on their own pool after a
-        # run, which would steal the cores from whichever library runs next
-        ort_run = anchors.onnxruntime_call(layer, x, w, b, ort_threads, out.shape)
-        times += interleaved_medians([ort_run], min_time / 2)
-        time.sleep(0.2)   # let its workers go to sleep before the next layer
     reference = runners[1]()
     kernel(x, packed, b, out=out)
     err = float(np.linalg.norm(out - reference) / np.linalg.norm(reference))
     return {"name": layer["name"], "op": layer["op"], "gflop": kernel.flops / 1e9,
             "convgen_s": times[0], "torch_s": times[1],
-            "ort_s": times[2] if ort_threads else None, "rel_err": err,
+            "ort_s": ort_s, "rel_err": err,
             "plan": str(kernel.plan), "dense_3x3_1x1": _counts_for_peak_target(layer)}
 
 
@@ -183,10 +177,11 @@ def main(argv=None) -> int:
           f"{' vs onnxruntime ' + anchors.onnxruntime_version() if ort_threads else ''}: "
           f"{len(layers)} layers, {args.dtype}, {args.threads} threads, medians of interleaved runs")
     print(f"measured float32 FMA peak, {args.threads} threads: {peak:.0f} GFLOP/s\n")
+    ort = onnxruntime_times(args, [layer["name"] for layer in layers]) if ort_threads else {}
     print_header()
     rows = []
     for layer in layers:
-        rows.append(bench_layer(layer, args.dtype, args.min_time, ort_threads))
+        rows.append(bench_layer(layer, args.dtype, args.min_time, ort.get(layer["name"])))
         print_row(rows[-1], peak)
     print_targets(rows, peak)
     compile_and_call_costs(args.dtype)
@@ -203,6 +198,18 @@ def print_row(row: dict, peak: float) -> None:
           f"{100 * rate / peak:5.0f}%{row['torch_s'] * 1e3:10.3f}{ort}"
           f"{row['torch_s'] / row['convgen_s']:8.2f}x{ort_ratio}{row['rel_err']:9.1e}  {row['plan']}",
           flush=True)
+
+
+def onnxruntime_times(args, names: list[str]) -> dict:
+    """onnxruntime's medians, measured in a child process (see ort_times.py for why)."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    done = subprocess.run([sys.executable, str(Path(__file__).with_name("ort_times.py")),
+                           str(args.suite), str(args.threads), str(args.min_time / 2),
+                           ",".join(names)], env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        print(f"onnxruntime timing failed; its column stays empty:\n{done.stderr[-2000:]}")
+        return {}
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def threading_check(threads: int) -> None:

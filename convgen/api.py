@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from . import plan as planner
 from .kernel import Kernel
+from .limits import check_workload_limits
 from .spec import ConvSpec, dtype_name, workload_of  # noqa: F401 (re-exported)
 from .target import get_target
 
@@ -49,6 +50,7 @@ def compile(layer, input_shape, dtype="float32", target="cpu", plan="auto",  # n
     accuracy = planner.check_accuracy(accuracy)
     spec = as_spec(layer)
     workload, unbatched = workload_of(spec, input_shape, dtype)
+    check_workload_limits(workload)
     resolved_target = get_target(target)
     if resolved_target.lang == "cuda":   # the CUDA backend plans, renders and loads on its own
         from .cuda import compile_cuda

@@ -1,4 +1,10 @@
-"""Array arguments: what the public functions accept, checked before any native code runs."""
+"""Array arguments: what the public functions accept, checked before any native code runs.
+
+What a kernel is handed is always float32/float64, C-contiguous, aligned and in native byte
+order, whatever the caller passed: other layouts are copied (inputs) or refused (``out=``).
+Unaligned data matters: the C code may assume its ``float``/``double`` pointers are aligned
+(vector loads, and UBSan calls a misaligned access undefined behaviour).
+"""
 from __future__ import annotations
 
 import numpy as np
@@ -14,8 +20,10 @@ def as_array(value, name: str) -> np.ndarray:
             raise TypeError(f"{name} is a tensor on {device}; the 'cpu' target takes host arrays")
         try:
             value = value.detach().numpy()
-        except (TypeError, RuntimeError) as exc:   # bfloat16 and other dtypes numpy lacks
-            raise TypeError(f"{name} must be float32 or float64, got dtype {value.dtype}") from exc
+        except (TypeError, RuntimeError) as exc:   # bfloat16, sparse layouts: numpy lacks them
+            raise TypeError(f"{name} must be a float32 or float64 tensor numpy can read, got "
+                            f"dtype {value.dtype}, layout {getattr(value, 'layout', '?')}: "
+                            f"{exc}") from exc
     try:
         array = np.asarray(value)
     except (TypeError, ValueError) as exc:
@@ -28,10 +36,14 @@ def as_array(value, name: str) -> np.ndarray:
 
 
 def native_contiguous(array: np.ndarray) -> np.ndarray:
-    """C-contiguous, native byte order: the only layout the kernels read. Copies only if needed."""
+    """C-contiguous, aligned, native byte order: the only layout the kernels read.
+
+    Copies only if needed. (``np.ascontiguousarray`` alone would pass a contiguous but
+    misaligned view through unchanged.)
+    """
     if not array.dtype.isnative:
         array = array.astype(array.dtype.newbyteorder("="))
-    return np.ascontiguousarray(array)
+    return np.require(array, requirements=("C_CONTIGUOUS", "ALIGNED"))
 
 
 def check_dtype(array: np.ndarray, name: str, dtype: np.dtype, reference: str) -> None:
@@ -50,8 +62,16 @@ def check_out(out, shape: tuple[int, ...], dtype: np.dtype, inputs: tuple[np.nda
         raise TypeError(f"out must be a numpy.ndarray, got {type(out).__name__}")
     check_dtype(out, "out", dtype, "the kernel's dtype")
     check_shape(out, "out", shape, "the kernel's output shape")
-    if not out.flags.c_contiguous or not out.flags.writeable or not out.dtype.isnative:
-        raise ValueError("out must be a writeable, C-contiguous array in native byte order")
-    for array in inputs:
+    missing = [rule for rule, holds in (("C-contiguous", out.flags.c_contiguous),
+                                        ("writeable", out.flags.writeable),
+                                        ("aligned", out.flags.aligned),
+                                        ("in native byte order", out.dtype.isnative)) if not holds]
+    if missing:
+        raise ValueError(f"out must be a writeable, aligned, C-contiguous array in native byte "
+                         f"order; this one is not {' and not '.join(missing)}")
+    for array, name in zip(inputs, ("input", "weight", "bias")):
+        # may_share_memory compares address ranges: it may refuse interleaved views that
+        # never touch, but never lets the kernel write over what it is still reading.
         if array is not None and np.may_share_memory(out, array):
-            raise ValueError("out must not overlap the input, weight or bias")
+            raise ValueError(f"out must not overlap the input, weight or bias (it overlaps "
+                             f"the {name})")

@@ -57,16 +57,8 @@ def _library(workload: Workload, plan: Plan, target: Target) -> _Library:
     source = render(workload, plan, target)
     parts = key_parts(workload, plan, target, source)
     key = cache.key_of(parts)
-    library = cache.fetch(key)
-    if library is None:
-        cache.STATS.compiles += 1
-        cache.publish(key, source, lambda src, lib: compile_shared(src, lib, target), parts)
-        library = cache.fetch(key)
-        if library is None:
-            raise RuntimeError(f"the cache entry {cache.entry_dir(key)} vanished or was damaged "
-                               f"right after it was built")
-    else:
-        cache.STATS.disk_hits += 1
+    library = cache.get_or_build(key, source, lambda src, lib: compile_shared(src, lib, target),
+                                 parts)
     name = kernel_name(workload, plan)
     loader.declare(f"void {name}(const void *x, const void *wp, const void *bias, void *y, "
                    f"void *work);", name)

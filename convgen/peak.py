@@ -25,10 +25,8 @@ def _library():
              "features": target.cpu_features, "compiler": compiler_identity(),
              "flags": flags(target), "source_sha256": hashlib.sha256(source.encode()).hexdigest()}
     key = cache.key_of(parts)
-    library = cache.fetch(key)
-    if library is None:
-        cache.publish(key, source, lambda src, lib: compile_shared(src, lib, target), parts)
-        library = cache.fetch(key)
+    library = cache.get_or_build(key, source, lambda src, lib: compile_shared(src, lib, target),
+                                 parts)
     loader.declare(f"double {_NAME}(long iterations, int threads);", _NAME)
     (function,) = loader.load(library, (_NAME,))
     return function

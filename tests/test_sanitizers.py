@@ -37,6 +37,9 @@ SAMPLE = [
                                                             "output_padding": 1}),
 ]
 
+# Every algorithm the planner lists for a sample layer is built and run, so a new
+# algorithm is covered as soon as the planner offers it; test_samples_cover_every_algorithm
+# fails if one of convgen.plan.ALGORITHMS applies to no sample layer (add one where it does).
 CHILD = textwrap.dedent("""
     import sys
     import numpy as np
@@ -114,6 +117,18 @@ def test_sample_of_every_op_is_clean_under_asan_and_ubsan(sample, tmp_path):
     assert "AddressSanitizer" not in done.stderr and "runtime error" not in done.stderr, report
     assert done.returncode == 0, report
     assert "checked" in done.stdout
+
+
+def test_samples_cover_every_algorithm():
+    """Each algorithm the planner has applies to at least one sample layer above."""
+    from convgen.layers import spec_from_op
+    from convgen.plan import ALGORITHMS, algorithms_for
+    from convgen.spec import workload_of
+    covered = set()
+    for op, x_shape, w_shape, args in SAMPLE:
+        spec = spec_from_op(op, w_shape, True, x_shape, **args)
+        covered.update(algorithms_for(workload_of(spec, x_shape, "float32")[0]))
+    assert not set(ALGORITHMS) - covered, f"add a sample for {sorted(set(ALGORITHMS) - covered)}"
 
 
 def test_the_harness_reports_an_out_of_bounds_read(tmp_path):
