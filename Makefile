@@ -8,7 +8,9 @@ TEST_STAMP    := $(VENV)/.test-installed
 # Parallel test workers: the suite is dominated by C compiles, one per distinct kernel.
 TEST_WORKERS ?= auto
 
-.PHONY: demo test fuzz clean-cache clean
+BENCH_STAMP   := $(VENV)/.bench-installed
+
+.PHONY: demo test fuzz bench bench-pytest clean-cache clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +34,20 @@ test: $(TEST_STAMP)
 fuzz: $(TEST_STAMP)
 	CONVGEN_FUZZ_EXAMPLES=$${CONVGEN_FUZZ_EXAMPLES:-2000} $(PY) -m pytest -q -n $(TEST_WORKERS) \
 		tests/test_fuzz.py --hypothesis-show-statistics
+
+$(BENCH_STAMP): pyproject.toml $(TEST_STAMP)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,bench]'
+	touch $@
+
+# convgen vs torch vs onnxruntime on shared/bench/suite_public.json, 2 threads then 1
+# (a table per thread count; see bench/RESULTS.md). BENCH_ARGS passes options through.
+bench: $(BENCH_STAMP)
+	$(PY) bench/compare.py --threads 2 $(BENCH_ARGS)
+	$(PY) bench/compare.py --threads 1 --skip-threading-check $(BENCH_ARGS)
+
+# The same layers through pytest-benchmark (statistics, history, --benchmark-compare).
+bench-pytest: $(BENCH_STAMP)
+	$(PY) -m pytest -q bench/test_bench.py -p no:xdist --benchmark-columns=median,iqr,rounds
 
 clean-cache: $(RUNTIME_STAMP)
 	$(VENV)/bin/convgen cache clear

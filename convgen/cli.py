@@ -1,4 +1,4 @@
-"""The ``convgen`` command line: compile, plan, cache."""
+"""The ``convgen`` command line: compile, plan, bench, cache."""
 from __future__ import annotations
 
 import argparse
@@ -48,6 +48,8 @@ def _add_layer_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", default="cpu", help="cpu (native), cpu-avx2 or c (portable)")
     parser.add_argument("--plan", default="auto",
                         help="auto, an algorithm name, or a complete plan string")
+    parser.add_argument("--accuracy", default="fast", choices=["fast", "strict"],
+                        help="strict: exact algorithms only (no Winograd)")
 
 
 def _spec(args):
@@ -64,14 +66,14 @@ def _cmd_plan(args) -> int:
     from .plan import explain
     from .target import get_target
     workload, _ = workload_of(_spec(args), args.input, args.dtype)
-    print(explain(workload, get_target(args.target), top=args.top))
+    print(explain(workload, get_target(args.target), top=args.top, accuracy=args.accuracy))
     return 0
 
 
 def _cmd_compile(args) -> int:
     from .api import compile as compile_kernel
     kernel = compile_kernel(_spec(args), args.input, dtype=args.dtype, target=args.target,
-                            plan=args.plan)
+                            plan=args.plan, accuracy=args.accuracy)
     output = Path(args.output) if args.output else \
         Path("generated") / f"{kernel.spec.op}_{kernel.key[:12]}.c"
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -79,6 +81,37 @@ def _cmd_compile(args) -> int:
     print(f"wrote {output}  ({kernel.spec.op}, input {kernel.input_shape} -> "
           f"{kernel.output_shape}, {kernel.workload.dtype})")
     print(f"plan: {kernel.plan}")
+    return 0
+
+
+def _cmd_bench(args) -> int:
+    """Time one layer's kernel: weights packed once, output preallocated, median of runs."""
+    import statistics
+    import time
+
+    import numpy as np
+
+    from .api import compile as compile_kernel
+    t0 = time.perf_counter()
+    kernel = compile_kernel(_spec(args), args.input, dtype=args.dtype, target=args.target,
+                            plan=args.plan, accuracy=args.accuracy)
+    compile_s = time.perf_counter() - t0
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(kernel.input_shape).astype(args.dtype)
+    w = kernel.prepack(rng.standard_normal(kernel.spec.weight_shape).astype(args.dtype))
+    b = rng.standard_normal(kernel.spec.out_channels).astype(args.dtype) if kernel.spec.bias else None
+    out = np.empty(kernel.output_shape, args.dtype)
+    kernel(x, w, b, out=out)   # warm: threads awake, pages touched
+    times, start = [], time.perf_counter()
+    while time.perf_counter() - start < args.min_time or len(times) < 5:
+        t = time.perf_counter()
+        kernel(x, w, b, out=out)
+        times.append(time.perf_counter() - t)
+    median = statistics.median(times)
+    print(f"{kernel.spec.describe()}\ninput {kernel.input_shape} -> {kernel.output_shape}, "
+          f"{args.dtype}\nplan: {kernel.plan}\ncompile (or cache load): {compile_s:.3f} s\n"
+          f"median of {len(times)} calls: {median * 1e3:.3f} ms, "
+          f"{kernel.flops / median / 1e9:.1f} GFLOP/s")
     return 0
 
 
@@ -120,6 +153,10 @@ def parser() -> argparse.ArgumentParser:
     _add_layer_arguments(p)
     p.add_argument("--top", type=int, default=5, help="how many candidates to show")
     p.set_defaults(run=_cmd_plan)
+    p = sub.add_parser("bench", help="time a layer's kernel (median of calls, GFLOP/s)")
+    _add_layer_arguments(p)
+    p.add_argument("--min-time", type=float, default=1.0, help="seconds of calls to time")
+    p.set_defaults(run=_cmd_bench)
     p = sub.add_parser("cache", help="inspect or clear the kernel cache")
     p.add_argument("action", choices=["info", "clear"])
     p.set_defaults(run=_cmd_cache)

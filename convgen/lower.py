@@ -60,6 +60,7 @@ class Lowering:
     padded: tuple[PaddedAxis, ...]
     copy_input: bool           # False: the padded input is the input itself
     row_pitch: int             # elements from one padded row to the next (>= its size)
+    rows_outside_channels: bool   # copied as [n][rows][channel][row], not [n][channel][rows][row]
 
     @property
     def padded_spatial(self) -> int:
@@ -91,7 +92,11 @@ def _lower(workload: Workload, row_overrun: int) -> Lowering:
         combos = [c + (p,) for c in combos for p in phases]
     copy = any(p.size != n for p, n in zip(padded, workload.in_spatial))
     pitch = _row_pitch(padded[-1].size, workload.dtype) if copy else padded[-1].size
-    return Lowering(tuple(Phase(c) for c in combos), tuple(padded), copy, pitch)
+    # Many input channels per group: a tile reads the same rows of every channel, so keep
+    # those rows together. Few (depthwise, small groups): a tile walks one channel's rows,
+    # so keep each channel's rows together instead.
+    rows_outside = copy and workload.spec.cin_per_group >= 8
+    return Lowering(tuple(Phase(c) for c in combos), tuple(padded), copy, pitch, rows_outside)
 
 
 def _row_pitch(row: int, dtype: str) -> int:

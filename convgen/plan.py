@@ -372,7 +372,11 @@ def _simd_phase_cost(plan: Plan, workload: Workload, phase, machine: Machine, wi
     inner = phase.axes[-1]
     rows_in_window = math.prod(len(a.taps) for a in phase.axes[:-1])
     window = spec.cin_per_group * rows_in_window * (plan.pixel_tile + len(inner.taps)) * size
-    bandwidth = _level_bandwidth(window, machine)
+    # The next work item reuses this window from cache if it reads the same rows: the next
+    # row of the same channels (oc_outer), or the same rows for the next channel tile
+    # (pixel_outer), unless that tile belongs to another group and reads other channels.
+    reuse = window if plan.loop_order == "oc_outer" or spec.groups == 1 else window * spec.groups
+    bandwidth = _level_bandwidth(reuse, machine)
 
     def tile(vectors: int) -> float:
         fma = ocb * vectors / (machine.fma_per_cycle * width)

@@ -112,6 +112,7 @@ def _simd_context(workload: Workload, plan: Plan, target: Target) -> dict:
         "oc_blocks": oc_blocks(workload, plan),
         "padded_spatial": low.padded_spatial,
         "row_pitch": low.row_pitch,
+        "rows_outside_channels": low.rows_outside_channels,
         "channel_stride": _layout_stride(workload, low, "channel"),
         "batch_stride": spec.in_channels * low.padded_spatial,
         "pack_group": buffers(workload, plan).packed_weights // spec.groups,
@@ -148,12 +149,12 @@ def _simd_axes(workload: Workload, low: Lowering, names) -> list[dict]:
 def _layout_stride(workload: Workload, low: Lowering, axis) -> int:
     """Element stride of a spatial axis (index) or of "channel" in the (padded) input.
 
-    A copied input is laid out [n][rows][channel][row] so that the rows a tile reads are
-    together for every channel (a few pages, prefetcher-friendly); an input read in place
-    keeps NCHW.
+    With many channels per group a copied input is laid out [n][rows][channel][row], so
+    the rows a tile reads are together for every channel (a few pages, prefetcher-
+    friendly); otherwise (and when read in place) channel-major, [n][channel][rows][row].
     """
     sizes = [p.size for p in low.padded[:-1]] + [low.row_pitch]
-    if not low.copy_input:
+    if not low.rows_outside_channels:
         return math.prod(sizes) if axis == "channel" else math.prod(sizes[axis + 1:])
     channels = workload.spec.in_channels
     if axis == "channel":
@@ -222,7 +223,10 @@ def _runs(plan: Plan, count: int, tiles: dict) -> list[dict]:
         for (vecs, lanes), times in pieces:
             if times:
                 name = f"{vecs}v{lanes}"
-                tiles.setdefault(name, {"name": name, "vectors": vecs, "last_lanes": lanes})
+                # enough independent FMA chains to cover the FMA latency (about 8 in flight)
+                chains = max(1, min(4, 8 // (plan.oc_tile * vecs)))
+                tiles.setdefault(name, {"name": name, "vectors": vecs, "last_lanes": lanes,
+                                        "chains": chains})
         step = plan.pixel_tile
     first = 0
     for size, times in pieces:
