@@ -298,7 +298,8 @@ def _winograd_cost(plan: Plan, workload: Workload, machine: Machine, width: floa
     scratch = geo.scratch * size
     spill = 1.0 if scratch <= machine.l2_bytes // 2 else 1.3   # V and M out of L2
     block_cycles = spec.groups * (gemm + transforms + stores) * spill
-    blocks = workload.input_shape[0] * math.prod(geo.tiles[:-1]) * geo.blocks
+    blocks = (workload.input_shape[0] * math.prod(geo.dilation) * math.prod(geo.tiles[:-1])
+              * geo.blocks)
     cycles = math.ceil(blocks / plan.threads) * block_cycles
     copy = workload.input_shape[0] * spec.in_channels * math.prod(geo.padded) * size * 2
     seconds = (cycles / machine.clock_hz + copy / (machine.l3_bytes_per_cycle * machine.clock_hz)

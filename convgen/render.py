@@ -243,7 +243,7 @@ def _winograd_context(workload: Workload, plan: Plan) -> dict:
     transform = winograd.TRANSFORMS[geo.m]
     axes = [{"name": name, "NAME": name.upper(), "in_size": workload.in_spatial[i],
              "out_size": workload.out_spatial[i], "padded": geo.padded[i],
-             "before": geo.before[i], "extent": geo.mode_extent[i],
+             "before": geo.before[i], "extent": geo.mode_extent[i], "dilation": geo.dilation[i],
              # padded columns that are a plain copy of the input row
              "copy_begin": min(geo.before[i], geo.mode_extent[i]),
              "copy_end": min(geo.before[i] + workload.in_spatial[i], geo.mode_extent[i])}
@@ -255,9 +255,33 @@ def _winograd_context(workload: Workload, plan: Plan) -> dict:
         "tile_rows": math.prod(geo.tiles[:-1]), "padded_rows": math.prod(geo.padded[:-1]),
         "phase_pitch": geo.phase_pitch, "scratch": geo.scratch,
         "v_point": geo.v_point, "m_point": geo.m_point, "row_chunks": geo.row_chunks,
+        "phases": geo.phases, "split": _split_network(geo.phases),
         "axes": axes, "inner": axes[-1], "outer": axes[0] if spec.ndim == 2 else None,
         "bt": _fractions(transform.bt), "g": _fractions(transform.g), "at": _fractions(transform.at),
     }
+
+
+def _split_network(phases: int):
+    """Even/odd shuffles that take ``phases`` consecutive vectors s0.. to one vector per
+    column phase (phase q holds columns q, q + phases, ...); None unless a power of two."""
+    if phases & (phases - 1):
+        return None
+    steps, counter = [], iter(range(10**6))
+
+    def split(names: list[str]) -> list[str]:
+        if len(names) == 1:
+            return names
+        evens, odds = [], []
+        for a, b in zip(names[0::2], names[1::2]):
+            for mask, out in (("EVEN", evens), ("ODD", odds)):
+                name = f"t{next(counter)}"
+                steps.append({"out": name, "a": a, "b": b, "mask": mask})
+                out.append(name)
+        # phase 2q comes from the even lanes, 2q + 1 from the odd ones
+        return [v for pair in zip(split(evens), split(odds)) for v in pair]
+
+    outputs = split([f"s{i}" for i in range(phases)])
+    return {"steps": steps, "outputs": outputs}
 
 
 def _fractions(matrix) -> list[list[tuple[int, int, int]]]:

@@ -61,11 +61,17 @@ def check(t: Transform) -> float:
 
 @dataclass(frozen=True)
 class Geometry:
-    """How a Winograd kernel tiles one workload (all sizes in elements)."""
+    """How a Winograd kernel tiles one workload (all sizes in elements).
+
+    A dilation d along an axis splits it into d interleaved sub-grids: output
+    ``r + d*o`` only reads padded inputs ``r + d*j``, so each sub-grid is an undilated
+    3-tap correlation and gets Winograd tiles of its own.
+    """
     m: int                      # outputs per tile along each axis
-    tiles: tuple[int, ...]      # tiles per axis (outer first); the last axis is blocked
+    dilation: tuple[int, ...]   # sub-grids per axis
+    tiles: tuple[int, ...]      # tiles per axis and sub-grid (outer first; the largest)
     block: int                  # tiles of the last axis per block (one register-tile row)
-    blocks: int                 # blocks along the last axis
+    blocks: int                 # blocks along the last axis, per sub-grid
     padded: tuple[int, ...]     # padded input extent per axis
     before: tuple[int, ...]     # padding in front per axis
     mode_extent: tuple[int, ...]
@@ -73,7 +79,7 @@ class Geometry:
     v_point: int                # per thread scratch: one transformed point of every input
     m_point: int                # channel, and of every output channel (each a line longer
                                 # than the data, so the points do not alias in L1)
-    row_chunks: int             # VL * m columns each: the padded row as the phase split reads it
+    row_chunks: int             # VL * phases columns each: the padded row as the split reads it
     scratch: int                # per thread: transformed inputs, products, one output row
 
     @property
@@ -81,30 +87,38 @@ class Geometry:
         return self.m + 2
 
     @property
+    def phases(self) -> int:
+        """Column phases of a padded row: a column's sub-grid and its place in a tile."""
+        return self.m * self.dilation[-1]
+
+    @property
     def channel_stride(self) -> int:
-        return self.m * self.phase_pitch
+        return self.phases * self.phase_pitch
 
 
 def applies(spec) -> bool:
-    """F(m, 3) here: forward, 1-D or 2-D, 3 taps per axis, unit stride and dilation."""
+    """F(m, 3) here: forward, 1-D or 2-D, 3 taps per axis, unit stride (any dilation)."""
     return (not spec.transposed and spec.ndim in (1, 2) and set(spec.kernel_size) == {3}
-            and set(spec.stride) == {1} and set(spec.dilation) == {1})
+            and set(spec.stride) == {1})
 
 
 def geometry(workload, m: int, block: int, line: int, vector: int) -> Geometry:
     spec = workload.spec
-    tiles = tuple(-(-n // m) for n in workload.out_spatial)
+    dil = spec.dilation
+    # the largest sub-grid (r = 0) has ceil(out / d) outputs
+    tiles = tuple(-(-(-(-n // d)) // m) for n, d in zip(workload.out_spatial, dil))
     blocks = -(-tiles[-1] // block)
     covered = list(tiles[:-1]) + [blocks * block]
-    padded = tuple(max(t * m + 2, b + n + a) for t, b, n, a in
-                   zip(covered, spec.pad_before, workload.in_spatial, spec.pad_after))
+    padded = tuple(max(d * (t * m + 2), b + n + a) for t, d, b, n, a in
+                   zip(covered, dil, spec.pad_before, workload.in_spatial, spec.pad_after))
     extent = tuple(b + n + a for b, n, a in zip(spec.pad_before, workload.in_spatial, spec.pad_after))
-    columns = -(-padded[-1] // m)                      # per phase
+    phases = m * dil[-1]
+    columns = -(-padded[-1] // phases)                 # per phase
     lines = -(-columns // line)
     pitch = (lines + 1 - lines % 2) * line             # odd number of cache lines: no aliasing
     alpha2 = (m + 2) ** spec.ndim
     v_point, m_point = spec.cin_per_group * block + line, spec.cout_per_group * block + line
-    row_chunks = -(-padded[-1] // (m * vector))       # a padded row, split a chunk at a time
-    scratch = max(alpha2 * (v_point + m_point) + m * block * m, row_chunks * m * vector)
-    return Geometry(m, tiles, block, blocks, padded, tuple(spec.pad_before), extent, pitch,
-                    v_point, m_point, row_chunks, scratch)
+    row_chunks = -(-padded[-1] // (phases * vector))   # a padded row, split a chunk at a time
+    scratch = max(alpha2 * (v_point + m_point) + m * block * m, row_chunks * phases * vector)
+    return Geometry(m, tuple(dil), tiles, block, blocks, padded, tuple(spec.pad_before), extent,
+                    pitch, v_point, m_point, row_chunks, scratch)
