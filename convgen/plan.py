@@ -3,7 +3,7 @@
 A ``Plan`` says how one workload is computed: the algorithm (which template), the
 register tile (output channels x output pixels held in accumulators), the vector width,
 the order of the parallel outer loops and the thread count. The planner enumerates every
-legal plan for a workload and ranks them with an analytical cost model (vector FMAs and
+legal plan for a workload and ranks them with the analytical cost model of ``cost.py`` (vector FMAs and
 loads per register tile, lanes wasted on tails, bytes moved through the cache levels,
 thread balance); ``explain`` shows the ranking.
 
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from . import winograd
 from .lower import Lowering, lower
-from .machine import Machine, host
+from .machine import host
 from .spec import Workload, workload_of
 from .target import Target, get_target
 
@@ -39,9 +39,6 @@ ALGORITHMS = SIMD_ALGORITHMS + WINOGRAD_ALGORITHMS + GATHER_ALGORITHMS
 ACCURACIES = ("fast", "strict")   # strict: exact algorithms only (no Winograd)
 LOOP_ORDERS = ("oc_outer", "pixel_outer")
 MAX_GATHER_OC_BLOCK = 16
-_PARALLEL_OVERHEAD_S = 4e-6      # one OpenMP fork/join with warm (spinning) workers
-_CALL_OVERHEAD_S = 2e-6
-_GATHER_MACS_PER_S = 6.0e9       # per thread: what the scalar gather kernel reaches here
 _DTYPE_BYTES = {"float32": 4, "float64": 8}
 
 
@@ -223,7 +220,7 @@ def candidates(workload: Workload, target: Target, threads: int | None = None,
             check_plan(plan, workload, target, accuracy)
         except ValueError:
             continue
-        cost, why = _cost(plan, workload, target, host())
+        cost, why = estimate(plan, workload, target, host())
         found.append(Candidate(plan, cost, why))
     found.sort(key=lambda c: (c.cost_s, str(c.plan)))
     return found
@@ -250,160 +247,6 @@ def _enumerate(workload: Workload, target: Target, threads: int, accuracy: str):
             for order in orders:
                 for team in teams:
                     yield Plan(algorithm, oc_tile, pixel_tile, vector, order, team)
-
-
-def _cost(plan: Plan, workload: Workload, target: Target, machine: Machine) -> tuple[float, str]:
-    if plan.algorithm in GATHER_ALGORITHMS:
-        seconds = workload.macs / (_GATHER_MACS_PER_S * plan.threads) + _CALL_OVERHEAD_S
-        if plan.threads > 1:
-            seconds += _PARALLEL_OVERHEAD_S
-        return seconds, f"scalar gather: {workload.macs} MACs at {_GATHER_MACS_PER_S:.0e}/s per thread"
-    width = native_vector(target, workload.dtype) / plan.vector   # 2: half-width vectors
-    if plan.algorithm in WINOGRAD_ALGORITHMS:
-        return _winograd_cost(plan, workload, machine, width)
-    low = lowering_for(workload, plan)
-    tile_cost = _gemm_phase_cost if plan.algorithm == "implicit_gemm" else _simd_phase_cost
-    compute, items_total, useful, issued = 0.0, 0, 0, 0
-    for phase in low.phases:
-        items, item_cycles, lanes_used, lanes_issued = tile_cost(plan, workload, phase, machine, width)
-        compute += math.ceil(items / plan.threads) * item_cycles
-        items_total += items
-        useful, issued = useful + lanes_used, issued + lanes_issued
-    stream = _stream_cycles(plan, workload, low, machine) / plan.threads
-    # prefetching hides part of the streaming behind the FMAs
-    cycles = max(compute, stream) + 0.5 * min(compute, stream)
-    seconds = cycles / machine.clock_hz + _setup_seconds(plan, workload, low, machine) + _CALL_OVERHEAD_S
-    if plan.threads > 1:
-        seconds += _PARALLEL_OVERHEAD_S
-    why = (f"{items_total} parallel items over {plan.threads} threads, "
-           f"{useful / max(issued, 1):.0%} of vector lanes useful, "
-           f"compute {compute / machine.clock_hz * 1e3:.3f} ms/thread, "
-           f"streaming {stream / machine.clock_hz * 1e3:.3f} ms/thread")
-    return seconds, why
-
-
-def _winograd_cost(plan: Plan, workload: Workload, machine: Machine, width: float):
-    """Per block: input transforms, XI small GEMMs (register tiles as direct_simd's), output
-    transforms with their scalar interleaving stores."""
-    spec, size = workload.spec, _DTYPE_BYTES[workload.dtype]
-    geo = winograd_geometry(workload, plan)
-    points, nv = geo.alpha ** spec.ndim, plan.pixel_tile // plan.vector
-    fma = plan.oc_tile * nv / (machine.fma_per_cycle * width)
-    loads = (plan.oc_tile + nv * machine.vector_load_cost / width) / machine.loads_per_cycle
-    gemm = points * (spec.cout_per_group // plan.oc_tile) * (
-        spec.cin_per_group * max(fma, loads) + plan.oc_tile * nv + 20)
-    vector_ops = 6 * geo.alpha * points / width   # adds per transformed tile, roughly
-    transforms = nv * (spec.cin_per_group + spec.cout_per_group) * vector_ops / 2
-    stores = spec.cout_per_group * plan.pixel_tile * geo.m ** spec.ndim
-    scratch = geo.scratch * size
-    spill = 1.0 if scratch <= machine.l2_bytes // 2 else 1.3   # V and M out of L2
-    block_cycles = spec.groups * (gemm + transforms + stores) * spill
-    blocks = (workload.input_shape[0] * math.prod(geo.dilation) * math.prod(geo.tiles[:-1])
-              * geo.blocks)
-    cycles = math.ceil(blocks / plan.threads) * block_cycles
-    copy = workload.input_shape[0] * spec.in_channels * math.prod(geo.padded) * size * 2
-    seconds = (cycles / machine.clock_hz + copy / (machine.l3_bytes_per_cycle * machine.clock_hz)
-               / plan.threads + _CALL_OVERHEAD_S + (_PARALLEL_OVERHEAD_S if plan.threads > 1 else 0))
-    return seconds, (f"F({geo.m},3): {blocks} blocks of {plan.pixel_tile} tiles over "
-                     f"{plan.threads} threads, {geo.scratch * size // 1024} KiB scratch per thread")
-
-
-def _level_bandwidth(working_set: int, machine: Machine) -> float:
-    """Bytes per cycle from the cache level a working set of this size lives in."""
-    if working_set <= machine.l1d_bytes // 2:
-        return 64.0 * machine.loads_per_cycle
-    if working_set <= machine.l2_bytes // 2:
-        return machine.l2_bytes_per_cycle
-    if working_set <= machine.l3_bytes // 2:
-        return machine.l3_bytes_per_cycle
-    return machine.dram_bytes_per_s / machine.clock_hz
-
-
-def _stream_cycles(plan: Plan, workload: Workload, low: Lowering, machine: Machine) -> float:
-    """Cycles spent streaming the operand that the loop order does not keep in cache.
-
-    oc_outer keeps a channel tile's weights and walks the whole input once per tile;
-    pixel_outer keeps a row's input window and walks all the weights once per row.
-    """
-    spec, size = workload.spec, _DTYPE_BYTES[workload.dtype]
-    batch = workload.input_shape[0]
-    inputs = batch * spec.in_channels * (low.padded_spatial if low.copy_input
-                                         else math.prod(workload.in_spatial)) * size
-    weights = buffers(workload, plan).packed_weights * size
-    if plan.loop_order == "oc_outer":
-        traffic, working_set = inputs * oc_blocks(workload, plan), inputs
-    else:
-        rows = sum(p.outputs // max(p.axes[-1].count, 1) for p in low.phases) * batch
-        traffic, working_set = weights * rows, weights
-    if working_set <= machine.l2_bytes // 2:
-        return (inputs + weights) / machine.l2_bytes_per_cycle
-    return traffic / _level_bandwidth(working_set, machine)
-
-
-def _gemm_phase_cost(plan: Plan, workload: Workload, phase, machine: Machine, width: float):
-    """implicit_gemm: per K step, V weight vectors loaded, R pixels broadcast, R*V FMAs."""
-    spec, size = workload.spec, _DTYPE_BYTES[workload.dtype]
-    v, r = plan.oc_tile // plan.vector, plan.pixel_tile
-    k_steps = spec.cin_per_group * phase.taps
-    block = plan.oc_tile * k_steps * size      # the weights one tile walks through
-    bandwidth = _level_bandwidth(block, machine)
-
-    def tile(pixels: int) -> float:
-        fma = pixels * v / (machine.fma_per_cycle * width)
-        loads = (pixels + v * machine.vector_load_cost / width) / machine.loads_per_cycle
-        weights = v * plan.vector * size / bandwidth
-        store = pixels * plan.oc_tile * 0.5
-        return k_steps * max(fma, loads, weights) + store + 20
-
-    inner = phase.axes[-1]
-    full, tail = divmod(inner.count, r)
-    row_cycles = full * tile(r) + (tile(tail) if tail else 0)
-    rows = phase.outputs // max(inner.count, 1)
-    items = workload.input_shape[0] * spec.groups * oc_blocks(workload, plan) * rows
-    used = phase.outputs * spec.out_channels * workload.input_shape[0]
-    issued = items * inner.count * plan.oc_tile
-    return items, row_cycles, used, issued
-
-
-def _simd_phase_cost(plan: Plan, workload: Workload, phase, machine: Machine, width: float):
-    """direct_simd: per K step, NV input vectors loaded, OCB weights broadcast, OCB*NV FMAs."""
-    spec, size = workload.spec, _DTYPE_BYTES[workload.dtype]
-    ocb, nv = plan.oc_tile, plan.pixel_tile // plan.vector
-    k_steps = spec.cin_per_group * phase.taps
-    inner = phase.axes[-1]
-    rows_in_window = math.prod(len(a.taps) for a in phase.axes[:-1])
-    window = spec.cin_per_group * rows_in_window * (plan.pixel_tile + len(inner.taps)) * size
-    # The next work item reuses this window from cache if it reads the same rows: the next
-    # row of the same channels (oc_outer), or the same rows for the next channel tile
-    # (pixel_outer), unless that tile belongs to another group and reads other channels.
-    reuse = window if plan.loop_order == "oc_outer" or spec.groups == 1 else window * spec.groups
-    bandwidth = _level_bandwidth(reuse, machine)
-
-    def tile(vectors: int) -> float:
-        fma = ocb * vectors / (machine.fma_per_cycle * width)
-        loads = (ocb + vectors * machine.vector_load_cost / width) / machine.loads_per_cycle
-        inputs = vectors * plan.vector * size / bandwidth
-        return k_steps * max(fma, loads, inputs) + ocb * vectors + 20
-
-    vectors = -(-inner.count // plan.vector)
-    full, tail = divmod(vectors, nv)
-    row_cycles = full * tile(nv) + (tile(tail) if tail else 0)
-    rows = phase.outputs // max(inner.count, 1)
-    items = workload.input_shape[0] * spec.groups * oc_blocks(workload, plan) * rows
-    used = phase.outputs * spec.out_channels * workload.input_shape[0]
-    issued = items * vectors * plan.vector * plan.oc_tile
-    return items, row_cycles, used, issued
-
-
-def _setup_seconds(plan: Plan, workload: Workload, low: Lowering, machine: Machine) -> float:
-    """Copying the input into its padded layout (packed weights come ready), once per call."""
-    if not low.copy_input:
-        return 0.0
-    size = _DTYPE_BYTES[workload.dtype]
-    moved = workload.input_shape[0] * workload.spec.in_channels * (
-        low.padded_spatial + math.prod(workload.in_spatial)) * size
-    per_cycle = _level_bandwidth(moved, machine) * min(plan.threads, 2)
-    return moved / per_cycle / machine.clock_hz
 
 
 def plan(spec, input_shape=None, dtype="float32", target="cpu", threads=None,
@@ -472,3 +315,6 @@ def explain(workload: Workload, target: Target, top: int = 5, accuracy: str = "f
         lines.append(f"  {'*' if i == 0 else ' '} {cand.cost_s * 1e3:9.3f} ms  {cand.plan}")
         lines.append(f"                 {cand.why}")
     return "\n".join(lines)
+
+
+from .cost import estimate  # noqa: E402  (cost.py reads this module's helpers)
