@@ -19,7 +19,7 @@ from .target import Target
 
 _PARALLEL_OVERHEAD_S = 4e-6      # one OpenMP fork/join with warm (spinning) workers
 _CALL_OVERHEAD_S = 2e-6
-_GATHER_MACS_PER_S = 6.0e9       # per thread: what the scalar gather kernel reaches here
+_GATHER_MACS_PER_S = 2.5e9       # per thread: what the scalar gather kernel reaches here (depthwise: less)
 _DTYPE_BYTES = {"float32": 4, "float64": 8}
 
 
