@@ -61,6 +61,14 @@ class Lowering:
     copy_input: bool           # False: the padded input is the input itself
     row_pitch: int             # elements from one padded row to the next (>= its size)
     rows_outside_channels: bool   # copied as [n][rows][channel][row], not [n][channel][rows][row]
+    row_split: int = 1         # > 1: each padded row stored as row_split column phases
+    phase_pitch: int = 0       # elements per column phase (when row_split > 1)
+
+    def row_offset(self, column: int) -> int:
+        """Where padded column ``column`` of a row is stored, from the row's start."""
+        if self.row_split == 1:
+            return column
+        return (column % self.row_split) * self.phase_pitch + column // self.row_split
 
     @property
     def padded_spatial(self) -> int:
@@ -68,14 +76,19 @@ class Lowering:
         return math.prod(a.size for a in self.padded[:-1]) * self.row_pitch
 
 
-def lower(workload: Workload, row_overrun: int = 1) -> Lowering:
+def lower(workload: Workload, row_overrun: int = 1, split_rows: bool = False) -> Lowering:
     """Phases and padded geometry; ``row_overrun`` rounds the innermost axis's reads up to
-    a multiple of it (templates that compute whole vectors read, and discard, past the end)."""
-    return _lower(workload, row_overrun)
+    a multiple of it (templates that compute whole vectors read, and discard, past the end).
+
+    ``split_rows`` stores each padded row of a forward conv with stride s along its last
+    axis as s column phases (column w at phase w % s, index w // s), so that the inputs
+    of consecutive outputs of a row are consecutive in memory.
+    """
+    return _lower(workload, row_overrun, split_rows)
 
 
 @functools.lru_cache(maxsize=1024)
-def _lower(workload: Workload, row_overrun: int) -> Lowering:
+def _lower(workload: Workload, row_overrun: int, split_rows: bool) -> Lowering:
     spec = workload.spec
     per_axis, padded = [], []
     for ax in range(spec.ndim):
@@ -90,13 +103,22 @@ def _lower(workload: Workload, row_overrun: int) -> Lowering:
     combos = [()]
     for phases in per_axis:
         combos = [c + (p,) for c in combos for p in phases]
-    copy = any(p.size != n for p, n in zip(padded, workload.in_spatial))
-    pitch = _row_pitch(padded[-1].size, workload.dtype) if copy else padded[-1].size
+    split = workload.spec.stride[-1] if split_rows and not workload.spec.transposed else 1
+    if split > 1:
+        # in phase coordinates each output of a row steps one element
+        per_axis[-1] = tuple(AxisPhase(p.start, p.out_step, p.count, 1, p.taps, p.offsets)
+                             for p in per_axis[-1])
+        combos = [c[:-1] + (per_axis[-1][0],) for c in combos]
+    copy = split > 1 or any(p.size != n for p, n in zip(padded, workload.in_spatial))
+    phase_pitch = _row_pitch(-(-padded[-1].size // split), workload.dtype) if split > 1 else 0
+    pitch = (split * phase_pitch if split > 1 else
+             _row_pitch(padded[-1].size, workload.dtype) if copy else padded[-1].size)
     # Many input channels per group: a tile reads the same rows of every channel, so keep
     # those rows together. Few (depthwise, small groups): a tile walks one channel's rows,
     # so keep each channel's rows together instead.
     rows_outside = copy and workload.spec.cin_per_group >= 8
-    return Lowering(tuple(Phase(c) for c in combos), tuple(padded), copy, pitch, rows_outside)
+    return Lowering(tuple(Phase(c) for c in combos), tuple(padded), copy, pitch, rows_outside,
+                    split, phase_pitch)
 
 
 def _row_pitch(row: int, dtype: str) -> int:

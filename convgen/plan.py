@@ -99,7 +99,8 @@ def native_vector(target: Target, dtype: str) -> int:
 def algorithms_for(workload: Workload, accuracy: str = "fast") -> tuple[str, ...]:
     spec = workload.spec
     found = ["implicit_gemm"]
-    if spec.stride[-1] == 1:   # a row's inputs and outputs are contiguous
+    # a row's outputs must be contiguous (a strided forward row is split into phases)
+    if spec.stride[-1] == 1 or not spec.transposed:
         found.append("direct_simd")
     if accuracy != "strict" and winograd.applies(spec):
         found += WINOGRAD_ALGORITHMS
@@ -113,8 +114,11 @@ def winograd_geometry(workload: Workload, plan: Plan) -> winograd.Geometry:
 
 
 def lowering_for(workload: Workload, plan: Plan) -> Lowering:
-    """The lowering a plan's kernel computes (direct_simd reads whole vectors past a row's end)."""
-    return lower(workload, plan.vector if plan.algorithm == "direct_simd" else 1)
+    """The lowering a plan's kernel computes (direct_simd reads whole vectors past a row's
+    end, and stores a strided row as its column phases)."""
+    if plan.algorithm == "direct_simd":
+        return lower(workload, plan.vector, split_rows=True)
+    return lower(workload, 1)
 
 
 @dataclass(frozen=True)

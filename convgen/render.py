@@ -113,6 +113,7 @@ def _simd_context(workload: Workload, plan: Plan, target: Target) -> dict:
         "padded_spatial": low.padded_spatial,
         "row_pitch": low.row_pitch,
         "rows_outside_channels": low.rows_outside_channels,
+        "row_split": low.row_split, "phase_pitch": low.phase_pitch,
         "channel_stride": _layout_stride(workload, low, "channel"),
         "batch_stride": spec.in_channels * low.padded_spatial,
         "pack_group": buffers(workload, plan).packed_weights // spec.groups,
@@ -171,7 +172,9 @@ def _phases(workload: Workload, plan: Plan, low: Lowering, axes: list[dict]):
     for index, phase in enumerate(low.phases):
         flat_offsets, weight_taps = [], []
         for combo in _tap_combos(phase):
-            flat_offsets.append(sum(off * axes[i]["padded_stride"] for i, (_, off) in enumerate(combo)))
+            *outer, (_, inner_off) = combo
+            flat_offsets.append(sum(off * axes[i]["padded_stride"] for i, (_, off) in enumerate(outer))
+                                + low.row_offset(inner_off))
             weight_taps.append(_flat(tuple(k for k, _ in combo), spec.kernel_size))
         inner = phase.axes[-1]
         outer = [{"NAME": axes[i]["NAME"], "count": a.count, "start": a.start,
