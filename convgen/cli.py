@@ -45,7 +45,8 @@ def _add_layer_arguments(parser: argparse.ArgumentParser) -> None:
                         help="transposed convs only")
     parser.add_argument("--no-bias", action="store_true", help="the layer has no bias")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    parser.add_argument("--target", default="cpu", help="cpu (native), cpu-avx2 or c (portable)")
+    parser.add_argument("--target", default="cpu", help="cpu (native), cpu-avx2, c (portable), "
+                        "cuda (nvcc) or cuda-emu (CUDA run on the CPU)")
     parser.add_argument("--plan", default="auto",
                         help="auto, an algorithm name, or a complete plan string")
     parser.add_argument("--accuracy", default="fast", choices=["fast", "strict"],
@@ -66,7 +67,12 @@ def _cmd_plan(args) -> int:
     from .plan import explain
     from .target import get_target
     workload, _ = workload_of(_spec(args), args.input, args.dtype)
-    print(explain(workload, get_target(args.target), top=args.top, accuracy=args.accuracy))
+    target = get_target(args.target)
+    if target.lang == "cuda":   # the CUDA planner ranks CUDA plans
+        from .cuda import explain
+        print(explain(workload, target, top=args.top))
+    else:
+        print(explain(workload, target, top=args.top, accuracy=args.accuracy))
     return 0
 
 
@@ -75,7 +81,7 @@ def _cmd_compile(args) -> int:
     kernel = compile_kernel(_spec(args), args.input, dtype=args.dtype, target=args.target,
                             plan=args.plan, accuracy=args.accuracy)
     output = Path(args.output) if args.output else \
-        Path("generated") / f"{kernel.spec.op}_{kernel.key[:12]}.c"
+        Path("generated") / f"{kernel.spec.op}_{kernel.key[:12]}.{'cu' if 'cuda' in kernel.target.name else 'c'}"
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(kernel.source)
     print(f"wrote {output}  ({kernel.spec.op}, input {kernel.input_shape} -> "

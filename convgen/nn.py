@@ -4,6 +4,11 @@ A module holds its configuration as a ConvSpec (validated once, at construction,
 same rules as the functional ops) and its weight and bias as numpy arrays. Calling it
 compiles a kernel on the first call for each input shape and reuses it afterwards.
 
+``device=`` is "cpu" (the default), "cuda" (weights in GPU memory, inputs and outputs
+device arrays: CuPy, PyTorch CUDA tensors, anything with ``__cuda_array_interface__`` or
+DLPack) or "cuda-emu" (convgen's extension: the CUDA kernels run on the CPU in the
+emulator, on numpy arrays).
+
 The configuration attributes (``in_channels``, ``stride``, ``padding`` ...) are read-only
 after construction, so the spec can never disagree with them: build a new module to
 change a layer. ``weight`` and ``bias`` are ordinary attributes, read at every call, so
@@ -35,11 +40,21 @@ def manual_seed(seed) -> None:
     _RNG = np.random.default_rng(seed)
 
 
-def _check_device(device) -> None:
-    # torch.device("cpu") prints as "cpu", so it is accepted as well.
-    if device is not None and str(device) != "cpu":
-        raise ValueError(f"device must be None or 'cpu', got {device!r}; convgen.nn modules "
-                         f"run on the CPU (CUDA modules are not supported yet)")
+def _check_device(device) -> str:
+    """The module's device as a target name: "cpu", "cuda" or "cuda-emu"."""
+    # torch.device("cpu") prints as "cpu", so it is accepted as well (and "cuda", "cuda:0").
+    name = "cpu" if device is None else str(device)
+    if name == "cpu" or name == "cuda-emu":
+        return name
+    if name in ("cuda", "cuda:0"):
+        from .cuda import driver
+        if not driver.available():
+            raise ValueError(f"device={device!r} needs an NVIDIA GPU and its driver (libcuda), "
+                             f"which this machine lacks; device='cuda-emu' runs the same CUDA "
+                             f"kernels on the CPU")
+        return "cuda"
+    raise ValueError(f"device must be None, 'cpu', 'cuda' (device 0) or 'cuda-emu', "
+                     f"got {device!r}")
 
 
 def _dtype_of(dtype) -> str:
@@ -51,7 +66,7 @@ class _ConvNd:
 
     _ndim: int = 0
 
-    def _configure(self, spec: ConvSpec, padding, dtype: str) -> None:
+    def _configure(self, spec: ConvSpec, padding, dtype: str, device: str = "cpu") -> None:
         """Set the torch-style attributes from a validated spec (``padding`` as torch stores it)."""
         config = {"in_channels": spec.in_channels, "out_channels": spec.out_channels,
                   "kernel_size": spec.kernel_size, "stride": spec.stride,
@@ -59,7 +74,7 @@ class _ConvNd:
                   "dilation": spec.dilation, "transposed": spec.transposed,
                   "output_padding": spec.output_padding, "groups": spec.groups,
                   "padding_mode": spec.padding_mode, "dtype": dtype, "_spec": spec,
-                  "_kernels": {}, "weight": None, "bias": None}
+                  "_kernels": {}, "_device": device, "weight": None, "bias": None}
         for name, value in config.items():
             object.__setattr__(self, name, value)
 
@@ -81,15 +96,31 @@ class _ConvNd:
         """PyTorch's init: kaiming_uniform(a=sqrt(5)) is U(-b, b) with b = 1/sqrt(fan_in)."""
         shape = self._spec.weight_shape
         bound = 1.0 / math.sqrt(shape[1] * math.prod(shape[2:]))
-        self.weight = _RNG.uniform(-bound, bound, shape).astype(self.dtype)
+        self.weight = self._placed(_RNG.uniform(-bound, bound, shape).astype(self.dtype))
         if self._spec.bias:
-            self.bias = _RNG.uniform(-bound, bound, self.out_channels).astype(self.dtype)
+            self.bias = self._placed(_RNG.uniform(-bound, bound, self.out_channels)
+                                     .astype(self.dtype))
+
+    def _placed(self, array: np.ndarray):
+        """A parameter where the module computes: host arrays, or device memory for "cuda"."""
+        if self._device != "cuda":
+            return array
+        from .cuda.device import to_device
+        return to_device(array)
 
     # -- calling -----------------------------------------------------------------
     def __call__(self, *args, **kwargs) -> np.ndarray:
         return self.forward(*args, **kwargs)
 
     def _input(self, input) -> np.ndarray:
+        if self._device == "cuda":
+            from .cuda.device import device_view
+            x = device_view(input, "input")
+            if x.dtype != self.dtype:
+                raise TypeError(f"input has dtype {x.dtype} but the module's dtype is "
+                                f"{self.dtype}; convert the input or build the module with "
+                                f"dtype={x.dtype.name!r}")
+            return input
         x = as_array(input, "input")
         if x.dtype != self.dtype:
             raise TypeError(f"input has dtype {x.dtype} but the module's dtype is {self.dtype}; "
@@ -98,11 +129,12 @@ class _ConvNd:
 
     def _run(self, x: np.ndarray, layer=None, extra=None) -> np.ndarray:
         """Call the kernel for this shape, compiling it first if this module has not yet."""
-        key = (x.shape, self.bias is not None, extra)
+        shape = tuple(x.shape)
+        key = (shape, self.bias is not None, extra)
         kernel = self._kernels.get(key)
         if kernel is None:
-            kernel = api.compile(self if layer is None else layer, x.shape, dtype=self.dtype,
-                                 target="cpu")
+            kernel = api.compile(self if layer is None else layer, shape, dtype=self.dtype,
+                                 target=self._device)
             self._kernels[key] = kernel
         return kernel(x, self.weight, self.bias)
 
@@ -119,10 +151,16 @@ class _ConvNd:
         if isinstance(module.weight, torch.nn.parameter.UninitializedParameter):
             raise ValueError(f"{type(module).__name__} has uninitialised (lazy) parameters; "
                              f"run it once before converting it")
-        weight = module.weight.detach().cpu().numpy().copy()
-        bias = None if module.bias is None else module.bias.detach().cpu().numpy().copy()
+        if module.weight.device.type == "cuda":   # stays on the GPU: torch CUDA tensors
+            weight = module.weight.detach().clone().contiguous()
+            bias = None if module.bias is None else module.bias.detach().clone().contiguous()
+            dtype, device = _dtype_of(str(weight.dtype).replace("torch.", "")), "cuda"
+        else:
+            weight = module.weight.detach().cpu().numpy().copy()
+            bias = None if module.bias is None else module.bias.detach().cpu().numpy().copy()
+            dtype, device = _dtype_of(weight.dtype), "cpu"
         self = cls.__new__(cls)
-        self._configure(api.spec_of_torch(module), module.padding, _dtype_of(weight.dtype))
+        self._configure(api.spec_of_torch(module), module.padding, dtype, device)
         self.weight, self.bias = weight, bias
         return self
 
@@ -152,11 +190,11 @@ class _Conv(_ConvNd):
     # One signature for Conv1d/2d/3d: torch.nn.ConvNd's names, order and defaults.
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
                  groups=1, bias=True, padding_mode="zeros", device=None, dtype=None):
-        _check_device(device)
+        device = _check_device(device)
         dtype = _dtype_of(dtype)
         spec = ConvSpec.conv(self._ndim, in_channels, out_channels, kernel_size, stride, padding,
                              dilation, groups, bias, padding_mode)
-        self._configure(spec, padding, dtype)
+        self._configure(spec, padding, dtype, device)
         self.reset_parameters()
 
     def forward(self, input) -> np.ndarray:
@@ -168,12 +206,12 @@ class _ConvTranspose(_ConvNd):
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
                  output_padding=0, groups=1, bias=True, dilation=1, padding_mode="zeros",
                  device=None, dtype=None):
-        _check_device(device)
+        device = _check_device(device)
         dtype = _dtype_of(dtype)
         spec = ConvSpec.conv_transpose(self._ndim, in_channels, out_channels, kernel_size, stride,
                                        padding, output_padding, groups, bias, dilation,
                                        padding_mode)
-        self._configure(spec, padding, dtype)
+        self._configure(spec, padding, dtype, device)
         self.reset_parameters()
 
     def forward(self, input, output_size=None) -> np.ndarray:

@@ -554,8 +554,9 @@ def test_kernel_call_into_good_out(kernels, operands):
 
 COMPILE_ERRORS = [
     ("target-unknown", dict(target="tpu"), ValueError, "target"),
-    ("target-cuda", dict(target="cuda"), ValueError, "cuda"),
-    ("target-cuda-emu", dict(target="cuda-emu"), ValueError, "cuda-emu"),
+    ("target-cuda-cpu-plan", dict(target="cuda", plan="transposed_gather"), ValueError, "cuda"),
+    ("target-cuda-emu-bad-plan", dict(target="cuda-emu", plan="algorithm=direct tile=64x4 warp=- "
+     "stages=1 split_k=1 math=fp32 threads=32"), ValueError, "threads"),
     ("target-not-a-name", dict(target=3), TypeError, "target"),
     ("dtype-float16", dict(dtype="float16"), TypeError, "dtype"),
     ("dtype-np-float16", dict(dtype=np.float16), TypeError, "dtype"),
@@ -602,7 +603,7 @@ def test_refusals_do_not_reach_native_code_even_when_cached(kernels, no_native):
         (lambda: convgen.conv2d(x, w[:, :3], b, padding=1), "channels"),
         (lambda: convgen.conv2d(x, w, b, padding="same", stride=2), "stride"),
         (lambda: convgen.compile(ConvSpec.conv(2, 4, 6, 3, padding=1), (2, 4, 5, 5),
-                                 dtype="float64", target="cuda"), "cuda"),
+                                 dtype="float64", target="cuda", plan="depthwise"), "cuda"),
     ]:
         assert_refused(refusal(call), name)
 

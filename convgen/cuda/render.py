@@ -1,0 +1,178 @@
+"""Render: (workload, CudaPlan, target) -> CUDA C++ source, through templates/cuda/.
+
+Python decides -- every size, tile, grid and phase table is computed here and baked into
+the source as a constant; the templates only lay the data out. The same source compiles
+with nvcc for a GPU and with the host compiler against the emulator (templates/cuda/emu).
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import math
+
+import jinja2
+
+from .. import __version__
+from .._paths import templates_dir
+from ..spec import AXIS_NAMES, Workload
+from ..target import Target
+from .plan import (SMEM_PAD, CudaPlan, axis_phases, depthwise_halo, gemm_phases, launch_of,
+                   min_blocks_per_sm)
+
+CTYPES = {"float32": "float", "float64": "double"}
+TEMPLATES = {"direct": "cuda/direct.cu.j2", "depthwise": "cuda/depthwise.cu.j2",
+             "implicit_gemm": "cuda/implicit_gemm.cu.j2",
+             "phase_gemm": "cuda/implicit_gemm.cu.j2"}
+EMULATOR_HEADER = "cuda/emu/cuda_emu.h"
+
+
+class TemplateError(RuntimeError):
+    """A CUDA template failed to render; the message names the template, the line and the plan."""
+
+
+@functools.lru_cache(maxsize=None)
+def environment() -> jinja2.Environment:
+    """Strict: an undefined name is an error, never an empty string in the source."""
+    return jinja2.Environment(loader=jinja2.FileSystemLoader(str(templates_dir())),
+                              undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
+                              autoescape=False)
+
+
+@functools.lru_cache(maxsize=None)
+def cuda_templates_digest() -> str:
+    """Hash of every file under templates/cuda/ (templates and the emulator header)."""
+    digest = hashlib.sha256()
+    root = templates_dir()
+    for path in sorted((root / "cuda").rglob("*")):
+        if path.is_file():
+            digest.update(str(path.relative_to(root)).encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def emulator_include_dir():
+    return templates_dir() / "cuda" / "emu"
+
+
+def kernel_name(workload: Workload, plan: CudaPlan) -> str:
+    return f"convgen_cuda_{workload.spec.op}_{plan.algorithm}"
+
+
+def entry_names(workload: Workload, plan: CudaPlan) -> tuple[str, str]:
+    """The exported host functions: the launcher and the status description."""
+    name = kernel_name(workload, plan)
+    return f"{name}_launch", f"{name}_error"
+
+
+def _axes(workload: Workload) -> list[dict]:
+    spec = workload.spec
+    names = AXIS_NAMES[spec.ndim]
+    axes = []
+    for i, name in enumerate(names):
+        axes.append({
+            "name": name, "NAME": name.upper(), "in_size": workload.in_spatial[i],
+            "out_size": workload.out_spatial[i], "kernel": spec.kernel_size[i],
+            "stride": spec.stride[i], "dilation": spec.dilation[i], "pad": spec.pad_before[i],
+            "pad_after": spec.pad_after[i],
+            "in_stride": math.prod(workload.in_spatial[i + 1:]),
+            "out_stride": math.prod(workload.out_spatial[i + 1:]),
+            "k_stride": math.prod(spec.kernel_size[i + 1:]),
+        })
+    return axes
+
+
+def _direct(workload: Workload, plan: CudaPlan, axes: list[dict]) -> dict:
+    pixels, oc_block = plan.tile
+    spec = workload.spec
+    return {"oc_block": oc_block,
+            "items": workload.input_shape[0] * math.prod(workload.out_spatial)
+            * (spec.out_channels // oc_block)}
+
+
+def _depthwise(workload: Workload, plan: CudaPlan, axes: list[dict]) -> dict:
+    halo = depthwise_halo(workload, plan.tile)
+    for i, ax in enumerate(axes):
+        ax["tile"] = plan.tile[i]
+        ax["halo"] = halo[i]
+        ax["tiles"] = -(-ax["out_size"] // plan.tile[i])
+        ax["halo_stride"] = math.prod(halo[i + 1:])
+    return {"tile_pixels": math.prod(plan.tile), "halo_pixels": math.prod(halo),
+            "tiles": math.prod(ax["tiles"] for ax in axes)}
+
+
+def _gemm(workload: Workload, plan: CudaPlan, axes: list[dict]) -> dict:
+    spec = workload.spec
+    bm, bn, bk = plan.tile
+    wm, wn = plan.warp
+    threads = plan.threads
+    if spec.transposed:
+        for i, ax in enumerate(axes):
+            phases = axis_phases(ax["out_size"], ax["stride"], ax["pad"], ax["kernel"],
+                                 ax["dilation"])
+            width = max(1, phases.max_taps)
+            ax["phase_count"] = phases.count
+            ax["max_taps"] = width
+            ax["phase_extents"] = list(phases.extents)
+            ax["phase_ntaps"] = [len(t) for t in phases.taps]
+            ax["phase_taps"] = [v for t in phases.taps for v in t + (0,) * (width - len(t))]
+            ax["phase_offsets"] = [v for o in phases.offsets
+                                   for v in o + (0,) * (width - len(o))]
+    a_kstep = max(1, threads // bm)
+    return {
+        "bm": bm, "bn": bn, "bk": bk, "wm": wm, "wn": wn, "warps_m": bm // wm,
+        "tm": wm // 8, "tn": wn // 4,
+        "stages": plan.stages, "split_k": plan.split_k, "math": plan.math,
+        "phases": len(gemm_phases(workload)),
+        "a_ld": bm + SMEM_PAD, "b_ld": bn + SMEM_PAD, "c_ld": bm + SMEM_PAD,
+        "a_mq": max(1, bm // threads), "a_kstep": a_kstep, "a_krows": bk // a_kstep,
+        "b_nstep": threads // bk, "b_nrows": bn * bk // threads,
+    }
+
+
+_SPECIFIC = {"direct": _direct, "depthwise": _depthwise, "implicit_gemm": _gemm,
+             "phase_gemm": _gemm}
+
+
+def context(workload: Workload, plan: CudaPlan, target: Target) -> dict:
+    spec = workload.spec
+    launch = launch_of(plan, workload)
+    real = 8 if workload.dtype == "float64" else 4
+    axes = _axes(workload)
+    entry, error_entry = entry_names(workload, plan)
+    ctx = {
+        "info": {"version": __version__, "spec": spec.describe(), "plan": str(plan),
+                 "input_shape": workload.input_shape, "output_shape": workload.output_shape,
+                 "dtype": workload.dtype, "target": target.description},
+        "kernel_name": kernel_name(workload, plan),
+        "entry": entry, "error_entry": error_entry,
+        "ctype": CTYPES[workload.dtype],
+        "batch": workload.input_shape[0],
+        "in_channels": spec.in_channels, "out_channels": spec.out_channels,
+        "groups": spec.groups,
+        "cin_per_group": spec.cin_per_group, "cout_per_group": spec.cout_per_group,
+        "kernel_taps": math.prod(spec.kernel_size),
+        "in_spatial": math.prod(workload.in_spatial),
+        "out_spatial": math.prod(workload.out_spatial),
+        "has_bias": spec.bias, "transposed": spec.transposed,
+        "padding_mode": spec.padding_mode,
+        "axes": axes,
+        "launch": launch,
+        "min_blocks": min_blocks_per_sm(plan, workload, target.cuda),
+        "uses_pipeline": plan.is_gemm and plan.stages > 1,
+        "uses_wmma": plan.math == "tf32",
+        "bytes": {"x": real * math.prod(workload.input_shape),
+                  "w": real * math.prod(spec.weight_shape),
+                  "b": real * spec.out_channels if spec.bias else 0,
+                  "y": real * math.prod(workload.output_shape)},
+    }
+    ctx.update(_SPECIFIC[plan.algorithm](workload, plan, axes))
+    return ctx
+
+
+def render(workload: Workload, plan: CudaPlan, target: Target) -> str:
+    name = TEMPLATES[plan.algorithm]
+    try:
+        return environment().get_template(name).render(context(workload, plan, target))
+    except jinja2.TemplateError as exc:
+        where = f"{getattr(exc, 'filename', None) or name}:{getattr(exc, 'lineno', '?')}"
+        raise TemplateError(f"rendering {where} for plan '{plan}' failed: {exc}") from exc

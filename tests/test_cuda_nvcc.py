@@ -1,0 +1,178 @@
+"""Every CUDA kernel family compiles with nvcc for sm_80 and sm_90, without spills, within the
+architecture's limits: read from ptxas's own report (-Xptxas -v). Runs without a GPU; skipped
+where nvcc is absent.
+
+Also: a whole shared library (host launcher included) builds with nvcc and loads; on a machine
+without a GPU its launch fails with a clear CudaError, not a crash.
+"""
+from __future__ import annotations
+
+import pytest
+
+import convgen
+from convgen.cuda import CudaError, CudaPlan, check_plan, driver
+from convgen.cuda.compile import nvcc_path, parse_ptxas, ptxas_report
+from convgen.cuda.plan import launch_of
+from convgen.cuda.render import render
+from convgen.layers import spec_from_op
+from convgen.spec import workload_of
+from convgen.target import CUDA_ARCHS, get_target
+
+pytestmark = pytest.mark.skipif(nvcc_path() is None, reason="nvcc (the CUDA compiler) is absent")
+ARCHS = ("sm_80", "sm_90")
+
+# realistic layers (sizes are baked in, so they shape the code ptxas sees)
+LAYERS = {
+    "conv2d": ("conv2d", (1, 64, 56, 56), (64, 64, 3, 3), dict(padding=1)),
+    "conv2d_reflect_grouped": ("conv2d", (2, 32, 28, 28), (64, 16, 3, 3),
+                               dict(padding=1, groups=2, padding_mode="reflect")),
+    "conv1d_circular": ("conv1d", (1, 32, 1024), (32, 32, 5), dict(padding=2,
+                                                                    padding_mode="circular")),
+    "conv3d": ("conv3d", (1, 16, 16, 32, 32), (32, 16, 3, 3, 3), dict(padding=1)),
+    "depthwise": ("conv2d", (1, 96, 56, 56), (96, 1, 3, 3), dict(padding=1, groups=96)),
+    "depthwise3d": ("conv3d", (1, 16, 8, 16, 16), (32, 1, 3, 3, 3),
+                    dict(padding=1, groups=16, padding_mode="replicate")),
+    "upconv": ("conv_transpose2d", (1, 256, 16, 16), (256, 128, 4, 4), dict(stride=2, padding=1)),
+    "hifigan": ("conv_transpose1d", (1, 512, 256), (512, 256, 16), dict(stride=8, padding=4)),
+    "deconv3d": ("conv_transpose3d", (1, 32, 8, 16, 16), (32, 16, 3, 3, 3),
+                 dict(stride=2, padding=1, output_padding=1)),
+}
+
+# (layer, dtype, plan): every algorithm, both arithmetics, every pipeline depth, split-K,
+# the tensor-core path, the largest tiles the planner lists
+SAMPLE = [
+    ("conv2d", "float32", "algorithm=direct tile=128x4 warp=- stages=1 split_k=1 math=fp32 threads=128"),
+    ("conv3d", "float64", "algorithm=direct tile=256x8 warp=- stages=1 split_k=1 math=fp64 threads=256"),
+    ("hifigan", "float32", "algorithm=direct tile=64x16 warp=- stages=1 split_k=1 math=fp32 threads=64"),
+    ("depthwise", "float32", "algorithm=depthwise tile=32x32 warp=- stages=1 split_k=1 math=fp32 threads=256"),
+    ("depthwise3d", "float64", "algorithm=depthwise tile=4x8x16 warp=- stages=1 split_k=1 math=fp64 threads=128"),
+    ("conv2d", "float32", "algorithm=implicit_gemm tile=128x128x16 warp=64x32 stages=4 split_k=1 math=fp32 threads=256"),
+    ("conv2d", "float32", "algorithm=implicit_gemm tile=128x128x32 warp=64x32 stages=3 split_k=1 math=fp32 threads=256"),
+    ("conv2d_reflect_grouped", "float32", "algorithm=implicit_gemm tile=64x64x8 warp=32x32 stages=1 split_k=1 math=fp32 threads=128"),
+    ("conv1d_circular", "float32", "algorithm=implicit_gemm tile=128x32x8 warp=64x32 stages=2 split_k=4 math=fp32 threads=64"),
+    ("conv3d", "float64", "algorithm=implicit_gemm tile=64x64x16 warp=32x32 stages=3 split_k=2 math=fp64 threads=128"),
+    ("conv2d", "float32", "algorithm=implicit_gemm tile=128x128x32 warp=64x32 stages=4 split_k=1 math=tf32 threads=256"),
+    ("conv3d", "float32", "algorithm=implicit_gemm tile=64x64x16 warp=32x32 stages=2 split_k=4 math=tf32 threads=128"),
+    ("upconv", "float32", "algorithm=phase_gemm tile=128x64x16 warp=64x32 stages=3 split_k=1 math=fp32 threads=128"),
+    ("hifigan", "float32", "algorithm=phase_gemm tile=64x64x32 warp=32x32 stages=4 split_k=2 math=tf32 threads=128"),
+    ("deconv3d", "float64", "algorithm=phase_gemm tile=64x32x8 warp=32x16 stages=1 split_k=1 math=fp64 threads=128"),
+]
+
+
+def workload(layer: str, dtype: str):
+    op, x, w, args = LAYERS[layer]
+    return workload_of(spec_from_op(op, w, True, x, **args), x, dtype)[0]
+
+
+def test_the_sample_covers_every_family():
+    plans = [CudaPlan.parse(p) for _, _, p in SAMPLE]
+    assert {p.algorithm for p in plans} == {"direct", "depthwise", "implicit_gemm", "phase_gemm"}
+    assert {p.math for p in plans} == {"fp32", "fp64", "tf32"}
+    assert {p.stages for p in plans if p.is_gemm} == {1, 2, 3, 4}
+    assert any(p.split_k > 1 for p in plans)
+    assert {LAYERS[layer][0] for layer, _, _ in SAMPLE} == {
+        "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d"}
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("layer,dtype,plan", SAMPLE,
+                         ids=[f"{layer}-{CudaPlan.parse(p).algorithm}-{i}"
+                              for i, (layer, _, p) in enumerate(SAMPLE)])
+def test_ptxas_no_spills_within_limits(layer, dtype, plan, arch, monkeypatch):
+    monkeypatch.setenv("CONVGEN_CUDA_ARCH", arch)
+    target = get_target("cuda")
+    assert target.cuda.name == arch
+    load = workload(layer, dtype)
+    chosen = CudaPlan.parse(plan)
+    check_plan(chosen, load, target.cuda)
+    records, output = ptxas_report(render(load, chosen, target), arch)
+    kernels = [r for r in records if r.entry]
+    assert len(kernels) == 1, output
+    (kernel,) = kernels
+    limits = CUDA_ARCHS[arch]
+    launch = launch_of(chosen, load)
+    for record in records:
+        assert record.spill_stores == 0 and record.spill_loads == 0, output
+        assert record.stack_bytes == 0, f"local memory used:\n{output}"
+    assert kernel.shared_bytes == launch.static_smem, output
+    assert kernel.shared_bytes + launch.dynamic_smem <= limits.smem_per_block
+    assert kernel.registers <= 255
+    assert kernel.registers * chosen.threads <= limits.registers_per_sm, output
+
+
+@pytest.mark.parametrize("layer,dtype", [("conv2d", "float32"), ("upconv", "float32"),
+                                         ("depthwise", "float64")])
+def test_planner_choice_compiles_cleanly(layer, dtype):
+    target = get_target("cuda")
+    load = workload(layer, dtype)
+    chosen = convgen.plan.plan(load, target=target)
+    records, output = ptxas_report(render(load, chosen, target), target.cuda.name)
+    assert all(r.spill_stores == 0 and r.spill_loads == 0 for r in records), output
+
+
+def test_parse_ptxas():
+    text = """ptxas info    : 0 bytes gmem
+ptxas info    : Compiling entry function '_Z6kernelPf' for 'sm_90'
+ptxas info    : Function properties for _Z6kernelPf
+    8 bytes stack frame, 4 bytes spill stores, 12 bytes spill loads
+ptxas info    : Used 40 registers, used 1 barriers, 2048 bytes smem, 360 bytes cmem[0]
+ptxas info    : Function properties for _Z6helperv
+    0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads
+"""
+    kernel, helper = parse_ptxas(text, "sm_90")
+    assert (kernel.function, kernel.registers, kernel.shared_bytes, kernel.stack_bytes,
+            kernel.spill_stores, kernel.spill_loads, kernel.entry) == \
+        ("_Z6kernelPf", 40, 2048, 8, 4, 12, True)
+    assert helper.function == "_Z6helperv" and not helper.entry
+
+
+def test_nvcc_library_loads_and_reports_status(monkeypatch):
+    """The whole library (launcher and kernel) builds with nvcc; without a GPU, calling it is
+    a CudaError naming the CUDA status, never a crash."""
+    monkeypatch.setenv("CONVGEN_CUDA_ARCH", "sm_80")
+    spec = spec_from_op("conv1d", (4, 2, 3), True, (1, 2, 8), padding=1)
+    kernel = convgen.compile(spec, (1, 2, 8), "float32", target="cuda", plan="implicit_gemm")
+    assert kernel.target.name == "cuda" and kernel.target.cuda.name == "sm_80"
+    assert "__global__" in kernel.source
+    assert kernel.source.count("<<<") == 1   # in the CG_LAUNCH macro: every launch goes through it
+    import numpy as np
+    with pytest.raises(TypeError, match="cuda-emu"):
+        kernel(np.ones((1, 2, 8), np.float32), np.ones((4, 2, 3), np.float32),
+               np.ones(4, np.float32))
+    if driver.available():
+        pytest.skip("a GPU is present: the launch would run (tests/test_cuda_gpu.py)")
+    # reach the launcher with null pointers: no GPU, so the runtime refuses before any access
+    with pytest.raises(CudaError, match=r"running conv1d kernel implicit_gemm on cuda failed"):
+        kernel._run(0, 0, 0, 0, 0)
+
+
+def _suite_layers():
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "shared" / "bench" / "suite_public.json"
+    if not path.exists():
+        return []
+    return json.loads(path.read_text())["layers"]
+
+
+SUITE = _suite_layers()
+
+
+@pytest.mark.parametrize("precision", ["fp32", "tf32"])
+@pytest.mark.parametrize("layer", SUITE, ids=[layer["name"] for layer in SUITE])
+def test_benchmark_suite_choices_compile_cleanly(layer, precision, monkeypatch):
+    """What bench/cuda_compare.py will run on an H100: the planner's sm_90 choice for every
+    public layer, in both precisions, compiles without spills or local memory."""
+    monkeypatch.setenv("CONVGEN_CUDA_ARCH", "sm_90")
+    monkeypatch.setenv("CONVGEN_CUDA_TF32", "1" if precision == "tf32" else "0")
+    target = get_target("cuda")
+    spec = spec_from_op(layer["op"], layer["w"], True, layer["x"], **layer["args"])
+    load, _ = workload_of(spec, tuple(layer["x"]), "float32")
+    chosen = convgen.plan.plan(load, target=target)
+    records, output = ptxas_report(render(load, chosen, target), "sm_90")
+    for record in records:
+        assert record.spill_stores == 0 and record.spill_loads == 0, f"{chosen}\n{output}"
+        assert record.stack_bytes == 0, f"{chosen}\n{output}"
+    (kernel,) = [r for r in records if r.entry]
+    assert kernel.registers * chosen.threads <= CUDA_ARCHS["sm_90"].registers_per_sm
