@@ -16,7 +16,7 @@ from . import __version__, cache
 from .arrays import as_array, check_dtype, check_out, check_shape, native_contiguous
 from . import loader
 from .compiler import compile_shared, compiler_identity, flags
-from .plan import Plan, buffers
+from .plan import WINOGRAD_ALGORITHMS, Plan, buffers, choose
 from .render import kernel_name, render, templates_digest
 from .spec import Workload
 from .target import Target
@@ -60,7 +60,7 @@ def _library(workload: Workload, plan: Plan, target: Target) -> _Library:
     library = cache.get_or_build(key, source, lambda src, lib: compile_shared(src, lib, target),
                                  parts)
     name = kernel_name(workload, plan)
-    loader.declare(f"void {name}(const void *x, const void *wp, const void *bias, void *y, "
+    loader.declare(f"int {name}(const void *x, const void *wp, const void *bias, void *y, "
                    f"void *work);", name)
     loader.declare(f"void {name}_pack(const void *w, void *wp);", f"{name}_pack")
     run, pack = loader.load(library, (name, f"{name}_pack"))
@@ -72,12 +72,15 @@ def _library(workload: Workload, plan: Plan, target: Target) -> _Library:
 class PackedWeights:
     """Weights packed once into the order one kernel reads them (``Kernel.prepack``).
 
-    Pass it in place of the weight array to skip the per-call packing. It holds a copy:
-    changing the original array afterwards does not change it.
+    Pass it in place of the weight array to skip the per-call packing. It holds copies:
+    changing the original array afterwards does not change it. ``weight`` keeps the
+    unpacked copy where the kernel may have to hand the call to an exact kernel (Winograd
+    meeting a NaN or an infinity).
     """
 
-    def __init__(self, kernel_key: str, packed: np.ndarray):
-        self.kernel_key, self.packed = kernel_key, packed
+    def __init__(self, kernel_key: str, packed: np.ndarray, weight: np.ndarray | None = None,
+                 finite: bool = True):
+        self.kernel_key, self.packed, self.weight, self.finite = kernel_key, packed, weight, finite
 
     def __repr__(self) -> str:
         return f"<convgen.PackedWeights {self.packed.size} elements for kernel {self.kernel_key[:12]}>"
@@ -103,6 +106,7 @@ class Kernel:
         self.workload, self.plan, self.target, self.unbatched = workload, plan, target, unbatched
         self._library = _library(workload, plan, target)
         self._buffers = buffers(workload, plan)
+        self._exact: Kernel | None = None
         self.dtype = np.dtype(workload.dtype)
         drop = 1 if unbatched else 0
         self.input_shape = workload.input_shape[drop:]
@@ -124,7 +128,23 @@ class Kernel:
         ffi = loader.FFI
         self._library.pack(ffi.from_buffer(weight), ffi.from_buffer(packed, require_writable=True))
         packed.setflags(write=False)
-        return PackedWeights(self.key, packed)
+        if not self._inexact:
+            return PackedWeights(self.key, packed)
+        kept = np.array(weight, copy=True)
+        kept.setflags(write=False)
+        return PackedWeights(self.key, packed, kept, bool(np.isfinite(kept).all()))
+
+    @property
+    def _inexact(self) -> bool:
+        """Winograd: non-finite values would spread over whole tiles, unlike torch's."""
+        return self.plan.algorithm in WINOGRAD_ALGORITHMS
+
+    def _exact_kernel(self) -> "Kernel":
+        """The exact kernel a Winograd kernel hands NaN/Inf operands to (built on first use)."""
+        if self._exact is None:
+            exact_plan = choose(self.workload, self.target, self.plan.threads, accuracy="strict")
+            self._exact = Kernel(self.workload, exact_plan, self.target, self.unbatched)
+        return self._exact
 
     def _checked_weight(self, weight) -> np.ndarray:
         weight = as_array(weight, "weight")
@@ -132,44 +152,56 @@ class Kernel:
         check_shape(weight, "weight", self.spec.weight_shape, f"{self.spec.op}'s weight layout")
         return native_contiguous(weight)
 
-    def __call__(self, x, weight, bias=None, out=None) -> np.ndarray:
+    def _checked_bias(self, bias):
         spec = self.spec
+        if not spec.bias:
+            if bias is not None:
+                raise ValueError("bias must be None: this kernel was compiled with bias=False")
+            return None
+        if bias is None:
+            raise ValueError("bias is required: this kernel was compiled with bias=True")
+        bias = as_array(bias, "bias")
+        check_dtype(bias, "bias", self.dtype, "the input's dtype")
+        check_shape(bias, "bias", (spec.out_channels,), "one value per output channel")
+        return native_contiguous(bias)
+
+    def __call__(self, x, weight, bias=None, out=None) -> np.ndarray:
         x = as_array(x, "input")
         check_dtype(x, "input", self.dtype, "the kernel's dtype")
         check_shape(x, "input", self.input_shape, "the shape the kernel was compiled for")
-        if isinstance(weight, PackedWeights):
-            if weight.kernel_key != self.key:
-                raise ValueError("weight: these PackedWeights were packed by another kernel; "
-                                 "pack them with this kernel's prepack()")
-            packed = None
-        else:
+        packed = isinstance(weight, PackedWeights)
+        if packed and weight.kernel_key != self.key:
+            raise ValueError("weight: these PackedWeights were packed by another kernel; "
+                             "pack them with this kernel's prepack()")
+        if not packed:
             weight = self._checked_weight(weight)
-        if spec.bias:
-            if bias is None:
-                raise ValueError("bias is required: this kernel was compiled with bias=True")
-            bias = as_array(bias, "bias")
-            check_dtype(bias, "bias", self.dtype, "the input's dtype")
-            check_shape(bias, "bias", (spec.out_channels,), "one value per output channel")
-            bias = native_contiguous(bias)
-        elif bias is not None:
-            raise ValueError("bias must be None: this kernel was compiled with bias=False")
+        bias = self._checked_bias(bias)
         x = native_contiguous(x)
         if out is None:
             out = np.empty(self.output_shape, dtype=self.dtype)
         else:
-            check_out(out, self.output_shape, self.dtype,
-                      (x, bias) if isinstance(weight, PackedWeights) else (x, weight, bias))
+            check_out(out, self.output_shape, self.dtype, (x, bias) if packed else (x, weight, bias))
+        if self._inexact:
+            raw = weight.weight if packed else weight
+            finite = weight.finite if packed else bool(np.isfinite(weight).all())
+            if not finite or self._run(x, weight, bias, out):
+                return self._exact_kernel()(x, raw, bias, out=out)
+            return out
+        self._run(x, weight, bias, out)
+        return out
+
+    def _run(self, x, weight, bias, out) -> int:
+        """Call the C kernel (packing ``weight`` into scratch first unless it is packed)."""
         ffi = loader.FFI
         sizes = self._buffers
-        scratch = _scratch(sizes.workspace + (0 if isinstance(weight, PackedWeights)
-                                              else sizes.packed_weights), self.dtype)
+        packed = isinstance(weight, PackedWeights)
+        scratch = _scratch(sizes.workspace + (0 if packed else sizes.packed_weights), self.dtype)
         work = ffi.from_buffer(scratch, require_writable=True)
-        if isinstance(weight, PackedWeights):
-            packed = ffi.from_buffer(weight.packed)
+        if packed:
+            weights = ffi.from_buffer(weight.packed)
         else:
-            packed = ffi.cast("void *", ffi.cast("char *", work) + sizes.workspace * self.dtype.itemsize)
-            self._library.pack(ffi.from_buffer(weight), packed)
-        self._library.run(ffi.from_buffer(x), packed,
-                          ffi.NULL if bias is None else ffi.from_buffer(bias),
-                          ffi.from_buffer(out, require_writable=True), work)
-        return out
+            weights = ffi.cast("void *", ffi.cast("char *", work) + sizes.workspace * self.dtype.itemsize)
+            self._library.pack(ffi.from_buffer(weight), weights)
+        return self._library.run(ffi.from_buffer(x), weights,
+                                 ffi.NULL if bias is None else ffi.from_buffer(bias),
+                                 ffi.from_buffer(out, require_writable=True), work)

@@ -38,3 +38,29 @@ def test_float32_error_within_the_documented_bound(algorithm, layer):
     kernel = convgen.compile(spec, shape, plan=algorithm)
     err = rel_l2(kernel(x, w, b), ref)
     assert err <= BOUNDS[algorithm], f"{algorithm}: relative L2 error {err:.2e}"
+
+
+@pytest.mark.parametrize("where", ["input", "weight", "packed weight"])
+@pytest.mark.parametrize("algorithm", ["winograd2", "winograd4"])
+def test_winograd_hands_nonfinite_operands_to_an_exact_kernel(algorithm, where):
+    """A NaN or an infinity would spread over whole Winograd tiles; the kernel notices (in
+    its padded copy, or when packing) and the call is computed by the exact kernel, so the
+    non-finite pattern is torch's."""
+    spec, shape = ConvSpec.conv(2, 8, 8, 3, padding=1), (1, 8, 20, 20)
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal(shape)
+    w = rng.standard_normal(spec.weight_shape)
+    b = rng.standard_normal(8)
+    if where == "input":
+        x[0, 2, 7, 9], x[0, 5, 0, 3] = np.nan, np.inf
+    else:
+        w[3, 1, 1, 1] = -np.inf
+    kernel = convgen.compile(spec, shape, dtype="float64", plan=algorithm)
+    weight = kernel.prepack(w) if where == "packed weight" else w
+    ours = kernel(x, weight, b)
+    theirs = F.conv2d(*(torch.from_numpy(a) for a in (x, w, b)), padding=1).numpy()
+    for test in (np.isnan, np.isposinf, np.isneginf):
+        np.testing.assert_array_equal(test(ours), test(theirs))
+    finite = np.isfinite(theirs)
+    assert rel_l2(np.where(finite, ours, 0), np.where(finite, theirs, 0)) < 1e-12
+    assert not kernel._exact.plan.algorithm.startswith("winograd")
