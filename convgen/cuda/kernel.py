@@ -70,13 +70,9 @@ def load_library(workload: Workload, plan: CudaPlan, target: Target) -> Library:
     source = render(workload, plan, target)
     parts = key_parts(workload, plan, target, source)
     key = cache.key_of(parts)
-    library = cache.fetch(key)
-    if library is None:
-        cache.publish(key, source, lambda src, lib: compile_library(src, lib, target), parts)
-        library = cache.fetch(key)
-        if library is None:
-            raise RuntimeError(f"convgen: the kernel {key} was built but its cache entry "
-                               f"could not be read back")
+    # one process compiles a kernel, the others wait for its entry (the per-key lock)
+    library = cache.get_or_build(key, source, lambda src, lib: compile_library(src, lib, target),
+                                 parts)
     entry, error_entry = entry_names(workload, plan)
     loader.declare(f"int {entry}(const void *x, const void *w, const void *bias, void *y, "
                    f"void *stream);", entry)
