@@ -59,19 +59,25 @@ class Plan:
     @classmethod
     def parse(cls, text: str) -> "Plan":
         """Inverse of ``str(plan)``."""
-        fields = {}
-        for item in text.split():
-            key, sep, value = item.partition("=")
-            if not sep:
-                raise ValueError(f"plan: expected key=value, got {item!r} in {text!r}")
-            fields[key] = value
-        if set(fields) != set(cls._FIELDS):
-            raise ValueError(f"plan: expected the fields {sorted(cls._FIELDS)}, got {sorted(fields)}")
+        fields = parse_fields(text, cls._FIELDS, "a plan")
         try:
             numbers = {k: int(fields[k]) for k in ("oc_tile", "pixel_tile", "vector", "threads")}
         except ValueError as exc:
             raise ValueError(f"plan: malformed number in {text!r}") from exc
         return cls(fields["algorithm"], loop_order=fields["loop_order"], **numbers)
+
+
+def parse_fields(text: str, expected, what: str) -> dict[str, str]:
+    """``key=value`` words into a dict, refusing anything but exactly ``expected`` keys."""
+    fields = {}
+    for item in text.split():
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"plan: expected key=value, got {item!r} in {text!r}")
+        fields[key] = value
+    if set(fields) != set(expected):
+        raise ValueError(f"plan: {what} has the fields {sorted(expected)}, got {sorted(fields)}")
+    return fields
 
 
 def default_threads() -> int:

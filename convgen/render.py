@@ -306,9 +306,13 @@ def context(workload: Workload, plan: Plan, target: Target) -> dict:
 
 
 def render(workload: Workload, plan: Plan, target: Target) -> str:
-    name = TEMPLATES[plan.algorithm]
+    return render_template(TEMPLATES[plan.algorithm], context(workload, plan, target), plan)
+
+
+def render_template(name: str, ctx: dict, plan) -> str:
+    """One template with its context; a failure names the template, the line and the plan."""
     try:
-        return environment().get_template(name).render(context(workload, plan, target))
+        return environment().get_template(name).render(ctx)
     except jinja2.TemplateError as exc:
         where = f"{getattr(exc, 'filename', None) or name}:{getattr(exc, 'lineno', '?')}"
         raise TemplateError(f"rendering {where} for plan '{plan}' failed: {exc}") from exc

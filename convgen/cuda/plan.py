@@ -32,6 +32,7 @@ import functools
 import math
 from dataclasses import dataclass
 
+from ..plan import parse_fields
 from ..spec import Workload
 from ..target import CudaArch, Target
 
@@ -73,16 +74,8 @@ class CudaPlan:
     @classmethod
     def parse(cls, text: str) -> "CudaPlan":
         """Inverse of ``str(plan)``."""
-        fields = {}
-        for item in text.split():
-            key, sep, value = item.partition("=")
-            if not sep:
-                raise ValueError(f"plan: expected key=value, got {item!r} in {text!r}")
-            fields[key] = value
-        expected = {"algorithm", "tile", "warp", "stages", "split_k", "math", "threads"}
-        if set(fields) != expected:
-            raise ValueError(f"plan: a CUDA plan has the fields {sorted(expected)}, "
-                             f"got {sorted(fields)}")
+        fields = parse_fields(text, ("algorithm", "tile", "warp", "stages", "split_k", "math",
+                                     "threads"), "a CUDA plan")
         try:
             tile = tuple(int(v) for v in fields["tile"].split("x"))
             warp = () if fields["warp"] == "-" else tuple(int(v) for v in fields["warp"].split("x"))

@@ -10,10 +10,10 @@ import functools
 import hashlib
 import math
 
-import jinja2
 
 from .. import __version__
 from .._paths import templates_dir
+from ..render import TemplateError, environment, render_template  # noqa: F401 (re-exported)
 from ..spec import AXIS_NAMES, Workload
 from ..target import Target
 from .plan import (SMEM_PAD, CudaPlan, axis_phases, depthwise_halo, gemm_phases, launch_of,
@@ -24,18 +24,6 @@ TEMPLATES = {"direct": "cuda/direct.cu.j2", "depthwise": "cuda/depthwise.cu.j2",
              "implicit_gemm": "cuda/implicit_gemm.cu.j2",
              "phase_gemm": "cuda/implicit_gemm.cu.j2"}
 EMULATOR_HEADER = "cuda/emu/cuda_emu.h"
-
-
-class TemplateError(RuntimeError):
-    """A CUDA template failed to render; the message names the template, the line and the plan."""
-
-
-@functools.lru_cache(maxsize=None)
-def environment() -> jinja2.Environment:
-    """Strict: an undefined name is an error, never an empty string in the source."""
-    return jinja2.Environment(loader=jinja2.FileSystemLoader(str(templates_dir())),
-                              undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
-                              autoescape=False)
 
 
 @functools.lru_cache(maxsize=None)
@@ -170,9 +158,4 @@ def context(workload: Workload, plan: CudaPlan, target: Target) -> dict:
 
 
 def render(workload: Workload, plan: CudaPlan, target: Target) -> str:
-    name = TEMPLATES[plan.algorithm]
-    try:
-        return environment().get_template(name).render(context(workload, plan, target))
-    except jinja2.TemplateError as exc:
-        where = f"{getattr(exc, 'filename', None) or name}:{getattr(exc, 'lineno', '?')}"
-        raise TemplateError(f"rendering {where} for plan '{plan}' failed: {exc}") from exc
+    return render_template(TEMPLATES[plan.algorithm], context(workload, plan, target), plan)
