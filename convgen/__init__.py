@@ -17,5 +17,6 @@ from .kernel import Kernel, PackedWeights  # noqa: E402
 from .plan import Plan  # noqa: E402
 from .spec import ConvSpec, Workload  # noqa: E402
 
-__all__ = ["nn", "ConvSpec", "Workload", "Plan", "Kernel", "PackedWeights", "CompileError", "CacheError", "compile", "conv1d",
-           "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d"]
+__all__ = ["nn", "ConvSpec", "Workload", "Plan", "Kernel", "PackedWeights", "CompileError",
+           "CacheError", "compile", "conv1d", "conv2d", "conv3d", "conv_transpose1d",
+           "conv_transpose2d", "conv_transpose3d"]
