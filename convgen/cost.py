@@ -32,6 +32,8 @@ def estimate(plan: Plan, workload: Workload, target: Target, machine: Machine) -
     width = native_vector(target, workload.dtype) / plan.vector   # 2: half-width vectors
     if plan.algorithm in WINOGRAD_ALGORITHMS:
         return _winograd_cost(plan, workload, machine, width)
+    if plan.algorithm == "depthwise":
+        return _depthwise_cost(plan, workload, machine, width)
     low = lowering_for(workload, plan)
     tile_cost = _gemm_phase_cost if plan.algorithm == "implicit_gemm" else _simd_phase_cost
     compute, items_total, useful, issued = 0.0, 0, 0, 0
@@ -77,6 +79,63 @@ def _winograd_cost(plan: Plan, workload: Workload, machine: Machine, width: floa
                / plan.threads + _CALL_OVERHEAD_S + (_PARALLEL_OVERHEAD_S if plan.threads > 1 else 0))
     return seconds, (f"F({geo.m},3): {blocks} blocks of {plan.pixel_tile} tiles over "
                      f"{plan.threads} threads, {geo.scratch * size // 1024} KiB scratch per thread")
+
+
+def _depthwise_cost(plan: Plan, workload: Workload, machine: Machine, width: float):
+    """Per input channel: pad it into the thread's plane (from wherever the input lives),
+    then per output channel its register tiles; every tap step of a tile issues
+    row_tile * NV FMAs, unless fewer chains than the FMA latency make it wait."""
+    spec, size = workload.spec, _DTYPE_BYTES[workload.dtype]
+    low = lowering_for(workload, plan)
+    phase = low.phases[0]
+    inner = phase.axes[-1]
+    rows = phase.outputs // max(inner.count, 1)
+    vectors = -(-inner.count // plan.vector)
+    nv = plan.pixel_tile // plan.vector
+
+    # the plane's rows are read once per output channel, from L1 if it fits; a tile's rows
+    # share the input rows of their kernel rows (unit stride: row_tile + kh - 1 of them)
+    plane_bytes = low.padded_spatial * size
+    bandwidth = _level_bandwidth(plane_bytes, machine)
+    kernel_rows = len(phase.axes[0].taps) if len(phase.axes) > 1 else 1
+
+    def tile(row_count: int, vecs: int) -> float:
+        chains = row_count * vecs
+        shared = 1.0
+        if len(phase.axes) > 1 and phase.axes[0].in_step == 1:
+            shared = (row_count + kernel_rows - 1) / (row_count * kernel_rows)
+        fma = chains / (machine.fma_per_cycle * width)
+        loads = (chains * machine.vector_load_cost / width + 1) / machine.loads_per_cycle
+        inputs = chains * shared * plan.vector * size / bandwidth
+        return phase.taps * max(fma, loads, inputs, machine.fma_latency) + chains + 12
+
+    full_cols, tail_cols = divmod(vectors, nv)
+    full_rows, tail_rows = divmod(rows, plan.row_tile)
+
+    def row_block(row_count: int) -> float:
+        return full_cols * tile(row_count, nv) + (tile(row_count, tail_cols) if tail_cols else 0)
+
+    plane = full_rows * row_block(plan.row_tile) + (row_block(tail_rows) if tail_rows else 0)
+    in_plane = math.prod(workload.in_spatial) * size
+    out_plane = math.prod(workload.out_spatial) * size
+    items = workload.input_shape[0] * spec.in_channels
+    moved = items * (in_plane + spec.cout_per_group * out_plane)
+    stream = moved / _level_bandwidth(moved, machine)        # input in, output out
+    # the copy: a vector store per row (a scalar one per element for column phases)
+    in_elems = math.prod(workload.in_spatial)
+    copy = (in_elems * (1.0 if low.row_split > 1 else 4 / plan.vector)
+            + 10 * low.padded_spatial / low.row_pitch) if low.copy_input else 0
+    per_channel = spec.cout_per_group * (plane + 40) + copy + 60
+    compute = math.ceil(items / plan.threads) * per_channel
+    stream_per_thread = stream / plan.threads
+    cycles = max(compute, stream_per_thread) + 0.5 * min(compute, stream_per_thread)
+    seconds = cycles / machine.clock_hz + _CALL_OVERHEAD_S
+    if plan.threads > 1:
+        seconds += _PARALLEL_OVERHEAD_S
+    why = (f"{items} channels over {plan.threads} threads, {plan.row_tile}x{nv} vector "
+           f"chains per tile, compute {compute / machine.clock_hz * 1e3:.3f} ms/thread, "
+           f"streaming {stream_per_thread / machine.clock_hz * 1e3:.3f} ms/thread")
+    return seconds, why
 
 
 def _level_bandwidth(working_set: int, machine: Machine) -> float:

@@ -22,6 +22,7 @@ class Machine:
     clock_hz: float = 3.3e9
     fma_per_cycle: float = 1.0        # full-width vector FMAs per cycle per core (measured:
                                       # 117 GFLOP/s on one core with 512-bit vectors)
+    fma_latency: float = 4.0          # cycles before an FMA's result feeds the next one
     loads_per_cycle: float = 3.0      # load slots per cycle; a broadcast takes one
     vector_load_cost: float = 2.0     # slots a full-width (512-bit) vector load takes
     dram_bytes_per_s: float = 12e9    # per core; about 25 GB/s for the whole VM

@@ -15,6 +15,10 @@ Algorithms (each a template under ``templates/cpu/``):
 - ``direct_simd``: output pixels of a row in vector lanes, a block of output channels
   broadcast from pre-packed weights; where the row's input is contiguous (unit stride
   along the innermost axis). Depthwise and small groups run here.
+- ``depthwise``: one input channel per group (depthwise, any channel multiplier), 1-D
+  and 2-D forward convs: each thread pads one channel at a time into its own buffer (it
+  stays in L1/L2) and computes that channel's outputs in register tiles of ``row_tile``
+  output rows x ``pixel_tile`` pixels, every tap unrolled with its offset a constant.
 - ``direct`` / ``transposed_gather``: the scalar gather kernels, exact reference paths
   that cover everything and that the planner ranks last.
 """
@@ -32,7 +36,7 @@ from .machine import host
 from .spec import Workload, workload_of
 from .target import Target, get_target
 
-SIMD_ALGORITHMS = ("implicit_gemm", "direct_simd")
+SIMD_ALGORITHMS = ("implicit_gemm", "direct_simd", "depthwise")
 WINOGRAD_ALGORITHMS = ("winograd2", "winograd4")    # F(2, 3) and F(4, 3) per axis
 GATHER_ALGORITHMS = ("direct", "transposed_gather")
 ALGORITHMS = SIMD_ALGORITHMS + WINOGRAD_ALGORITHMS + GATHER_ALGORITHMS
@@ -50,33 +54,43 @@ class Plan:
     vector: int          # lanes per vector register (1: scalar code)
     loop_order: str      # "oc_outer": channel blocks outside pixel rows; "pixel_outer": inside
     threads: int
+    row_tile: int = 1    # output rows per register tile (depthwise; every other algorithm: 1)
 
     _FIELDS = ("algorithm", "oc_tile", "pixel_tile", "vector", "loop_order", "threads")
+    _OPTIONAL = ("row_tile",)   # printed only where it is not 1, so other plans read as before
 
     def __str__(self) -> str:
-        return " ".join(f"{name}={getattr(self, name)}" for name in self._FIELDS)
+        words = [f"{name}={getattr(self, name)}" for name in self._FIELDS]
+        if self.row_tile != 1:
+            words.insert(3, f"row_tile={self.row_tile}")
+        return " ".join(words)
 
     @classmethod
     def parse(cls, text: str) -> "Plan":
         """Inverse of ``str(plan)``."""
-        fields = parse_fields(text, cls._FIELDS, "a plan")
+        fields = parse_fields(text, cls._FIELDS, "a plan", cls._OPTIONAL)
+        fields.setdefault("row_tile", "1")
         try:
-            numbers = {k: int(fields[k]) for k in ("oc_tile", "pixel_tile", "vector", "threads")}
+            numbers = {k: int(fields[k]) for k in ("oc_tile", "pixel_tile", "vector", "threads",
+                                                   "row_tile")}
         except ValueError as exc:
             raise ValueError(f"plan: malformed number in {text!r}") from exc
         return cls(fields["algorithm"], loop_order=fields["loop_order"], **numbers)
 
 
-def parse_fields(text: str, expected, what: str) -> dict[str, str]:
-    """``key=value`` words into a dict, refusing anything but exactly ``expected`` keys."""
+def parse_fields(text: str, expected, what: str, optional=()) -> dict[str, str]:
+    """``key=value`` words into a dict, refusing anything but the ``expected`` keys (and
+    any of the ``optional`` ones)."""
     fields = {}
     for item in text.split():
         key, sep, value = item.partition("=")
         if not sep:
             raise ValueError(f"plan: expected key=value, got {item!r} in {text!r}")
         fields[key] = value
-    if set(fields) != set(expected):
-        raise ValueError(f"plan: {what} has the fields {sorted(expected)}, got {sorted(fields)}")
+    if set(fields) - set(optional) != set(expected):
+        extra = f" (optional: {sorted(optional)})" if optional else ""
+        raise ValueError(f"plan: {what} has the fields {sorted(expected)}{extra}, "
+                         f"got {sorted(fields)}")
     return fields
 
 
@@ -98,6 +112,12 @@ def registers(target: Target) -> int:
     return 32 if target.isa == "avx512" else 16
 
 
+def depthwise_accumulators(regs: int) -> int:
+    """Accumulators a depthwise tile may hold: the rest of the registers carry the input
+    vectors its rows share between taps."""
+    return regs * 3 // 4
+
+
 def native_vector(target: Target, dtype: str) -> int:
     return target.vector_bytes // _DTYPE_BYTES[dtype]
 
@@ -108,10 +128,17 @@ def algorithms_for(workload: Workload, accuracy: str = "fast") -> tuple[str, ...
     # a row's outputs must be contiguous (a strided forward row is split into phases)
     if spec.stride[-1] == 1 or not spec.transposed:
         found.append("direct_simd")
+    if depthwise_applies(spec):
+        found.append("depthwise")
     if accuracy != "strict" and winograd.applies(spec):
         found += WINOGRAD_ALGORITHMS
     found.append("transposed_gather" if spec.transposed else "direct")
     return tuple(found)
+
+
+def depthwise_applies(spec) -> bool:
+    """One input channel per group, forward, 1-D or 2-D (3-D depthwise runs on direct_simd)."""
+    return spec.cin_per_group == 1 and not spec.transposed and spec.ndim <= 2
 
 
 def winograd_geometry(workload: Workload, plan: Plan) -> winograd.Geometry:
@@ -122,7 +149,7 @@ def winograd_geometry(workload: Workload, plan: Plan) -> winograd.Geometry:
 def lowering_for(workload: Workload, plan: Plan) -> Lowering:
     """The lowering a plan's kernel computes (direct_simd reads whole vectors past a row's
     end, and stores a strided row as its column phases)."""
-    if plan.algorithm == "direct_simd":
+    if plan.algorithm in ("direct_simd", "depthwise"):
         return lower(workload, plan.vector, split_rows=True)
     return lower(workload, 1)
 
@@ -148,6 +175,8 @@ def buffers(workload: Workload, plan: Plan) -> Buffers:
     low = lowering_for(workload, plan)
     per_group = sum(oc_blocks(workload, plan) * spec.cin_per_group * p.taps * plan.oc_tile
                     for p in low.phases)
+    if plan.algorithm == "depthwise":   # each thread pads one channel at a time
+        return Buffers(spec.groups * per_group, plan.threads * low.padded_spatial if low.copy_input else 0)
     padded = workload.input_shape[0] * spec.in_channels * low.padded_spatial if low.copy_input else 0
     return Buffers(spec.groups * per_group, padded)
 
@@ -170,8 +199,12 @@ def check_plan(plan: Plan, workload: Workload, target: Target, accuracy: str = "
         raise ValueError(f"plan: loop_order must be one of {LOOP_ORDERS}, got {plan.loop_order!r}")
     if plan.threads < 1:
         raise ValueError(f"plan: threads must be positive, got {plan.threads}")
-    if min(plan.oc_tile, plan.pixel_tile, plan.vector) < 1:
-        raise ValueError(f"plan: oc_tile, pixel_tile and vector must be positive, got {plan}")
+    if min(plan.oc_tile, plan.pixel_tile, plan.vector, plan.row_tile) < 1:
+        raise ValueError(f"plan: oc_tile, pixel_tile, vector and row_tile must be positive, "
+                         f"got {plan}")
+    if plan.algorithm != "depthwise" and plan.row_tile != 1:
+        raise ValueError(f"plan: row_tile={plan.row_tile}: only depthwise tiles several "
+                         f"output rows; {plan.algorithm} takes row_tile=1")
     if plan.algorithm in GATHER_ALGORITHMS:
         _check_gather(plan, spec)
     else:
@@ -200,6 +233,14 @@ def _check_simd(plan: Plan, workload: Workload, target: Target) -> None:
             raise ValueError(f"plan: implicit_gemm's oc_tile ({plan.oc_tile}) must be a "
                              f"multiple of vector ({plan.vector})")
         accumulators, loads = plan.pixel_tile * (plan.oc_tile // plan.vector), plan.oc_tile // plan.vector
+    elif plan.algorithm == "depthwise":
+        _check_depthwise(plan, workload)
+        accumulators, loads = plan.row_tile * (plan.pixel_tile // plan.vector), 1
+        if accumulators > depthwise_accumulators(regs):
+            raise ValueError(f"plan: a depthwise tile of {plan.row_tile} rows x "
+                             f"{plan.pixel_tile // plan.vector} vectors needs {accumulators} "
+                             f"accumulators; at most {depthwise_accumulators(regs)} leave "
+                             f"registers for the loads (more spilled: measured 2x slower)")
     else:
         if plan.pixel_tile % plan.vector:
             raise ValueError(f"plan: {plan.algorithm}'s pixel_tile ({plan.pixel_tile}) must be a "
@@ -211,6 +252,18 @@ def _check_simd(plan: Plan, workload: Workload, target: Target) -> None:
     if accumulators + loads + 1 > regs:
         raise ValueError(f"plan: a {plan.oc_tile}x{plan.pixel_tile} tile needs "
                          f"{accumulators + loads + 1} vector registers; the target has {regs}")
+
+
+def _check_depthwise(plan: Plan, workload: Workload) -> None:
+    if plan.oc_tile != 1 or plan.loop_order != "oc_outer":
+        raise ValueError("plan: depthwise computes one output channel at a time, each "
+                         "channel's rows inside: it takes oc_tile=1 loop_order=oc_outer")
+    if plan.pixel_tile % plan.vector:
+        raise ValueError(f"plan: depthwise's pixel_tile ({plan.pixel_tile}) must be a "
+                         f"multiple of vector ({plan.vector})")
+    rows = math.prod(workload.out_spatial[:-1])
+    if plan.row_tile > rows:
+        raise ValueError(f"plan: row_tile={plan.row_tile} exceeds the {rows} output row(s)")
 
 
 @dataclass(frozen=True)
@@ -248,6 +301,14 @@ def _enumerate(workload: Workload, target: Target, threads: int, accuracy: str):
             wide = -(-spec.cout_per_group // vl)
             tiles = [(v * vl, r, vl) for v in range(1, min(wide, 4) + 1)
                      for r in range(1, (regs - v - 1) // v + 1)]
+        elif algorithm == "depthwise":
+            rows = math.prod(workload.out_spatial[:-1])
+            for nv in range(1, 9):
+                for row_tile in range(1, min(rows, 8) + 1):
+                    if row_tile * nv <= depthwise_accumulators(regs):
+                        for team in teams:
+                            yield Plan(algorithm, 1, nv * vl, vl, "oc_outer", team, row_tile)
+            continue
         else:
             tiles = [(o, nv * vl, vl) for o in range(1, min(spec.cout_per_group, 16) + 1)
                      if spec.cout_per_group % o == 0

@@ -24,6 +24,7 @@ CTYPES = {"float32": "float", "float64": "double"}
 _DTYPE_BYTES = {"float32": 4, "float64": 8}
 TEMPLATES = {"direct": "cpu/direct.c.j2", "transposed_gather": "cpu/transposed_gather.c.j2",
              "implicit_gemm": "cpu/implicit_gemm.c.j2", "direct_simd": "cpu/direct_simd.c.j2",
+             "depthwise": "cpu/depthwise.c.j2",
              "winograd2": "cpu/winograd.c.j2", "winograd4": "cpu/winograd.c.j2"}
 
 
@@ -108,12 +109,14 @@ def _simd_context(workload: Workload, plan: Plan, target: Target) -> dict:
     return {
         "vector": plan.vector,
         "vector_bytes": plan.vector * _DTYPE_BYTES[workload.dtype],
+        "masked_store": _masked_store(target, plan.vector * _DTYPE_BYTES[workload.dtype]),
         "oc_tile": plan.oc_tile,
         "oc_blocks": oc_blocks(workload, plan),
         "padded_spatial": low.padded_spatial,
         "row_pitch": low.row_pitch,
         "rows_outside_channels": low.rows_outside_channels,
         "row_split": low.row_split, "phase_pitch": low.phase_pitch,
+        "split_copy": _split_copy(low, axes[-1]),
         "channel_stride": _layout_stride(workload, low, "channel"),
         "batch_stride": spec.in_channels * low.padded_spatial,
         "pack_group": buffers(workload, plan).packed_weights // spec.groups,
@@ -126,7 +129,44 @@ def _simd_context(workload: Workload, plan: Plan, target: Target) -> dict:
         "phases": phases,
         "tiles": tiles,
         "loop_order": plan.loop_order,
+        **(_depthwise_rows(workload, plan, low, axes) if plan.algorithm == "depthwise" else {}),
     }
+
+
+def _split_copy(low: Lowering, inner: dict) -> list[dict]:
+    """A row stored as column phases: for each phase, the indices i within it whose padded
+    column i * row_split + phase is a plain copy of the input."""
+    runs = []
+    for phase in range(low.row_split if low.row_split > 1 else 0):
+        first = -(-(inner["copy_begin"] - phase) // low.row_split)
+        end = -(-(inner["copy_end"] - phase) // low.row_split)
+        if end > first:
+            runs.append({"phase": phase, "first": first, "end": end})
+    return runs
+
+
+def _masked_store(target: Target, vector_bytes: int) -> str | None:
+    """Which masked-store instructions write a vector's first lanes (a row's last, partial
+    vector): AVX-512 (256-bit ones need AVX512VL), AVX2 for 256-bit vectors, else none
+    (the template stores through a copy)."""
+    if target.isa == "avx512" and (vector_bytes == 64 or
+                                   (vector_bytes == 32 and "avx512vl" in target.cpu_features)):
+        return "avx512"
+    if target.isa in ("avx2", "avx512") and vector_bytes == 32:
+        return "avx2"
+    return None
+
+
+def _depthwise_rows(workload: Workload, plan: Plan, low: Lowering, axes: list[dict]) -> dict:
+    """How a channel's output rows split into tiles of ``row_tile`` rows, and the distance
+    between neighbouring rows in the padded input and in the output (1-D: one row)."""
+    rows = math.prod(workload.out_spatial[:-1])
+    full, tail = divmod(rows, plan.row_tile)
+    outer = low.phases[0].axes[:-1]
+    row_in = outer[-1].in_step * axes[-2]["padded_stride"] if outer else 0
+    row_out = outer[-1].out_step * axes[-2]["out_stride"] if outer else 0
+    return {"row_tile": plan.row_tile, "full_rows": full * plan.row_tile, "tail_rows": tail,
+            "row_in": row_in, "row_out": row_out}
 
 
 def _simd_axes(workload: Workload, low: Lowering, names) -> list[dict]:

@@ -16,8 +16,8 @@ from convgen import ConvSpec
 from helpers import rel_l2
 
 # (documented bound, algorithms it covers)
-BOUNDS = {"implicit_gemm": 2e-6, "direct_simd": 2e-6, "direct": 2e-6, "winograd2": 2e-6,
-          "winograd4": 1e-5}
+BOUNDS = {"implicit_gemm": 2e-6, "direct_simd": 2e-6, "depthwise": 2e-6, "direct": 2e-6,
+          "winograd2": 2e-6, "winograd4": 1e-5}
 LAYERS = [   # 3x3 unit-stride layers of the sizes networks use (Winograd applies to all)
     (ConvSpec.conv(2, 64, 64, 3, padding=1), (1, 64, 28, 28)),
     (ConvSpec.conv(2, 256, 128, 3, padding=1), (1, 256, 14, 14)),
@@ -25,7 +25,27 @@ LAYERS = [   # 3x3 unit-stride layers of the sizes networks use (Winograd applie
 ]
 
 
-@pytest.mark.parametrize("algorithm", sorted(BOUNDS))
+DEPTHWISE_LAYERS = [   # where depthwise applies: one input channel per group
+    (ConvSpec.conv(2, 256, 256, 5, padding=2, groups=256), (1, 256, 14, 14)),
+    (ConvSpec.conv(1, 64, 128, 9, padding=4, groups=64), (1, 64, 300)),
+]
+
+
+@pytest.mark.parametrize("layer", range(len(DEPTHWISE_LAYERS)))
+def test_depthwise_error_within_the_exact_bound(layer):
+    spec, shape = DEPTHWISE_LAYERS[layer]
+    rng = np.random.default_rng(layer)
+    x = rng.standard_normal(shape).astype(np.float32)
+    w = rng.standard_normal(spec.weight_shape).astype(np.float32)
+    b = rng.standard_normal(spec.out_channels).astype(np.float32)
+    op = getattr(F, spec.op)
+    ref = op(*(torch.from_numpy(a.astype(np.float64)) for a in (x, w, b)),
+             padding=spec.pad_before, groups=spec.groups).numpy()
+    err = rel_l2(convgen.compile(spec, shape, plan="depthwise")(x, w, b), ref)
+    assert err <= BOUNDS["depthwise"], f"depthwise: relative L2 error {err:.2e}"
+
+
+@pytest.mark.parametrize("algorithm", sorted(set(BOUNDS) - {"depthwise"}))
 @pytest.mark.parametrize("layer", range(len(LAYERS)))
 def test_float32_error_within_the_documented_bound(algorithm, layer):
     spec, shape = LAYERS[layer]

@@ -486,6 +486,10 @@ PLAN_WORKLOADS = {
                                       dtype="float32"),
     "reflect_conv1d": make_case("reflect", "conv1d", cin=2, cout=16, spatial=(9,), kernel=3,
                                 padding=2, padding_mode="reflect", dtype="float64"),
+    # rows (11) and columns (19) that no row tile or vector divides; channel multiplier 2
+    "depthwise_conv2d": make_case("depthwise", "conv2d", cin=3, cout=6, spatial=(11, 19),
+                                  kernel=(3, 4), padding=(1, 2), dilation=(2, 1), groups=3,
+                                  dtype="float32"),
 }
 _CPU = get_target("cpu")
 
@@ -495,15 +499,15 @@ def _workload(case: Case):
 
 
 def _plan_id(name: str, plan: Plan) -> str:
-    return (f"{name}-{plan.algorithm}-oc{plan.oc_tile}-px{plan.pixel_tile}-v{plan.vector}"
-            f"-{plan.loop_order}-t{plan.threads}")
+    return (f"{name}-{plan.algorithm}-oc{plan.oc_tile}-px{plan.pixel_tile}-r{plan.row_tile}"
+            f"-v{plan.vector}-{plan.loop_order}-t{plan.threads}")
 
 
 def _sample(plans: list[Plan]) -> list[Plan]:
     """Every algorithm's best plan, then every tile shape the planner lists (one each)."""
     seen, picked = set(), []
     for plan in plans:
-        shape = (plan.algorithm, plan.oc_tile, plan.pixel_tile)
+        shape = (plan.algorithm, plan.oc_tile, plan.pixel_tile, plan.row_tile)
         if shape not in seen or plan.algorithm not in {p.algorithm for p in picked}:
             seen.add(shape)
             picked.append(plan)
@@ -569,6 +573,48 @@ def test_plan_outside_the_candidates(plan):
     assert _check_plan(PLAN_WORKLOADS["grouped_conv2d"], plan).plan == plan
 
 
+@pytest.mark.parametrize("plan", [
+    Plan("depthwise", 1, 8, 8, "oc_outer", 2, row_tile=4),     # half-width vectors, row tail 1
+    Plan("depthwise", 1, 16, 16, "oc_outer", 3, row_tile=9),   # one tile of all 9 rows
+    Plan("depthwise", 1, 32, 16, "oc_outer", 1, row_tile=1),   # one tile of the whole row
+], ids=lambda p: _plan_id("depthwise_conv2d", p))
+def test_depthwise_plan_outside_the_candidates(plan):
+    assert _check_plan(PLAN_WORKLOADS["depthwise_conv2d"], plan).plan == plan
+
+
+# A row's last, partial vector is written with a masked store where the ISA has one
+# (AVX-512, AVX512VL for 256-bit vectors, AVX2) and through a copy elsewhere: every
+# variant, in both dtypes, on rows of 13 outputs (no vector width divides them).
+_TAIL_CASES = {dtype: make_case("tails", "conv2d", cin=4, cout=4, spatial=(5, 13), kernel=3,
+                                padding=1, groups=4, dtype=dtype)
+               for dtype in ("float32", "float64")}
+
+
+@pytest.mark.parametrize("target", [
+    "cpu", "c", pytest.param("cpu-avx2", marks=pytest.mark.skipif(
+        "avx2" not in host_cpu_features(), reason="no AVX2"))])
+@pytest.mark.parametrize("dtype", sorted(_TAIL_CASES))
+@pytest.mark.parametrize("algorithm", ["direct_simd", "depthwise"])
+@pytest.mark.parametrize("half", [False, True], ids=["full_vectors", "half_vectors"])
+def test_partial_vector_stores(target, dtype, algorithm, half):
+    from convgen.plan import native_vector
+    resolved = get_target(target)
+    case = _TAIL_CASES[dtype]
+    vector = native_vector(resolved, dtype) // (2 if half else 1)
+    if vector < 2:
+        pytest.skip(f"{target} has {native_vector(resolved, dtype)}-lane {dtype} vectors")
+    plan = Plan(algorithm, 1, vector, vector, "oc_outer", 1,
+                row_tile=2 if algorithm == "depthwise" else 1)
+    rng = np.random.default_rng(seed_of(f"{target}-{dtype}-{algorithm}-{half}"))
+    x, w, b = operands(case, rng)
+    kernel = convgen.compile(spec_of(case), case.x_shape, dtype, target=target, plan=plan)
+    assert_matches(poisoned_call(kernel, x, w, b), torch_reference(case.op, x, w, b, **case.kwargs),
+                   dtype)
+    uses_mask = "_mask_storeu_" in kernel.source or "_maskstore_" in kernel.source
+    # 128-bit vectors (the portable target, AVX2's half width) have no masked store here
+    assert uses_mask == (target != "c" and vector * np.dtype(dtype).itemsize >= 32)
+
+
 @pytest.mark.parametrize("name,plan,match", [
     ("grouped_conv2d", Plan("direct", 3, 1, 1, "oc_outer", 1), "oc_tile"),
     ("grouped_conv2d", Plan("direct", 8, 2, 1, "oc_outer", 1), "pixel_tile"),
@@ -583,6 +629,15 @@ def test_plan_outside_the_candidates(plan):
     ("grouped_conv2d", Plan("implicit_gemm", 64, 8, 16, "oc_outer", 1), "registers"),
     ("grouped_conv2d", Plan("direct_simd", 3, 16, 16, "oc_outer", 1), "divide"),
     ("grouped_conv2d", Plan("direct_simd", 2, 20, 16, "oc_outer", 1), "multiple of vector"),
+    ("grouped_conv2d", Plan("depthwise", 1, 16, 16, "oc_outer", 1), "does not apply"),
+    ("grouped_conv2d", Plan("direct_simd", 2, 16, 16, "oc_outer", 1, row_tile=2), "row_tile"),
+    ("depthwise_conv2d", Plan("depthwise", 2, 16, 16, "oc_outer", 1), "oc_tile=1"),
+    ("depthwise_conv2d", Plan("depthwise", 1, 16, 16, "pixel_outer", 1), "loop_order=oc_outer"),
+    ("depthwise_conv2d", Plan("depthwise", 1, 20, 16, "oc_outer", 1), "multiple of vector"),
+    ("depthwise_conv2d", Plan("depthwise", 1, 16, 16, "oc_outer", 1, row_tile=12), "exceeds"),
+    ("depthwise_conv2d", Plan("depthwise", 1, 64, 16, "oc_outer", 1, row_tile=7), "accumulators"),
+    ("depthwise_conv2d", "algorithm=depthwise oc_tile=1 pixel_tile=16 row_tile=0 vector=16 "
+                         "loop_order=oc_outer threads=1", "positive"),
     ("grouped_conv2d", "transposed_gather", "does not apply"),
     ("transposed_conv2d_s2", "direct", "does not apply"),
     ("grouped_conv2d", "algorithm=direct oc_tile=3 pixel_tile=1 vector=1 loop_order=oc_outer "

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 import convgen
-from convgen.plan import Plan, candidates, check_plan, explain, plan
+from convgen.plan import Plan, algorithms_for, candidates, check_plan, explain, plan
 from convgen.spec import ConvSpec, workload_of
 from convgen.target import get_target
 
@@ -55,7 +55,11 @@ def test_simd_algorithms_win_where_they_should():
                  accuracy="strict")
     assert exact.algorithm in ("implicit_gemm", "direct_simd")
     depthwise = plan(ConvSpec.conv(2, 32, 32, 3, padding=1, groups=32), (1, 32, 56, 56))
-    assert depthwise.algorithm == "direct_simd"   # no channels to fill vector lanes with
+    assert depthwise.algorithm == "depthwise"   # no channels to fill vector lanes with
+    strided_dw = plan(ConvSpec.conv(2, 32, 32, 3, stride=2, padding=1, groups=32), (1, 32, 56, 56))
+    assert strided_dw.algorithm == "depthwise"
+    dw3d = plan(ConvSpec.conv(3, 8, 8, 3, padding=1, groups=8), (1, 8, 6, 6, 6))
+    assert dw3d.algorithm == "direct_simd"      # depthwise covers 1-D and 2-D
     strided = plan(ConvSpec.conv(2, 64, 64, 3, stride=2, padding=1), (1, 64, 28, 28))
     assert strided.algorithm == "implicit_gemm"
     hifigan = plan(ConvSpec.conv_transpose(1, 64, 32, 16, stride=8, padding=4), (1, 64, 32))
@@ -82,3 +86,37 @@ def test_winograd_transforms_are_exact_in_rationals():
     from convgen.winograd import TRANSFORMS, check
     for transform in TRANSFORMS.values():
         assert check(transform) < 1e-13
+
+
+def test_depthwise_applies_to_one_input_channel_per_group_only():
+    def algorithms(spec, shape):
+        return algorithms_for(workload_of(spec, shape, "float32")[0])
+    assert "depthwise" in algorithms(ConvSpec.conv(2, 8, 16, 3, groups=8), (1, 8, 9, 9))
+    assert "depthwise" in algorithms(ConvSpec.conv(1, 1, 4, 5), (2, 1, 30))   # multiplier 4
+    assert "depthwise" not in algorithms(ConvSpec.conv(2, 8, 8, 3, groups=4), (1, 8, 9, 9))
+    assert "depthwise" not in algorithms(ConvSpec.conv(3, 4, 4, 3, groups=4), (1, 4, 5, 5, 5))
+    assert "depthwise" not in algorithms(ConvSpec.conv_transpose(2, 4, 4, 3, groups=4),
+                                         (1, 4, 5, 5))
+
+
+def test_depthwise_plans_print_their_row_tile_and_others_do_not():
+    tiled = Plan("depthwise", 1, 32, 16, "oc_outer", 2, row_tile=3)
+    assert "row_tile=3" in str(tiled) and Plan.parse(str(tiled)) == tiled
+    plain = Plan("direct_simd", 2, 32, 16, "oc_outer", 2)
+    assert "row_tile" not in str(plain) and Plan.parse(str(plain)) == plain
+    with pytest.raises(ValueError, match="row_tile"):
+        Plan.parse("algorithm=depthwise oc_tile=1 pixel_tile=16 vector=16 loop_order=oc_outer "
+                   "threads=1 row_tile=x")
+    with pytest.raises(ValueError, match="fields"):
+        Plan.parse("algorithm=depthwise oc_tile=1 pixel_tile=16 vector=16 loop_order=oc_outer "
+                   "threads=1 rows=2")
+
+
+def test_depthwise_candidates_tile_rows_and_never_spill():
+    workload, _ = workload_of(ConvSpec.conv(2, 32, 32, 3, padding=1, groups=32),
+                              (1, 32, 56, 56), "float32")
+    mine = [c.plan for c in candidates(workload, get_target("cpu"), threads=2)
+            if c.plan.algorithm == "depthwise"]
+    assert {p.row_tile for p in mine} == set(range(1, 9))
+    regs = 32 if get_target("cpu").isa == "avx512" else 16
+    assert all(p.row_tile * p.pixel_tile // p.vector <= regs * 3 // 4 for p in mine)
