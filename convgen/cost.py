@@ -167,6 +167,9 @@ def _stream_cycles(plan: Plan, workload: Workload, low: Lowering, machine: Machi
         traffic, working_set = weights * rows, weights
     if working_set <= machine.l2_bytes // 2:
         return (inputs + weights) / machine.l2_bytes_per_cycle
+    if plan.loop_order == "pixel_outer" and working_set <= machine.l2_bytes * 3 // 4:
+        # every row walks the same weights in the same order: the L2 keeps them
+        return traffic / machine.l2_bytes_per_cycle
     return traffic / _level_bandwidth(working_set, machine)
 
 
