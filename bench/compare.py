@@ -9,7 +9,8 @@ alike, preallocated outputs, warm threads. The table shows medians, GFLOP/s, the
 the machine's FMA peak (measured here by a generated micro-benchmark) and the ratios
 torch/convgen and onnxruntime/convgen (> 1: convgen is faster), then geometric means,
 (onnxruntime is timed in a child process before the table: its own thread pool spins
-after a run and, next to libgomp's workers, distorts every library's timings),
+after a run and, next to libgomp's workers, distorts every library's timings; the child
+runs before this process starts any OpenMP thread, which would spin and take a core),
 the issue's targets, the cold compile time and the per-call Python overhead.
 
 torch's OpenMP workers spin (OMP_WAIT_POLICY=ACTIVE) so the anchor is at its best; torch
@@ -168,16 +169,20 @@ def main(argv=None) -> int:
     parser.add_argument("--skip-threading-check", action="store_true")
     args = parser.parse_args(argv)
     os.environ["CONVGEN_NUM_THREADS"] = str(args.threads)
-    torch = anchors.setup_torch(args.threads)
     ort_threads = None if args.no_onnxruntime or not anchors.have_onnxruntime() else args.threads
+    layers = load_suite(args.suite, set(filter(None, args.layers.split(","))))
+    # The child processes run first: once this process has run an OpenMP region, its
+    # workers spin for good (OMP_WAIT_POLICY=ACTIVE) and would take a core from a child
+    # (onnxruntime at 2 threads measured as fast as at 1 before this order).
+    ort = onnxruntime_times(args, [layer["name"] for layer in layers]) if ort_threads else {}
+    check = None if args.skip_threading_check else threading_check(args.threads)
+    torch = anchors.setup_torch(args.threads)
     from convgen.peak import fma_peak_gflops
     peak = fma_peak_gflops(args.threads)
-    layers = load_suite(args.suite, set(filter(None, args.layers.split(","))))
     print(f"convgen vs torch {torch.__version__}"
           f"{' vs onnxruntime ' + anchors.onnxruntime_version() if ort_threads else ''}: "
           f"{len(layers)} layers, {args.dtype}, {args.threads} threads, medians of interleaved runs")
     print(f"measured float32 FMA peak, {args.threads} threads: {peak:.0f} GFLOP/s\n")
-    ort = onnxruntime_times(args, [layer["name"] for layer in layers]) if ort_threads else {}
     print_header()
     rows = []
     for layer in layers:
@@ -185,8 +190,8 @@ def main(argv=None) -> int:
         print_row(rows[-1], peak)
     print_targets(rows, peak)
     compile_and_call_costs(args.dtype)
-    if not args.skip_threading_check:
-        threading_check(args.threads)
+    if check:
+        print("\n" + check)
     return 0
 
 
@@ -212,14 +217,14 @@ def onnxruntime_times(args, names: list[str]) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def threading_check(threads: int) -> None:
+def threading_check(threads: int) -> str:
     """convgen alone, default environment (no OMP_* variables): back-to-back calls and
-    calls after idle gaps, to show there is no wake-up cliff."""
+    calls after idle gaps, to show there is no wake-up cliff. Returns its report."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OMP_", "GOMP_"))}
     env["CONVGEN_NUM_THREADS"] = str(threads)
     done = subprocess.run([sys.executable, str(Path(__file__).with_name("threading_check.py"))],
                           env=env, capture_output=True, text=True, check=False)
-    print("\n" + (done.stdout + done.stderr).strip())
+    return (done.stdout + done.stderr).strip()
 
 
 if __name__ == "__main__":
