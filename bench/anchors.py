@@ -46,6 +46,11 @@ def have_onnxruntime() -> bool:
     return True
 
 
+def torch_version() -> str:
+    from importlib.metadata import version
+    return version("torch")
+
+
 def onnxruntime_version() -> str:
     import onnxruntime
     return onnxruntime.__version__

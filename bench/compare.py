@@ -1,21 +1,22 @@
-"""convgen vs torch (oneDNN) vs onnxruntime (MLAS) on the public suite, in one process.
+"""convgen vs torch (oneDNN) vs onnxruntime (MLAS) on the public suite.
 
     python bench/compare.py [--threads N] [--layers NAME,...] [--dtype float32] [--min-time S]
 
-Each layer runs through convgen (default plan, weights packed once), torch and, when it
-is installed (`pip install -e '.[bench]'`), onnxruntime on a one-node model of the same
-layer: same process, same thread count, interleaved rep by rep so machine noise hits all
-alike, preallocated outputs, warm threads. The table shows medians, GFLOP/s, the share of
+Each layer runs through convgen (default plan, weights packed once) and torch in one
+process, interleaved rep by rep so machine noise hits both alike, with preallocated
+outputs and warm threads; right before that, when it is installed (`pip install -e
+'.[bench]'`), onnxruntime runs a one-node model of the same layer in a process of its own
+(its thread pool spins after a run and, next to libgomp's workers, distorts every
+library's timings). Every layer gets fresh processes, and this one runs no OpenMP until
+the end: under OMP_WAIT_POLICY=ACTIVE libgomp's workers spin for good once started and
+would take a core from the next process. The table shows medians, GFLOP/s, the share of
 the machine's FMA peak (measured here by a generated micro-benchmark) and the ratios
 torch/convgen and onnxruntime/convgen (> 1: convgen is faster), then geometric means,
-(onnxruntime is timed in a child process before the table: its own thread pool spins
-after a run and, next to libgomp's workers, distorts every library's timings; the child
-runs before this process starts any OpenMP thread, which would spin and take a core),
 the issue's targets, the cold compile time and the per-call Python overhead.
 
 torch's OpenMP workers spin (OMP_WAIT_POLICY=ACTIVE) so the anchor is at its best; torch
 and convgen share one libgomp in a process, so convgen runs so too here. The threading
-check at the end runs convgen alone in a child process with the default environment.
+check runs convgen alone in a child process with the default environment.
 """
 from __future__ import annotations
 
@@ -167,32 +168,56 @@ def main(argv=None) -> int:
     parser.add_argument("--min-time", type=float, default=0.6, help="seconds per layer")
     parser.add_argument("--no-onnxruntime", action="store_true")
     parser.add_argument("--skip-threading-check", action="store_true")
+    parser.add_argument("--layer-child", help=argparse.SUPPRESS)   # see layer_in_child
     args = parser.parse_args(argv)
     os.environ["CONVGEN_NUM_THREADS"] = str(args.threads)
-    ort_threads = None if args.no_onnxruntime or not anchors.have_onnxruntime() else args.threads
     layers = load_suite(args.suite, set(filter(None, args.layers.split(","))))
-    # The child processes run first: once this process has run an OpenMP region, its
-    # workers spin for good (OMP_WAIT_POLICY=ACTIVE) and would take a core from a child
-    # (onnxruntime at 2 threads measured as fast as at 1 before this order).
-    ort = onnxruntime_times(args, [layer["name"] for layer in layers]) if ort_threads else {}
+    if args.layer_child:
+        anchors.setup_torch(args.threads)
+        print(json.dumps(bench_layer(layers[0], args.dtype, args.min_time, None)))
+        return 0
+    ort_threads = None if args.no_onnxruntime or not anchors.have_onnxruntime() else args.threads
+    # Every measurement that runs OpenMP or another thread pool happens in a child process,
+    # one at a time: under OMP_WAIT_POLICY=ACTIVE libgomp's workers spin for good once
+    # started and would take a core from the next child (onnxruntime at 2 threads measured
+    # as fast as at 1 that way), and a layer's onnxruntime run comes right before its
+    # convgen/torch run, so slow drift on a shared machine hits all three alike.
     check = None if args.skip_threading_check else threading_check(args.threads)
-    torch = anchors.setup_torch(args.threads)
-    from convgen.peak import fma_peak_gflops
-    peak = fma_peak_gflops(args.threads)
-    print(f"convgen vs torch {torch.__version__}"
+    peak = peak_in_child(args.threads)
+    print(f"convgen vs torch {anchors.torch_version()}"
           f"{' vs onnxruntime ' + anchors.onnxruntime_version() if ort_threads else ''}: "
           f"{len(layers)} layers, {args.dtype}, {args.threads} threads, medians of interleaved runs")
     print(f"measured float32 FMA peak, {args.threads} threads: {peak:.0f} GFLOP/s\n")
     print_header()
     rows = []
     for layer in layers:
-        rows.append(bench_layer(layer, args.dtype, args.min_time, ort.get(layer["name"])))
+        ort = onnxruntime_times(args, [layer["name"]]) if ort_threads else {}
+        rows.append(layer_in_child(args, layer["name"]))
+        rows[-1]["ort_s"] = ort.get(layer["name"])
         print_row(rows[-1], peak)
     print_targets(rows, peak)
     compile_and_call_costs(args.dtype)
     if check:
         print("\n" + check)
     return 0
+
+
+def layer_in_child(args, name: str) -> dict:
+    """convgen and torch on one layer, interleaved, in a fresh process (see main)."""
+    command = [sys.executable, __file__, "--layer-child", name, "--layers", name,
+               "--suite", str(args.suite), "--threads", str(args.threads),
+               "--dtype", args.dtype, "--min-time", str(args.min_time)]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"benchmarking {name} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def peak_in_child(threads: int) -> float:
+    code = f"from convgen.peak import fma_peak_gflops; print(fma_peak_gflops({threads}))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True)
+    return float(done.stdout.strip().splitlines()[-1])
 
 
 def print_row(row: dict, peak: float) -> None:
