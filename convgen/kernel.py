@@ -91,11 +91,12 @@ _SCRATCH = threading.local()   # per Python thread: one growing buffer shared by
 
 def _scratch(elements: int, dtype: np.dtype) -> np.ndarray:
     """Scratch memory reused across calls, so calls never page-fault fresh memory."""
-    key = f"buf_{dtype.name}"
-    buf = getattr(_SCRATCH, key, None)
+    buffers = getattr(_SCRATCH, "by_dtype", None)
+    if buffers is None:
+        buffers = _SCRATCH.by_dtype = {}
+    buf = buffers.get(dtype.char)
     if buf is None or buf.size < elements:
-        buf = np.empty(max(elements, 1), dtype=dtype)
-        setattr(_SCRATCH, key, buf)
+        buf = buffers[dtype.char] = np.empty(max(elements, 1), dtype=dtype)
     return buf
 
 
