@@ -3,7 +3,7 @@
 Pipeline: ConvSpec (spec.py) -> Workload -> Plan (plan.py) -> C source (render.py,
 templates/) -> shared library (compiler.py) -> cache (cache.py) -> Kernel (kernel.py).
 """
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 from . import _openmp  # noqa: E402,F401  (before any kernel loads libgomp)
 
