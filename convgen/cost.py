@@ -121,7 +121,7 @@ def _depthwise_cost(plan: Plan, workload: Workload, machine: Machine, width: flo
     items = workload.input_shape[0] * spec.in_channels
     moved = items * (in_plane + spec.cout_per_group * out_plane)
     stream = moved / _level_bandwidth(moved, machine)        # input in, output out
-    # the copy: a vector store per row (a scalar one per element for column phases)
+    # the copy: vector moves along a row, an element at a time into column phases
     in_elems = math.prod(workload.in_spatial)
     copy = (in_elems * (1.0 if low.row_split > 1 else 4 / plan.vector)
             + 10 * low.padded_spatial / low.row_pitch) if low.copy_input else 0

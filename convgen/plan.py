@@ -14,7 +14,7 @@ Algorithms (each a template under ``templates/cpu/``):
   by stride-phase decomposition (``lower.py``).
 - ``direct_simd``: output pixels of a row in vector lanes, a block of output channels
   broadcast from pre-packed weights; where the row's input is contiguous (unit stride
-  along the innermost axis). Depthwise and small groups run here.
+  along the innermost axis). Small groups and 3-D depthwise layers run here.
 - ``depthwise``: one input channel per group (depthwise, any channel multiplier), 1-D
   and 2-D forward convs: each thread pads one channel at a time into its own buffer (it
   stays in L1/L2) and computes that channel's outputs in register tiles of ``row_tile``
@@ -176,7 +176,8 @@ def buffers(workload: Workload, plan: Plan) -> Buffers:
     per_group = sum(oc_blocks(workload, plan) * spec.cin_per_group * p.taps * plan.oc_tile
                     for p in low.phases)
     if plan.algorithm == "depthwise":   # each thread pads one channel at a time
-        return Buffers(spec.groups * per_group, plan.threads * low.padded_spatial if low.copy_input else 0)
+        planes = plan.threads * low.padded_spatial if low.copy_input else 0
+        return Buffers(spec.groups * per_group, planes)
     padded = workload.input_shape[0] * spec.in_channels * low.padded_spatial if low.copy_input else 0
     return Buffers(spec.groups * per_group, padded)
 
@@ -302,12 +303,7 @@ def _enumerate(workload: Workload, target: Target, threads: int, accuracy: str):
             tiles = [(v * vl, r, vl) for v in range(1, min(wide, 4) + 1)
                      for r in range(1, (regs - v - 1) // v + 1)]
         elif algorithm == "depthwise":
-            rows = math.prod(workload.out_spatial[:-1])
-            for nv in range(1, 9):
-                for row_tile in range(1, min(rows, 8) + 1):
-                    if row_tile * nv <= depthwise_accumulators(regs):
-                        for team in teams:
-                            yield Plan(algorithm, 1, nv * vl, vl, "oc_outer", team, row_tile)
+            yield from _depthwise_plans(workload, vl, regs, teams)
             continue
         else:
             tiles = [(o, nv * vl, vl) for o in range(1, min(spec.cout_per_group, 16) + 1)
@@ -318,6 +314,16 @@ def _enumerate(workload: Workload, target: Target, threads: int, accuracy: str):
             for order in orders:
                 for team in teams:
                     yield Plan(algorithm, oc_tile, pixel_tile, vector, order, team)
+
+
+def _depthwise_plans(workload: Workload, vl: int, regs: int, teams):
+    """Tiles of row_tile rows x nv vectors that leave registers for the shared input rows."""
+    rows = math.prod(workload.out_spatial[:-1])
+    for nv in range(1, 9):
+        for row_tile in range(1, min(rows, 8) + 1):
+            if row_tile * nv <= depthwise_accumulators(regs):
+                for team in teams:
+                    yield Plan("depthwise", 1, nv * vl, vl, "oc_outer", team, row_tile)
 
 
 def plan(spec, input_shape=None, dtype="float32", target="cpu", threads=None,
