@@ -65,7 +65,7 @@ def interleaved_medians(runners: list, min_time: float, min_reps: int = 7) -> li
 def bench_layer(layer: dict, dtype: str, min_time: float) -> dict:
     """convgen and torch on one layer (the caller adds onnxruntime's time, ort_s)."""
     import convgen
-    from convgen.layers import spec_from_op
+    from convgen.core.layers import spec_from_op
 
     rng = np.random.default_rng(0)
     spec = spec_from_op(layer["op"], layer["w"], True, layer["x"], **layer["args"])
@@ -215,7 +215,7 @@ def layer_in_child(args, name: str) -> dict:
 
 
 def peak_in_child(threads: int) -> float:
-    code = f"from convgen.peak import fma_peak_gflops; print(fma_peak_gflops({threads}))"
+    code = f"from convgen.cpu.peak import fma_peak_gflops; print(fma_peak_gflops({threads}))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True)
     return float(done.stdout.strip().splitlines()[-1])

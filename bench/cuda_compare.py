@@ -111,8 +111,8 @@ def bench_layer(torch, layer: dict, target, timer: Timer, min_time: float,
     import convgen
     from convgen.cuda import candidates as ranked_plans
     from convgen.cuda.plan import allowed_maths
-    from convgen.layers import spec_from_op
-    from convgen.spec import workload_of
+    from convgen.core.layers import spec_from_op
+    from convgen.core.spec import workload_of
 
     spec = spec_from_op(layer["op"], layer["w"], True, layer["x"], **layer["args"])
     workload, _ = workload_of(spec, tuple(layer["x"]), "float32")
@@ -192,7 +192,7 @@ def main(argv=None) -> int:
         print("bench/cuda_compare.py needs an NVIDIA GPU and a CUDA build of torch; "
               f"torch {torch.__version__} sees no CUDA device", file=sys.stderr)
         return 2
-    from convgen.target import get_target
+    from convgen.backends import get_target
 
     torch.set_grad_enabled(False)
     torch.backends.cudnn.benchmark = True

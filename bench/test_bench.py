@@ -24,7 +24,7 @@ THREADS = int(os.environ.get("CONVGEN_NUM_THREADS", len(os.sched_getaffinity(0))
 
 def _operands(layer):
     import convgen
-    from convgen.layers import spec_from_op
+    from convgen.core.layers import spec_from_op
     spec = spec_from_op(layer["op"], layer["w"], True, layer["x"], **layer["args"])
     rng = np.random.default_rng(0)
     x = rng.standard_normal(layer["x"]).astype(np.float32)

@@ -1,13 +1,15 @@
-"""``convgen.compile``: the front of the pipeline (layer -> spec -> workload -> plan)."""
+"""``convgen.compile``: the front of the pipeline (layer -> spec -> workload -> plan -> kernel).
+
+A front end: it names no backend. The registry (``backends``) resolves the target and
+hands back the backend that plans, generates, builds and loads for it.
+"""
 from __future__ import annotations
 
-from . import plan as planner
-from .kernel import Kernel
-from .limits import check_workload_limits
-from .spec import ConvSpec, dtype_name, workload_of  # noqa: F401 (re-exported)
-from .target import get_target
-
-_KERNELS: dict[tuple, Kernel] = {}
+from .backends import backend_for, get_target
+from .core.dtypes import dtype_name
+from .core.limits import check_workload_limits
+from .core.planning import check_accuracy
+from .core.spec import ConvSpec, Workload, workload_of
 
 
 def as_spec(layer) -> ConvSpec:
@@ -23,11 +25,22 @@ def as_spec(layer) -> ConvSpec:
                     f"module, got {type(layer).__name__}")
 
 
+def layer_dtype(layer) -> str:
+    """The dtype a layer computes in: a module's own, a torch module's weights', else float32."""
+    if isinstance(layer, ConvSpec):
+        return "float32"
+    if _is_torch_conv(layer):
+        return dtype_name(layer.weight.dtype)
+    dtype = getattr(layer, "dtype", None)
+    return "float32" if dtype is None else dtype_name(dtype)
+
+
 def _is_torch_conv(layer) -> bool:
     return type(layer).__module__.startswith("torch.nn") and hasattr(layer, "transposed")
 
 
 def spec_of_torch(module) -> ConvSpec:
+    _refuse_lazy(module)
     ndim = len(module.kernel_size)
     bias = module.bias is not None
     if module.transposed:
@@ -40,27 +53,47 @@ def spec_of_torch(module) -> ConvSpec:
                          module.padding_mode)
 
 
-def compile(layer, input_shape, dtype="float32", target="cpu", plan="auto",  # noqa: A001
-            accuracy="fast") -> Kernel:
+def _refuse_lazy(module) -> None:
+    weight = getattr(module, "weight", None)
+    if type(weight).__name__ == "UninitializedParameter" or "Lazy" in type(module).__name__:
+        raise ValueError(f"{type(module).__name__} has uninitialised (lazy) parameters: run it "
+                         f"once on an input first (torch then knows in_channels and turns it "
+                         f"into a {type(module).__name__.replace('Lazy', '')}), then compile it")
+
+
+def compile(layer, input_shape, dtype=None, target="cpu", plan="auto",  # noqa: A001
+            accuracy="fast"):
     """A kernel for ``layer`` on inputs of ``input_shape``: compiled, cached and loaded.
 
+    ``dtype`` defaults to the layer's (a module's; float32 for a ConvSpec).
     ``accuracy="strict"`` keeps the planner to exact algorithms: no Winograd, whose float32
     results differ from a direct sum by a few more units in the last place.
     """
-    accuracy = planner.check_accuracy(accuracy)
+    accuracy = check_accuracy(accuracy)
     spec = as_spec(layer)
-    workload, unbatched = workload_of(spec, input_shape, dtype)
+    workload, unbatched = workload_of(spec, input_shape,
+                                      layer_dtype(layer) if dtype is None else dtype)
     check_workload_limits(workload)
-    resolved_target = get_target(target)
-    if resolved_target.lang == "cuda":   # the CUDA backend plans, renders and loads on its own
-        from .cuda import compile_cuda
-        return compile_cuda(workload, unbatched, resolved_target, plan)
-    if plan == "auto":  # the common case: skip re-ranking, the planner memoises its choice
-        chosen = planner.choose(workload, resolved_target, accuracy=accuracy)
-    else:
-        chosen = planner.resolve(plan, workload, resolved_target, accuracy)
-    memo = (workload, unbatched, resolved_target, chosen)
-    kernel = _KERNELS.get(memo)
-    if kernel is None:
-        kernel = _KERNELS[memo] = Kernel(workload, chosen, resolved_target, unbatched)
-    return kernel
+    resolved = get_target(target)
+    backend = backend_for(resolved)
+    chosen = backend.resolve(plan, workload, resolved, accuracy)
+    return backend.kernel(workload, chosen, resolved, unbatched)
+
+
+def choose_plan(spec, input_shape=None, dtype="float32", target="cpu", threads=None,
+                accuracy="fast"):
+    """The planner's choice for ``spec`` on inputs of ``input_shape`` (batched or not);
+    ``spec`` may also be a Workload, which already carries the shape and dtype. ``threads``
+    (CPU targets) plans for that many threads instead of the default."""
+    workload = spec if isinstance(spec, Workload) else workload_of(spec, input_shape, dtype)[0]
+    resolved = get_target(target)
+    return backend_for(resolved).choose(workload, resolved, threads, check_accuracy(accuracy))
+
+
+def explain(spec, input_shape=None, dtype="float32", target="cpu", top=5,
+            accuracy="fast") -> str:
+    """The planner's ranked candidates for a layer and input shape, as text."""
+    workload = spec if isinstance(spec, Workload) else workload_of(spec, input_shape, dtype)[0]
+    resolved = get_target(target)
+    return backend_for(resolved).explain(workload, resolved, top=top,
+                                         accuracy=check_accuracy(accuracy))

@@ -6,8 +6,9 @@ import json
 import sys
 from pathlib import Path
 
-from . import __version__, cache
-from .layers import OPS, spec_from_op
+from ._version import __version__
+from .core.layers import OPS, spec_from_op
+from .runtime import cache
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -63,16 +64,9 @@ def _spec(args):
 
 
 def _cmd_plan(args) -> int:
-    from .api import workload_of
-    from .plan import explain
-    from .target import get_target
-    workload, _ = workload_of(_spec(args), args.input, args.dtype)
-    target = get_target(args.target)
-    if target.lang == "cuda":   # the CUDA planner ranks CUDA plans
-        from .cuda import explain
-        print(explain(workload, target, top=args.top))
-    else:
-        print(explain(workload, target, top=args.top, accuracy=args.accuracy))
+    from .api import explain
+    print(explain(_spec(args), args.input, args.dtype, args.target, top=args.top,
+                  accuracy=args.accuracy))
     return 0
 
 
@@ -80,8 +74,9 @@ def _cmd_compile(args) -> int:
     from .api import compile as compile_kernel
     kernel = compile_kernel(_spec(args), args.input, dtype=args.dtype, target=args.target,
                             plan=args.plan, accuracy=args.accuracy)
+    main_name = next(iter(kernel.sources))     # kernel.c or kernel.cu
     output = Path(args.output) if args.output else \
-        Path("generated") / f"{kernel.spec.op}_{kernel.key[:12]}.{'cu' if 'cuda' in kernel.target.name else 'c'}"
+        Path("generated") / f"{kernel.spec.op}_{kernel.key[:12]}{Path(main_name).suffix}"
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(kernel.source)
     print(f"wrote {output}  ({kernel.spec.op}, input {kernel.input_shape} -> "

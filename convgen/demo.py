@@ -8,10 +8,10 @@ import time
 
 import numpy as np
 
-from . import cache
 from .api import compile as compile_kernel
-from .layers import spec_from_op
-from .reference import convolve
+from .core.layers import spec_from_op
+from .core.reference import convolve
+from .runtime import cache
 
 # (name, op, input shape, weight shape, args): one or more layers of every op.
 SAMPLE_LAYERS = [

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 from .api import compile as compile_kernel
-from .arrays import as_array, check_dtype, check_shape
-from .layers import op_info, spec_from_op
+from .core.layers import op_info, spec_from_op
+from .runtime.arrays import as_array, check_dtype, check_shape
+from .runtime.memo import Memo
 
 __all__ = ["conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d",
            "conv_transpose3d"]
@@ -29,7 +30,7 @@ def _operands(ndim: int, op: str, input, weight, bias):
 
 # (op, shapes, dtype, arguments with their types) -> Kernel: a repeated call skips
 # building the spec and planning. Only calls that compiled are remembered.
-_KERNELS: dict[tuple, object] = {}
+_KERNELS: Memo = Memo("functional calls")
 
 
 def _freeze(value):
@@ -54,7 +55,7 @@ def _call(op: str, input, weight, bias, **args):
             check_shape(bias, "bias", (spec.out_channels,), "one value per output channel")
         kernel = compile_kernel(spec, x.shape, dtype=x.dtype)
         if memo is not None:
-            _KERNELS[memo] = kernel
+            kernel = _KERNELS.get_or_build(memo, lambda: kernel)
     return kernel(x, w, bias)
 
 

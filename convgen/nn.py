@@ -22,9 +22,10 @@ import math
 
 import numpy as np
 
-from . import api
-from .arrays import as_array
-from .spec import ConvSpec
+from . import api, backends
+from .core.dtypes import dtype_name
+from .core.spec import ConvSpec
+from .runtime.arrays import as_array
 
 __all__ = ["Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d",
            "ConvTranspose3d", "manual_seed"]
@@ -42,23 +43,11 @@ def manual_seed(seed) -> None:
 
 def _check_device(device) -> str:
     """The module's device as a target name: "cpu", "cuda" or "cuda-emu"."""
-    # torch.device("cpu") prints as "cpu", so it is accepted as well (and "cuda", "cuda:0").
-    name = "cpu" if device is None else str(device)
-    if name == "cpu" or name == "cuda-emu":
-        return name
-    if name in ("cuda", "cuda:0"):
-        from .cuda import driver
-        if not driver.available():
-            raise ValueError(f"device={device!r} needs an NVIDIA GPU and its driver (libcuda), "
-                             f"which this machine lacks; device='cuda-emu' runs the same CUDA "
-                             f"kernels on the CPU")
-        return "cuda"
-    raise ValueError(f"device must be None, 'cpu', 'cuda' (device 0) or 'cuda-emu', "
-                     f"got {device!r}")
+    return backends.module_device(device)
 
 
 def _dtype_of(dtype) -> str:
-    return "float32" if dtype is None else api.dtype_name(dtype)
+    return "float32" if dtype is None else dtype_name(dtype)
 
 
 class _ConvNd:
@@ -103,10 +92,7 @@ class _ConvNd:
 
     def _placed(self, array: np.ndarray):
         """A parameter where the module computes: host arrays, or device memory for "cuda"."""
-        if self._device != "cuda":
-            return array
-        from .cuda.device import to_device
-        return to_device(array)
+        return backends.to_device(array, self._device)
 
     # -- calling -----------------------------------------------------------------
     def __call__(self, *args, **kwargs) -> np.ndarray:
@@ -114,12 +100,11 @@ class _ConvNd:
 
     def _input(self, input) -> np.ndarray:
         if self._device == "cuda":
-            from .cuda.device import device_view
-            x = device_view(input, "input")
-            if x.dtype != self.dtype:
-                raise TypeError(f"input has dtype {x.dtype} but the module's dtype is "
+            dtype = backends.device_dtype(input, "input")
+            if dtype != self.dtype:
+                raise TypeError(f"input has dtype {dtype} but the module's dtype is "
                                 f"{self.dtype}; convert the input or build the module with "
-                                f"dtype={x.dtype.name!r}")
+                                f"dtype={dtype.name!r}")
             return input
         x = as_array(input, "input")
         if x.dtype != self.dtype:

@@ -18,12 +18,15 @@ import numpy as np
 import pytest
 
 import convgen
-from convgen import api, cache, compiler, kernel
-from convgen import target as target_module
-from convgen.plan import Plan
-from convgen.render import render
-from convgen.spec import ConvSpec, Workload
-from convgen.target import get_target
+import convgen.cpu
+from convgen.backends import get_target
+from convgen.core.spec import ConvSpec, Workload
+from convgen.cpu import BACKEND
+from convgen.cpu import compile as compiler
+from convgen.cpu.plan import Plan
+from convgen.runtime import cache, loader, pipeline
+from convgen.runtime import kernel as runtime_kernel
+from convgen.target import host as host_module
 
 SPEC = ConvSpec.conv(2, 3, 4, 3, padding=1)
 SHAPE = (1, 3, 7, 6)
@@ -31,8 +34,7 @@ SHAPE = (1, 3, 7, 6)
 
 def forget_loaded_kernels():
     """Drop the in-process memo so the next request goes to the disk cache."""
-    kernel._LOADED.clear()
-    api._KERNELS.clear()
+    runtime_kernel.forget_loaded()
 
 
 def counts():
@@ -41,13 +43,13 @@ def counts():
 
 
 def key_for(workload, plan, target):
-    return cache.key_of(kernel.key_parts(workload, plan, target, render(workload, plan, target)))
+    return cache.key_of(pipeline.generate(BACKEND, workload, plan, target)[2])
 
 
 def test_key_changes_with_everything_that_changes_the_binary(monkeypatch):
     target = get_target("cpu")
     workload = Workload(SPEC, SHAPE, "float32")
-    plan = convgen.plan.plan(workload, target)
+    plan = convgen.api.choose_plan(workload, target)
     base = key_for(workload, plan, target)
     variants = {
         "dtype": (Workload(SPEC, SHAPE, "float64"), plan, target),
@@ -61,13 +63,13 @@ def test_key_changes_with_everything_that_changes_the_binary(monkeypatch):
     assert base not in keys.values()
     assert len(set(keys.values())) == len(keys)
     # The compiler, the templates and convgen's version are in the key too.
-    monkeypatch.setattr(kernel, "compiler_identity", lambda: {"path": "/x/cc", "version": "cc 99"})
+    monkeypatch.setattr(compiler, "compiler_identity", lambda: {"path": "/x/cc", "version": "cc 99"})
     assert key_for(workload, plan, target) != base
     monkeypatch.undo()
-    monkeypatch.setattr(kernel, "templates_digest", lambda: "0" * 64)
+    monkeypatch.setattr(convgen.cpu, "templates_digest", lambda *dirs: "0" * 64)
     assert key_for(workload, plan, target) != base
     monkeypatch.undo()
-    monkeypatch.setattr(kernel, "__version__", "999")
+    monkeypatch.setattr(pipeline, "__version__", "999")
     assert key_for(workload, plan, target) != base
     monkeypatch.undo()
     assert key_for(workload, plan, target) == base   # and it is deterministic
@@ -92,18 +94,18 @@ def test_memory_then_disk_then_compile(private_cache):
 CHILD = textwrap.dedent("""
     import json, sys
     import numpy as np
-    import convgen, convgen.compiler, convgen.kernel
+    import convgen, convgen.cpu.compile
+    from convgen.runtime import cache
     def refuse(*args, **kwargs):
         raise AssertionError("the compiler was invoked")
-    convgen.compiler.compile_shared = refuse
-    convgen.kernel.compile_shared = refuse
+    convgen.cpu.compile.compile_shared = refuse
     spec = convgen.ConvSpec.conv(2, 3, 4, 3, padding=1)
     k = convgen.compile(spec, (1, 3, 7, 6))
     rng = np.random.default_rng(0)
     y = k(rng.standard_normal((1, 3, 7, 6)).astype(np.float32),
           rng.standard_normal((4, 3, 3, 3)).astype(np.float32),
           rng.standard_normal(4).astype(np.float32))
-    s = convgen.cache.STATS
+    s = cache.STATS
     print(json.dumps({"compiles": s.compiles, "disk_hits": s.disk_hits, "key": k.key,
                       "finite": bool(np.isfinite(y).all())}))
 """)
@@ -166,7 +168,8 @@ def test_meta_with_another_key_is_not_trusted(private_cache):
 
 def test_failed_build_leaves_no_entry_and_keeps_the_source(private_cache, monkeypatch):
     forget_loaded_kernels()
-    monkeypatch.setattr(kernel, "render", lambda *args: "this is not C;\n")
+    monkeypatch.setattr(convgen.cpu.render, "render",
+                        lambda *args: (("kernel.c", "this is not C;\n"),))
     with pytest.raises(convgen.CompileError) as info:
         convgen.compile(SPEC, SHAPE)
     err = info.value
@@ -179,13 +182,14 @@ def test_failed_build_leaves_no_entry_and_keeps_the_source(private_cache, monkey
 
 CONCURRENT = textwrap.dedent("""
     import json, os, time, numpy as np, convgen
+    from convgen.runtime import cache
     go = os.environ.get("GO_MARK")
     while go and not os.path.exists(go):   # start together: all of them miss the cache
         time.sleep(0.005)
     k = convgen.compile(convgen.ConvSpec.conv(2, 3, 4, 3, padding=1), (1, 3, 7, 6))
     y = k(np.ones((1, 3, 7, 6), np.float32), np.ones((4, 3, 3, 3), np.float32),
           np.ones(4, np.float32))
-    s = convgen.cache.STATS
+    s = cache.STATS
     print(json.dumps({"compiles": s.compiles, "disk_hits": s.disk_hits, "key": k.key,
                       "finite": bool(np.isfinite(y).all())}))
 """)
@@ -298,7 +302,6 @@ def no_compiling(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the compiler was invoked")
     monkeypatch.setattr(compiler, "compile_shared", refuse)
-    monkeypatch.setattr(kernel, "compile_shared", refuse, raising=False)
 
 
 def test_new_cache_and_its_subdirectories_are_private(private_cache):
@@ -383,11 +386,11 @@ def test_another_cpus_entry_is_never_loaded(private_cache, monkeypatch):
     machine compiles its own kernel instead of loading the other's."""
     forget_loaded_kernels()
     ours = convgen.compile(SPEC, SHAPE)
-    real = target_module.host_cpu_features
+    real = host_module.cpu_features
     features = real()
     other = tuple(f for f in features if not f.startswith("avx512")) \
         if "avx512f" in features else features + ("avx512f",)
-    monkeypatch.setattr(target_module, "host_cpu_features", lambda: other)
+    monkeypatch.setattr(host_module, "cpu_features", lambda: other)
     forget_loaded_kernels()
     compiles, disk_hits = counts()[:2]
     theirs = convgen.compile(SPEC, SHAPE)
@@ -401,7 +404,7 @@ def test_another_cpus_entry_is_never_loaded(private_cache, monkeypatch):
     shutil.rmtree(ours_dir)
     shutil.copytree(theirs_dir, ours_dir)
     # back to this machine (not monkeypatch.undo(), which would drop the private cache too)
-    monkeypatch.setattr(target_module, "host_cpu_features", real)
+    monkeypatch.setattr(host_module, "cpu_features", real)
     forget_loaded_kernels()
     with pytest.warns(RuntimeWarning, match="recorded key differs"):
         assert convgen.compile(SPEC, SHAPE).key == ours.key
@@ -410,7 +413,7 @@ def test_another_cpus_entry_is_never_loaded(private_cache, monkeypatch):
 # -- the compile-once lock ----------------------------------------------------------------------
 def test_lock_is_not_held_while_loading(private_cache, monkeypatch):
     forget_loaded_kernels()
-    real_load, seen = kernel.loader.load, []
+    real_load, seen = loader.load, []
 
     def load_and_probe(library, names):
         for lock in (private_cache / "locks").glob("*.lock"):
@@ -418,7 +421,7 @@ def test_lock_is_not_held_while_loading(private_cache, monkeypatch):
                 seen.append(free)
         return real_load(library, names)
 
-    monkeypatch.setattr(kernel.loader, "load", load_and_probe)
+    monkeypatch.setattr(loader, "load", load_and_probe)
     convgen.compile(SPEC, SHAPE)
     assert seen and all(seen)
 
@@ -503,7 +506,7 @@ def test_hit_and_miss_counts_persist_across_processes(private_cache, capsys):
 def test_memory_hits_do_not_touch_the_disk(private_cache, monkeypatch):
     forget_loaded_kernels()
     convgen.compile(SPEC, SHAPE)
-    api._KERNELS.clear()                 # go through kernel._library's in-memory table
+    runtime_kernel._KERNELS.clear()      # go through the pipeline's in-memory table
 
     def no_disk(*args, **kwargs):
         raise AssertionError("the disk cache was touched for a kernel already loaded")

@@ -15,10 +15,12 @@ from hypothesis import assume, given, note, settings
 from hypothesis import strategies as st
 
 import convgen
-from convgen.api import workload_of
-from convgen.plan import ALGORITHMS, Plan, algorithms_for, candidates
-from convgen.spec import ConvSpec
-from convgen.target import get_target, host_cpu_features
+from convgen.core.spec import workload_of
+from convgen.cpu.plan import ALGORITHMS, Plan, algorithms_for
+from convgen.cpu.planner import candidates
+from convgen.core.spec import ConvSpec
+from convgen.backends import get_target
+from convgen.target.host import cpu_features as host_cpu_features
 from helpers import TRANSPOSED_OPS, assert_matches, poisoned_call, random, torch_reference
 
 FORWARD_OPS = ("conv1d", "conv2d", "conv3d")
@@ -591,13 +593,13 @@ _TAIL_CASES = {dtype: make_case("tails", "conv2d", cin=4, cout=4, spatial=(5, 13
 
 
 @pytest.mark.parametrize("target", [
-    "cpu", "c", pytest.param("cpu-avx2", marks=pytest.mark.skipif(
+    "cpu", "c", pytest.param("x86-64-v3", marks=pytest.mark.skipif(
         "avx2" not in host_cpu_features(), reason="no AVX2"))])
 @pytest.mark.parametrize("dtype", sorted(_TAIL_CASES))
 @pytest.mark.parametrize("algorithm", ["direct_simd", "depthwise"])
 @pytest.mark.parametrize("half", [False, True], ids=["full_vectors", "half_vectors"])
 def test_partial_vector_stores(target, dtype, algorithm, half):
-    from convgen.plan import native_vector
+    from convgen.cpu.plan import native_vector
     resolved = get_target(target)
     case = _TAIL_CASES[dtype]
     vector = native_vector(resolved, dtype) // (2 if half else 1)   # 1 lane: no partial vector
@@ -665,10 +667,12 @@ TARGET_CASES = [
               stride=(2, 1, 3), dtype="float32", bias=False),
 ]
 _HAS_AVX2 = "avx2" in host_cpu_features()
+_HAS_AVX512 = "avx512f" in host_cpu_features()
 
 
 @pytest.mark.parametrize("target", [
-    "c", pytest.param("cpu-avx2", marks=pytest.mark.skipif(not _HAS_AVX2, reason="no AVX2"))])
+    "c", pytest.param("x86-64-v3", marks=pytest.mark.skipif(not _HAS_AVX2, reason="no AVX2")),
+    pytest.param("x86-64-v4", marks=pytest.mark.skipif(not _HAS_AVX512, reason="no AVX-512"))])
 @pytest.mark.parametrize("case", TARGET_CASES, ids=[f"{c.op}-{c.name}" for c in TARGET_CASES])
 def test_targets(case, target):
     check_case(case, np.random.default_rng(seed_of(case.name + target)), target=target,

@@ -11,12 +11,13 @@ import numpy as np
 import pytest
 
 import convgen
-from convgen.cuda import CudaError, CudaKernel, CudaPlan, DeviceArray, device, driver
+from convgen.cuda import BACKEND, CudaError, CudaKernel, CudaPlan, DeviceArray, device, driver
 from convgen.cuda.device import (device_view, is_device_array, parse_capsule, same_stream,
                                  stream_handle)
-from convgen.layers import spec_from_op
-from convgen.spec import workload_of
-from convgen.target import get_target
+from convgen.core.layers import spec_from_op
+from convgen.core.spec import workload_of
+from convgen.backends import get_target
+from convgen.runtime.pipeline import Library
 
 SPEC = spec_from_op("conv2d", (6, 4, 3, 3), True, (2, 4, 5, 5), padding=1)
 WORKLOAD, _ = workload_of(SPEC, (2, 4, 5, 5), "float32")
@@ -58,8 +59,14 @@ def operands(base=0x7F0000000000):
     return x, w, b, y
 
 
+def fake_kernel(entry, workload=WORKLOAD, target="cuda", unbatched=False):
+    """A CudaKernel whose launcher is ``entry`` (no library is compiled or loaded)."""
+    library = Library(entry.key, "cg_fake", (("kernel.cu", entry.source),), {})
+    return CudaKernel(BACKEND, workload, PLAN, get_target(target), unbatched, library, entry)
+
+
 def cuda_kernel(library, workload=WORKLOAD, unbatched=False):
-    return CudaKernel(workload, PLAN, get_target("cuda"), unbatched, library=library)
+    return fake_kernel(library, workload, "cuda", unbatched)
 
 
 def test_pointers_and_stream_reach_the_launcher():
@@ -134,7 +141,7 @@ def test_host_arrays_are_refused_by_the_cuda_target():
 
 
 def test_device_arrays_are_refused_by_the_emulator():
-    kernel = CudaKernel(WORKLOAD, PLAN, get_target("cuda-emu"), library=FakeLibrary())
+    kernel = fake_kernel(FakeLibrary(), target="cuda-emu")
     x, w, b, _ = operands()
     with pytest.raises(TypeError, match="cuda-emu"):
         kernel(x, np.ones((6, 4, 3, 3), np.float32), np.ones(6, np.float32))

@@ -23,11 +23,15 @@ import convgen
 from convgen import cuda
 from convgen.cuda import CudaError, CudaPlan
 from convgen.cuda.compile import EMU_FLAGS, compile_library, host_compiler_path
-from convgen.cuda.plan import candidates, launch_of
-from convgen.cuda.render import emulator_include_dir, render
-from convgen.layers import spec_from_op
-from convgen.spec import workload_of
-from convgen.target import get_target
+from convgen.cuda.plan import launch_of
+from convgen.cuda.planner import candidates
+from convgen.cuda.render import emulator_include_dir
+from convgen.cuda.render import render as render_sources
+from convgen.core.layers import spec_from_op
+from convgen.core.spec import workload_of
+from convgen.backends import get_target
+from convgen.runtime import kernel as runtime_kernel
+from convgen.runtime import pipeline
 from helpers import TRANSPOSED_OPS, assert_matches, poisoned_call, rel_l2, torch_reference
 
 pytestmark = [
@@ -442,9 +446,9 @@ def test_a_generated_kernel_reading_past_its_input_is_reported(tmp_path):
     broken = tmp_path / "broken.cu"
     broken.write_text(source.replace(guard, ""))
     library = tmp_path / "broken.so"
-    compile_library(broken, library, target)
+    compile_library([broken], library, target)
     ffi = cffi.FFI()
-    name = f"convgen_cuda_conv1d_direct"
+    name = "cg_test"
     ffi.cdef(f"int {name}_launch(const void *, const void *, const void *, void *, void *);"
              f"const char *{name}_error(int);")
     lib = ffi.dlopen(str(library))
@@ -533,8 +537,13 @@ def test_plan_shared_memory_is_checked_against_the_architecture(monkeypatch):
                              "split_k=1 math=fp64 threads=256")
 
 
+def render(workload, plan, target) -> str:
+    """The kernel's one source file, rendered under a test prefix."""
+    return render_sources(workload, plan, target, "cg_test")[0][1]
+
+
 def test_cache_serves_a_second_load_without_compiling(private_cache, monkeypatch):
-    from convgen.cuda import kernel as cuda_kernel
+    from convgen.cuda import compile as cuda_compile
 
     case = forward_cases(1)[0]
     spec = spec_of(case)
@@ -542,31 +551,28 @@ def test_cache_serves_a_second_load_without_compiling(private_cache, monkeypatch
            "threads=128"
     first = convgen.compile(spec, case["x"], "float32", target=EMU, plan=plan)
     assert any(private_cache.rglob("kernel.so"))
-    monkeypatch.setattr(cuda_kernel, "_LOADED", {})
-    monkeypatch.setattr(cuda, "_KERNELS", {})
+    runtime_kernel.forget_loaded()
 
     def no_compile(*args, **kwargs):
         raise AssertionError("compiled again instead of loading from the cache")
 
-    monkeypatch.setattr(cuda_kernel, "compile_library", no_compile)
+    monkeypatch.setattr(cuda_compile, "compile_library", no_compile)
     second = convgen.compile(spec, case["x"], "float32", target=EMU, plan=plan)
     assert second is not first and second.key == first.key
 
 
 def test_keys_differ_by_target_and_arch(monkeypatch):
-    from convgen.cuda.kernel import key_parts
-
     case = forward_cases(1)[0]
     workload, _ = workload_of(spec_of(case), case["x"], "float32")
     target = get_target(EMU)
     plan = cuda.choose(workload, target)
-    source = render(workload, plan, target)
-    parts = key_parts(workload, plan, target, source)
-    assert parts["backend"] == "cuda-emu" and parts["target"]["cuda"]["name"] == "sm_90"
-    assert "-DCONVGEN_EMULATE" in parts["flags"] and parts["compiler"]["host_version"]
+    parts = pipeline.key_parts(cuda.BACKEND, workload, plan, target)
+    assert parts["backend"] == "cuda" and parts["target"]["isa"] == "emu"
+    assert parts["target"]["cuda"]["name"] == "sm_90"
+    assert "-DCONVGEN_EMULATE" in parts["flags"] and parts["compiler"]["host"]["version"]
     monkeypatch.setenv("CONVGEN_CUDA_ARCH", "sm_80")
     other = get_target(EMU)
-    assert key_parts(workload, plan, other, source)["target"] != parts["target"]
+    assert pipeline.key_parts(cuda.BACKEND, workload, plan, other)["target"] != parts["target"]
 
 
 def test_get_target_cuda_without_a_gpu(monkeypatch):
@@ -592,7 +598,7 @@ def test_explain_names_the_choice():
 
 
 def test_plan_via_public_planner():
-    from convgen.plan import plan as public_plan
+    from convgen.api import choose_plan as public_plan
 
     case = forward_cases(3)[0]
     chosen = public_plan(spec_of(case), case["x"], "float64", EMU)
@@ -646,8 +652,6 @@ def test_cuda_error_is_raised_for_a_failing_launch():
     kernel = convgen.compile(spec_of(case), case["x"], "float32", target=EMU, plan="direct")
 
     class Failing:
-        key, source = kernel.key, kernel.source
-
         @staticmethod
         def launch(*args):
             return 700
@@ -656,7 +660,8 @@ def test_cuda_error_is_raised_for_a_failing_launch():
         def describe(status):
             return "out-of-bounds global memory read: input[99]"
 
-    broken = cuda.CudaKernel(kernel.workload, kernel.plan, kernel.target, library=Failing)
+    broken = cuda.CudaKernel(cuda.BACKEND, kernel.workload, kernel.plan, kernel.target, False,
+                             kernel._library, Failing)
     x, w, b = operands(case, "float32", np.random.default_rng(0))
     with pytest.raises(CudaError, match="cudaErrorIllegalAddress .*input\\[99\\]"):
         broken(x, w, b)

@@ -13,10 +13,16 @@ import convgen
 from convgen.cuda import CudaError, CudaPlan, check_plan, driver
 from convgen.cuda.compile import nvcc_path, parse_ptxas, ptxas_report
 from convgen.cuda.plan import launch_of
-from convgen.cuda.render import render
-from convgen.layers import spec_from_op
-from convgen.spec import workload_of
-from convgen.target import CUDA_ARCHS, get_target
+from convgen.cuda.render import render as render_sources
+from convgen.core.layers import spec_from_op
+from convgen.core.spec import workload_of
+from convgen.backends import get_target
+from convgen.target.cuda_arch import CUDA_ARCHS
+
+
+def render(workload, plan, target) -> str:
+    """The kernel's one source file, rendered under a test prefix."""
+    return render_sources(workload, plan, target, "cg_test")[0][1]
 
 pytestmark = pytest.mark.skipif(nvcc_path() is None, reason="nvcc (the CUDA compiler) is absent")
 ARCHS = ("sm_80", "sm_90")
@@ -105,7 +111,7 @@ def test_ptxas_no_spills_within_limits(layer, dtype, plan, arch, monkeypatch):
 def test_planner_choice_compiles_cleanly(layer, dtype):
     target = get_target("cuda")
     load = workload(layer, dtype)
-    chosen = convgen.plan.plan(load, target=target)
+    chosen = convgen.api.choose_plan(load, target=target)
     records, output = ptxas_report(render(load, chosen, target), target.cuda.name)
     assert all(r.spill_stores == 0 and r.spill_loads == 0 for r in records), output
 
@@ -169,7 +175,7 @@ def test_benchmark_suite_choices_compile_cleanly(layer, precision, monkeypatch):
     target = get_target("cuda")
     spec = spec_from_op(layer["op"], layer["w"], True, layer["x"], **layer["args"])
     load, _ = workload_of(spec, tuple(layer["x"]), "float32")
-    chosen = convgen.plan.plan(load, target=target)
+    chosen = convgen.api.choose_plan(load, target=target)
     records, output = ptxas_report(render(load, chosen, target), "sm_90")
     for record in records:
         assert record.spill_stores == 0 and record.spill_loads == 0, f"{chosen}\n{output}"

@@ -48,7 +48,7 @@ from hypothesis import HealthCheck, event, given, note, settings
 from hypothesis import strategies as st
 
 import convgen
-from convgen.spec import ConvSpec
+from convgen.core.spec import ConvSpec
 from helpers import assert_matches, random, torch_reference
 
 pytestmark = pytest.mark.filterwarnings(
@@ -113,16 +113,15 @@ def refusal(call) -> BaseException | None:
 @pytest.fixture
 def no_native(monkeypatch):
     """Any attempt to render, compile, load or run C fails the test loudly."""
-    kernel_module = sys.modules["convgen.kernel"]
-
     def boom(*args, **kwargs):
         raise AssertionError("native code was reached for an invalid call")
 
-    for module, name in [(kernel_module, "_library"), (kernel_module, "render"),
-                         (kernel_module, "compile_shared"), (sys.modules["convgen.loader"], "load"),
-                         (sys.modules["convgen.compiler"], "compile_shared"),
-                         (sys.modules["convgen.render"], "render")]:
-        monkeypatch.setattr(module, name, boom)
+    for module, name in [("convgen.runtime.pipeline", "library"),
+                         ("convgen.runtime.pipeline", "_load"),
+                         ("convgen.runtime.loader", "load"),
+                         ("convgen.cpu.render", "render"),
+                         ("convgen.cpu.compile", "compile_shared")]:
+        monkeypatch.setattr(sys.modules[module], name, boom)
     return boom
 
 
@@ -478,7 +477,8 @@ def unrunnable(kernels, monkeypatch):
     for k in kernels:
         def boom(*args):
             raise AssertionError("the C kernel was called for an invalid call")
-        monkeypatch.setattr(k, "_library", dataclasses.replace(k._library, run=boom, pack=boom))
+        monkeypatch.setattr(k, "_run_c", boom)
+        monkeypatch.setattr(k, "_pack_c", boom)
     return kernels
 
 

@@ -15,10 +15,13 @@ import pytest
 import torch
 
 import convgen
-from convgen import cache, compiler, kernel, loader, render
-from convgen.limits import ADDRESS_SPACE_BYTES, MAX_ELEMENTS, check_workload_limits
-from convgen.names import C_KEYWORDS, c_identifier, check_c_identifier, unique_c_identifiers
-from convgen.spec import ConvSpec, workload_of
+from convgen.cpu import compile as compiler
+from convgen.cpu import render
+from convgen.runtime import cache, loader
+from convgen.runtime import kernel as runtime_kernel
+from convgen.core.limits import ADDRESS_SPACE_BYTES, MAX_ELEMENTS, check_workload_limits
+from convgen.core.names import C_KEYWORDS, c_identifier, check_c_identifier, unique_c_identifiers
+from convgen.core.spec import ConvSpec, workload_of
 from helpers import assert_matches, random, torch_reference
 
 OPS = ("conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d")
@@ -31,8 +34,6 @@ def no_native(monkeypatch):
         raise AssertionError("native code was reached")
     for module, name in [(compiler, "compile_shared"), (loader, "load"), (render, "render")]:
         monkeypatch.setattr(module, name, boom)
-    for name in ("compile_shared", "render"):   # kernel.py's own imports of them, if any
-        monkeypatch.setattr(kernel, name, boom, raising=False)
 
 
 # -- loading: a private copy, several ways, never the wrong library -------------------------
@@ -47,7 +48,7 @@ def _library_returning(tmp_path, value: int) -> bytes:
 
 @pytest.fixture
 def probes(tmp_path):
-    loader.declare("int convgen_probe(void);", "convgen_probe")
+    loader.declare_type("cg_probe_fn", "typedef int (*cg_probe_fn)(void);")
     return [_library_returning(tmp_path, v) for v in (101, 202, 303)]
 
 
@@ -61,7 +62,7 @@ def test_every_library_loaded_is_its_own(probes):
     for _ in range(3):
         for library, value in zip(probes, (101, 202, 303)):
             (probe,) = loader.load(library, ("convgen_probe",))
-            assert probe() == value
+            assert loader.function(probe, "cg_probe_fn")() == value
 
 
 @pytest.mark.parametrize("unavailable", [
@@ -76,7 +77,7 @@ def test_loading_falls_back_when_a_way_fails(probes, monkeypatch, private_cache,
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     for library, value in zip(probes, (101, 202, 303)):
         (probe,) = loader.load(library, ("convgen_probe",))
-        assert probe() == value
+        assert loader.function(probe, "cg_probe_fn")() == value
     if "_load_from_cache_dir" not in unavailable:
         load_dir = private_cache / "load"
         assert load_dir.stat().st_mode & 0o777 == 0o700 and list(load_dir.iterdir()) == []
@@ -85,8 +86,7 @@ def test_loading_falls_back_when_a_way_fails(probes, monkeypatch, private_cache,
 
 def test_memfd_failure_falls_back_for_real_kernels(monkeypatch, private_cache):
     monkeypatch.setattr(loader.os, "memfd_create", _fail)
-    kernel._LOADED.clear()
-    convgen.api._KERNELS.clear()
+    runtime_kernel.forget_loaded()
     rng = np.random.default_rng(0)
     x, w = random(rng, (1, 3, 6, 6)), random(rng, (2, 3, 3, 3))
     assert_matches(convgen.conv2d(x, w, padding=1), torch_reference("conv2d", x, w, padding=1),
@@ -302,7 +302,6 @@ def test_large_but_allocatable_workload_reaches_the_compiler(monkeypatch, privat
     def reached(*args, **kwargs):
         raise Reached
     monkeypatch.setattr(compiler, "compile_shared", reached)
-    monkeypatch.setattr(kernel, "compile_shared", reached, raising=False)
     monkeypatch.setattr(cache, "_fetch", lambda root, key: None)   # never a cached copy
     with pytest.raises(Reached):   # 2**33 input elements: not refused, compiled
         convgen.compile(ConvSpec.conv(2, 2, 2, 3), (1, 2, 2 ** 16, 2 ** 16))

@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 CHILD = """
 import json, numpy as np, convgen
-from convgen._paths import templates_dir
+from convgen.core.paths import templates_dir
 y = convgen.conv_transpose2d(np.ones((1, 2, 3, 3)), np.ones((2, 1, 2, 2)), stride=2)
 print(json.dumps({"module": convgen.__file__, "templates": str(templates_dir()),
                   "sum": float(y.sum())}))

@@ -4,9 +4,11 @@ from __future__ import annotations
 import pytest
 
 import convgen
-from convgen.plan import Plan, algorithms_for, candidates, check_plan, explain, plan
-from convgen.spec import ConvSpec, workload_of
-from convgen.target import get_target
+from convgen.api import choose_plan as plan
+from convgen.cpu.plan import Plan, algorithms_for, check_plan
+from convgen.cpu.planner import candidates, explain
+from convgen.core.spec import ConvSpec, workload_of
+from convgen.backends import get_target
 
 SPEC = ConvSpec.conv(2, 12, 24, 3, padding=1, groups=3)
 
@@ -83,7 +85,7 @@ def test_strict_accuracy_never_plans_winograd():
 
 
 def test_winograd_transforms_are_exact_in_rationals():
-    from convgen.winograd import TRANSFORMS, check
+    from convgen.cpu.winograd import TRANSFORMS, check
     for transform in TRANSFORMS.values():
         assert check(transform) < 1e-13
 
@@ -126,9 +128,12 @@ def test_pixel_outer_keeps_weights_that_fit_most_of_l2():
     # strided_3x3 of the suite: 590 KB of packed weights, walked once per output row in
     # the same order, stay in a 1 MiB L2; the 64-channel oc_outer tile measured 1.15x
     # (idle machine) to 1.3x (loaded) slower than the 16-channel pixel_outer one.
-    from convgen.cost import estimate
-    from convgen.machine import Machine
-    machine = Machine(32 << 10, 1 << 20, 32 << 20)
+    import dataclasses
+
+    from convgen.cpu.cost import estimate
+    from convgen.target.machine import default_machine
+    machine = dataclasses.replace(default_machine(get_target("cpu").isa_row),
+                                  l1d_bytes=32 << 10, l2_bytes=1 << 20, l3_bytes=32 << 20)
     workload, _ = workload_of(ConvSpec.conv(2, 128, 128, 3, stride=2, padding=1),
                               (1, 128, 56, 56), "float32")
     target = get_target("cpu")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import convgen
-from convgen.plan import default_threads
+from convgen.runtime.threads import default_threads
 
 CHILD = """
 import numpy as np, convgen
@@ -59,7 +59,7 @@ def _child(code: str, **env_changes) -> str:
 
 
 def test_convgen_keeps_openmp_workers_spinning_by_default():
-    code = "import os, convgen._openmp as o; print(o.STATUS, os.environ.get('GOMP_SPINCOUNT'))"
+    code = "import os, convgen.runtime.openmp as o; print(o.STATUS, os.environ.get('GOMP_SPINCOUNT'))"
     assert _child(code) == f"GOMP_SPINCOUNT=3000000 3000000"
     # the user's settings win
     assert _child(code, OMP_WAIT_POLICY="PASSIVE").startswith("user settings kept None")

@@ -39,16 +39,16 @@ SAMPLE = [
 
 # Every algorithm the planner lists for a sample layer is built and run, so a new
 # algorithm is covered as soon as the planner offers it; test_samples_cover_every_algorithm
-# fails if one of convgen.plan.ALGORITHMS applies to no sample layer (add one where it does).
+# fails if one of convgen.cpu.plan.ALGORITHMS applies to no sample layer (add one where it does).
 CHILD = textwrap.dedent("""
     import sys
     import numpy as np
     import convgen
-    from convgen.layers import spec_from_op
-    from convgen.plan import candidates
-    from convgen.reference import convolve
-    from convgen.spec import workload_of
-    from convgen.target import get_target
+    from convgen.core.layers import spec_from_op
+    from convgen.cpu.planner import candidates
+    from convgen.core.reference import convolve
+    from convgen.core.spec import workload_of
+    from convgen.backends import get_target
     rng = np.random.default_rng(7)
     worst, count = 0.0, 0
     for op, x_shape, w_shape, args in SAMPLE:
@@ -83,13 +83,13 @@ CHILD = textwrap.dedent("""
 OVERFLOW = textwrap.dedent("""
     import numpy as np
     import convgen
-    from convgen.loader import FFI as _FFI
+    from convgen.runtime.loader import FFI as _FFI
     k = convgen.compile(convgen.ConvSpec.conv(2, 2, 2, 3), (1, 2, 6, 6), dtype="float64",
                         plan="direct")   # reads the weights unpacked, needs no workspace
     short = np.ones((1, 2, 5, 6))
     w, b, y = np.ones((2, 2, 3, 3)), np.ones(2), np.empty(k.output_shape)
-    k._library.run(_FFI.from_buffer(short), _FFI.from_buffer(w), _FFI.from_buffer(b),
-                   _FFI.from_buffer(y, require_writable=True), _FFI.NULL)
+    k._run_c(_FFI.from_buffer(short), _FFI.from_buffer(w), _FFI.from_buffer(b),
+             _FFI.from_buffer(y, require_writable=True), _FFI.NULL)
     print("no report")
 """)
 
@@ -121,9 +121,9 @@ def test_sample_of_every_op_is_clean_under_asan_and_ubsan(sample, tmp_path):
 
 def test_samples_cover_every_algorithm():
     """Each algorithm the planner has applies to at least one sample layer above."""
-    from convgen.layers import spec_from_op
-    from convgen.plan import ALGORITHMS, algorithms_for
-    from convgen.spec import workload_of
+    from convgen.core.layers import spec_from_op
+    from convgen.cpu.plan import ALGORITHMS, algorithms_for
+    from convgen.core.spec import workload_of
     covered = set()
     for op, x_shape, w_shape, args in SAMPLE:
         spec = spec_from_op(op, w_shape, True, x_shape, **args)

@@ -2,45 +2,71 @@
 
 One pipeline, one module per stage, as for the CPU:
 
-    Workload -> CudaPlan (plan.py) -> CUDA C++ (render.py, templates/cuda/)
+    Workload -> CudaPlan (plan.py; ranked by cost.py in planner.py)
+             -> CUDA C++ (render.py, templates/cuda/)
              -> shared library (compile.py: nvcc, or the host compiler + templates/cuda/emu)
-             -> cache (convgen.cache) -> CudaKernel (kernel.py; device.py, driver.py)
+             -> cache and load (runtime.pipeline) -> CudaKernel (kernel.py; device.py, driver.py)
 
-``convgen.compile`` and ``convgen.plan.plan`` call ``compile_cuda`` and ``plan_cuda`` for
-targets whose ``lang`` is "cuda".
+``BACKEND`` is what the registry (``convgen.backends``) hands the front ends.
 """
 from __future__ import annotations
 
-import threading
+from pathlib import Path
 
-from ..spec import Workload
+from ..core.codegen import templates_digest
+from ..core.spec import Workload
+from ..runtime.kernel import kernel_for
 from ..target import Target
+from . import compile as compiler
+from . import kernel, planner, render
 from .device import DeviceArray, DeviceView, device_view, stream_handle
 from .driver import CudaError
 from .kernel import CudaKernel
-from .plan import CudaPlan, PlanError, candidates, check_plan, choose, explain, resolve
+from .plan import CudaPlan, PlanError
+from .planner import candidates, check_plan, choose, explain, resolve
+from .target import TARGET_NAMES, cuda_target
 
-__all__ = ["compile_cuda", "plan_cuda", "CudaKernel", "CudaPlan", "CudaError", "PlanError",
-           "DeviceArray", "DeviceView", "device_view", "stream_handle", "candidates",
-           "check_plan", "explain"]
-
-_KERNELS: dict[tuple, CudaKernel] = {}
-_LOCK = threading.Lock()
-
-
-def plan_cuda(workload: Workload, target: Target, plan="auto") -> CudaPlan:
-    """The plan for ``workload`` on a CUDA target: the planner's choice, or ``plan`` checked."""
-    return resolve(plan, workload, target)
+__all__ = ["BACKEND", "CudaKernel", "CudaPlan", "CudaError", "PlanError", "DeviceArray",
+           "DeviceView", "device_view", "stream_handle", "candidates", "check_plan", "choose",
+           "explain", "resolve", "TARGET_NAMES", "cuda_target"]
 
 
-def compile_cuda(workload: Workload, unbatched: bool, target: Target, plan="auto") -> CudaKernel:
-    """A loaded CUDA kernel for ``workload`` (compiled and cached on first use)."""
-    chosen = resolve(plan, workload, target)
-    memo = (workload, unbatched, target, chosen)
-    with _LOCK:
-        kernel = _KERNELS.get(memo)
-    if kernel is None:
-        kernel = CudaKernel(workload, chosen, target, unbatched)
-        with _LOCK:
-            kernel = _KERNELS.setdefault(memo, kernel)
-    return kernel
+class CudaBackend:
+    name = "cuda"
+    plan_type = CudaPlan
+
+    def toolchain_parts(self, target: Target) -> dict:
+        return {"compiler": compiler.compiler_identity(target), "flags": compiler.flags(target),
+                "templates": templates_digest("cuda")}
+
+    def render(self, workload: Workload, plan: CudaPlan, target: Target, prefix: str):
+        return render.render(workload, plan, target, prefix)
+
+    def build(self, paths: list[Path], library_path: Path, target: Target) -> None:
+        compiler.compile_library(paths, library_path, target)
+
+    def symbols(self, prefix: str) -> tuple[str, ...]:
+        return kernel.symbols(prefix)
+
+    # -- planning ------------------------------------------------------------------------
+    def resolve(self, requested, workload: Workload, target: Target, accuracy: str = "fast"):
+        return planner.resolve(requested, workload, target)
+
+    def choose(self, workload: Workload, target: Target, threads: int | None = None,
+               accuracy: str = "fast"):
+        return planner.choose(workload, target)
+
+    def candidates(self, workload: Workload, target: Target, accuracy: str = "fast"):
+        return planner.candidates(workload, target)
+
+    def explain(self, workload: Workload, target: Target, top: int = 5, accuracy: str = "fast",
+                chosen=None) -> str:
+        return planner.explain(workload, target, top, accuracy, chosen)
+
+    # -- loading -------------------------------------------------------------------------
+    def kernel(self, workload: Workload, plan: CudaPlan, target: Target, unbatched: bool = False,
+               prefix: str | None = None) -> CudaKernel:
+        return kernel_for(self, CudaKernel, workload, plan, target, unbatched, prefix)
+
+
+BACKEND = CudaBackend()

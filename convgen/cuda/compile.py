@@ -10,7 +10,6 @@ fits its architecture.
 """
 from __future__ import annotations
 
-import functools
 import os
 import re
 import shutil
@@ -19,7 +18,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..compiler import CompileError
+from ..core import toolchain
+from ..core.toolchain import CompileError
 from ..target import Target
 from .render import emulator_include_dir
 
@@ -54,28 +54,14 @@ def require_nvcc() -> str:
 
 
 def host_compiler_path() -> str:
-    name = os.environ.get("CXX", "c++")
-    found = shutil.which(name)
-    if not found:
-        raise CompileError([name], Path("-"),
-                           f"C++ compiler {name!r} not found; set CXX to a C++17 compiler")
-    return os.path.realpath(found)
-
-
-@functools.lru_cache(maxsize=None)
-def _version_of(path: str) -> str:
-    result = subprocess.run([path, "--version"], capture_output=True, text=True, check=False)
-    return " | ".join(line for line in result.stdout.splitlines() if line.strip()) \
-        or f"unknown ({path})"
+    return toolchain.find_compiler("CXX", "c++", "C++17 compiler")
 
 
 def compiler_identity(target: Target) -> dict:
     """The compilers a kernel for ``target`` is built with, as they describe themselves."""
-    host = host_compiler_path()
-    identity = {"host": host, "host_version": _version_of(host)}
+    identity = {"host": toolchain.identity(host_compiler_path())}
     if not target.emulated:
-        nvcc = require_nvcc()
-        identity.update(nvcc=nvcc, nvcc_version=_version_of(nvcc))
+        identity["nvcc"] = toolchain.identity(require_nvcc())
     return identity
 
 
@@ -86,13 +72,12 @@ def flags(target: Target) -> tuple[str, ...]:
     return NVCC_FLAGS + (f"-arch={target.cuda.name}", "-ccbin", host_compiler_path())
 
 
-def compile_library(source_path: Path, library_path: Path, target: Target) -> None:
-    """Build ``library_path`` from ``source_path``; CompileError with the compiler's output."""
+def compile_library(source_paths: list[Path], library_path: Path, target: Target) -> None:
+    """Build ``library_path`` from the sources; CompileError with the compiler's output."""
     compiler = host_compiler_path() if target.emulated else require_nvcc()
-    command = [compiler, *flags(target), "-o", str(library_path), str(source_path)]
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        raise CompileError(command, source_path, (result.stderr + result.stdout).strip())
+    command = [compiler, *flags(target), "-o", str(library_path),
+               *(str(p) for p in source_paths)]
+    toolchain.run_compiler(command, source_paths[0])
 
 
 # -- ptxas's resource report ----------------------------------------------------------------

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import cffi
 import numpy as np
 
-from ..arrays import SUPPORTED
+from ..runtime.arrays import SUPPORTED
 
 _FFI = cffi.FFI()
 _FFI.cdef("""

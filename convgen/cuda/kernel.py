@@ -1,9 +1,7 @@
-"""The back half of the CUDA pipeline: render -> cache -> compile -> load, and the call.
-
-``load_library`` renders the source, looks its key up in the cache (building and publishing
-it if missing: nvcc for "cuda", the host compiler and the emulator for "cuda-emu") and
-loads the verified bytes with cffi. ``CudaKernel`` behaves as ``convgen.Kernel``: it checks
-its operands, launches, and turns a non-zero status into ``CudaError``.
+"""The CUDA kernel: checks its operands, launches, and turns a non-zero status into
+``CudaError``. The library (rendered, cached and loaded by ``runtime.pipeline``: nvcc for
+"cuda", the host compiler and the emulator for "cuda-emu") exports ``<prefix>_launch`` and
+``<prefix>_error``.
 
 - target "cuda": operands are device arrays (``__cuda_array_interface__`` or DLPack), the
   output is allocated on the device when not given, and ``stream=`` picks the stream.
@@ -12,110 +10,57 @@ its operands, launches, and turns a non-zero status into ``CudaError``.
 """
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import threading
-
 import numpy as np
 
-from .. import __version__, cache, loader
-from ..arrays import as_array, check_dtype, check_out, check_shape, native_contiguous
-from ..spec import Workload
-from ..target import Target
-from .compile import compile_library, compiler_identity, flags
+from ..runtime import loader
+from ..runtime.arrays import as_array, check_dtype, check_out, check_shape, native_contiguous
+from ..runtime.kernel import KernelBase
 from .device import (device_view, empty_like_input, is_device_array, same_stream,
                      stream_handle)
 from .driver import CudaError
-from .plan import CudaPlan, launch_of
-from .render import cuda_templates_digest, entry_names, render
+from .plan import launch_of
+from .render import entry_names
 
-_LOADED: dict[tuple, "Library"] = {}
-_LOCK = threading.Lock()
-
-
-@dataclasses.dataclass(frozen=True)
-class Library:
-    """A loaded kernel library: ``launch(x, w, bias, y, stream) -> status`` over integer
-    addresses, and ``describe(status) -> str``."""
-
-    key: str
-    source: str
-    launch: object
-    describe: object
+loader.declare_type("cg_launch_fn", "typedef int (*cg_launch_fn)(void *x, void *w, void *bias, "
+                    "void *y, void *stream);")
+loader.declare_type("cg_error_fn", "typedef const char *(*cg_error_fn)(int status);")
 
 
-def key_parts(workload: Workload, plan: CudaPlan, target: Target, source: str) -> dict:
-    """Everything that changes the binary; its hash is the cache key."""
-    return {
-        "convgen": __version__,
-        "backend": "cuda-emu" if target.emulated else "cuda",
-        "spec": dataclasses.asdict(workload.spec),
-        "input_shape": workload.input_shape,
-        "dtype": workload.dtype,
-        "plan": str(plan),
-        "target": dataclasses.asdict(target),
-        "compiler": compiler_identity(target),
-        "flags": flags(target),
-        "templates": cuda_templates_digest(),
-        "source_sha256": hashlib.sha256(source.encode()).hexdigest(),
-    }
+def symbols(prefix: str) -> tuple[str, ...]:
+    launch, error = entry_names(prefix)
+    return (launch, error, f"{prefix}_workspace_bytes", f"{prefix}_packed_weights_bytes")
 
 
-def load_library(workload: Workload, plan: CudaPlan, target: Target) -> Library:
-    memo = (workload, plan, target)
-    with _LOCK:
-        found = _LOADED.get(memo)
-    if found is not None:
-        return found
-    source = render(workload, plan, target)
-    parts = key_parts(workload, plan, target, source)
-    key = cache.key_of(parts)
-    # one process compiles a kernel, the others wait for its entry (the per-key lock)
-    library = cache.get_or_build(key, source, lambda src, lib: compile_library(src, lib, target),
-                                 parts)
-    entry, error_entry = entry_names(workload, plan)
-    loader.declare(f"int {entry}(const void *x, const void *w, const void *bias, void *y, "
-                   f"void *stream);", entry)
-    loader.declare(f"const char *{error_entry}(int status);", error_entry)
-    launch, describe = loader.load(library, (entry, error_entry))
-    ffi = loader.FFI
+class EntryPoints:
+    """The library's launcher and status description as Python callables over integer
+    addresses (tests substitute their own)."""
 
-    def launch_addresses(x: int, w: int, bias: int, y: int, stream: int) -> int:
-        return launch(ffi.cast("void *", x), ffi.cast("void *", w), ffi.cast("void *", bias),
-                      ffi.cast("void *", y), ffi.cast("void *", stream))
+    def __init__(self, library):
+        launch, error = (library.symbols[name] for name in symbols(library.prefix)[:2])
+        self._launch = loader.function(launch, "cg_launch_fn")
+        self._error = loader.function(error, "cg_error_fn")
 
-    def describe_status(status: int) -> str:
-        text = describe(status)
+    def launch(self, x: int, w: int, bias: int, y: int, stream: int) -> int:
+        ffi = loader.FFI
+        return self._launch(ffi.cast("void *", x), ffi.cast("void *", w),
+                            ffi.cast("void *", bias), ffi.cast("void *", y),
+                            ffi.cast("void *", stream))
+
+    def describe(self, status: int) -> str:
+        text = self._error(status)
+        ffi = loader.FFI
         return ffi.string(text).decode(errors="replace") if text != ffi.NULL else ""
 
-    loaded = Library(key, source, launch_addresses, describe_status)
-    with _LOCK:
-        _LOADED.setdefault(memo, loaded)
-    return loaded
 
-
-class CudaKernel:
+class CudaKernel(KernelBase):
     """A compiled CUDA kernel for one workload: ``y = kernel(x, weight, bias, out=None, stream=None)``."""
 
-    def __init__(self, workload: Workload, plan: CudaPlan, target: Target,
-                 unbatched: bool = False, library: Library | None = None):
-        self.workload, self.plan, self.target, self.unbatched = workload, plan, target, unbatched
-        self._library = library if library is not None else load_library(workload, plan, target)
-        self.dtype = np.dtype(workload.dtype)
-        drop = 1 if unbatched else 0
-        self.input_shape = workload.input_shape[drop:]
-        self.output_shape = workload.output_shape[drop:]
+    kind = "CudaKernel"
+
+    def __init__(self, backend, workload, plan, target, unbatched, library, entry=None):
+        super().__init__(backend, workload, plan, target, unbatched, library)
+        self._entry = entry if entry is not None else EntryPoints(library)
         self.launch = launch_of(plan, workload)
-
-    spec = property(lambda self: self.workload.spec)
-    source = property(lambda self: self._library.source)
-    key = property(lambda self: self._library.key)
-    flops = property(lambda self: self.workload.flops)
-
-    def __repr__(self) -> str:
-        return (f"<convgen.CudaKernel {self.spec.op} input={self.input_shape} "
-                f"output={self.output_shape} {self.workload.dtype} on {self.target.name} "
-                f"[{self.plan}]>")
 
     def __call__(self, x, weight, bias=None, out=None, stream=None):
         if self.target.emulated:
@@ -133,11 +78,11 @@ class CudaKernel:
     def _run(self, x: int, w: int, bias: int, y: int, stream: int) -> None:
         if 0 in self.workload.output_shape:   # batch 0: nothing to launch
             return
-        status = self._library.launch(x, w, bias, y, stream)
+        status = self._entry.launch(x, w, bias, y, stream)
         if status != 0:
             raise CudaError(f"running {self.spec.op} kernel {self.plan.algorithm} on "
                             f"{self.target.name}", int(status), _status_name(status),
-                            self._library.describe(status))
+                            self._entry.describe(status))
 
     # -- host arrays: the emulator --------------------------------------------------------
     def _call_host(self, x, weight, bias, out) -> np.ndarray:

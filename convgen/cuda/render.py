@@ -1,4 +1,4 @@
-"""Render: (workload, CudaPlan, target) -> CUDA C++ source, through templates/cuda/.
+"""Render: (workload, CudaPlan, target, prefix) -> CUDA C++ source, through templates/cuda/.
 
 Python decides -- every size, tile, grid and phase table is computed here and baked into
 the source as a constant; the templates only lay the data out. The same source compiles
@@ -6,50 +6,30 @@ with nvcc for a GPU and with the host compiler against the emulator (templates/c
 """
 from __future__ import annotations
 
-import functools
-import hashlib
 import math
 
-
-from .. import __version__
-from .._paths import templates_dir
-from ..render import TemplateError, environment, render_template  # noqa: F401 (re-exported)
-from ..spec import AXIS_NAMES, Workload
+from ..core import lowering
+from ..core.codegen import header_info, render_template
+from ..core.dtypes import ctype, itemsize
+from ..core.paths import templates_dir
+from ..core.spec import AXIS_NAMES, Workload
 from ..target import Target
-from .plan import (SMEM_PAD, CudaPlan, axis_phases, depthwise_halo, gemm_phases, launch_of,
-                   min_blocks_per_sm)
+from .cost import min_blocks_per_sm
+from .plan import SMEM_PAD, CudaPlan, depthwise_halo, gemm_phases, launch_of
 
-CTYPES = {"float32": "float", "float64": "double"}
 TEMPLATES = {"direct": "cuda/direct.cu.j2", "depthwise": "cuda/depthwise.cu.j2",
              "implicit_gemm": "cuda/implicit_gemm.cu.j2",
              "phase_gemm": "cuda/implicit_gemm.cu.j2"}
 EMULATOR_HEADER = "cuda/emu/cuda_emu.h"
 
 
-@functools.lru_cache(maxsize=None)
-def cuda_templates_digest() -> str:
-    """Hash of every file under templates/cuda/ (templates and the emulator header)."""
-    digest = hashlib.sha256()
-    root = templates_dir()
-    for path in sorted((root / "cuda").rglob("*")):
-        if path.is_file():
-            digest.update(str(path.relative_to(root)).encode())
-            digest.update(path.read_bytes())
-    return digest.hexdigest()
-
-
 def emulator_include_dir():
     return templates_dir() / "cuda" / "emu"
 
 
-def kernel_name(workload: Workload, plan: CudaPlan) -> str:
-    return f"convgen_cuda_{workload.spec.op}_{plan.algorithm}"
-
-
-def entry_names(workload: Workload, plan: CudaPlan) -> tuple[str, str]:
+def entry_names(prefix: str) -> tuple[str, str]:
     """The exported host functions: the launcher and the status description."""
-    name = kernel_name(workload, plan)
-    return f"{name}_launch", f"{name}_error"
+    return f"{prefix}_launch", f"{prefix}_error"
 
 
 def _axes(workload: Workload) -> list[dict]:
@@ -95,16 +75,15 @@ def _gemm(workload: Workload, plan: CudaPlan, axes: list[dict]) -> dict:
     threads = plan.threads
     if spec.transposed:
         for i, ax in enumerate(axes):
-            phases = axis_phases(ax["out_size"], ax["stride"], ax["pad"], ax["kernel"],
-                                 ax["dilation"])
-            width = max(1, phases.max_taps)
-            ax["phase_count"] = phases.count
+            phases = lowering.axis_phases(workload, i)
+            width = max([1] + [len(p.taps) for p in phases])
+            ax["phase_count"] = len(phases)
             ax["max_taps"] = width
-            ax["phase_extents"] = list(phases.extents)
-            ax["phase_ntaps"] = [len(t) for t in phases.taps]
-            ax["phase_taps"] = [v for t in phases.taps for v in t + (0,) * (width - len(t))]
-            ax["phase_offsets"] = [v for o in phases.offsets
-                                   for v in o + (0,) * (width - len(o))]
+            ax["phase_extents"] = [p.count for p in phases]
+            ax["phase_ntaps"] = [len(p.taps) for p in phases]
+            ax["phase_taps"] = [v for p in phases for v in p.taps + (0,) * (width - len(p.taps))]
+            ax["phase_offsets"] = [v for p in phases
+                                   for v in p.offsets + (0,) * (width - len(p.offsets))]
     a_kstep = max(1, threads // bm)
     return {
         "bm": bm, "bn": bn, "bk": bk, "wm": wm, "wn": wn, "warps_m": bm // wm,
@@ -121,19 +100,18 @@ _SPECIFIC = {"direct": _direct, "depthwise": _depthwise, "implicit_gemm": _gemm,
              "phase_gemm": _gemm}
 
 
-def context(workload: Workload, plan: CudaPlan, target: Target) -> dict:
+def context(workload: Workload, plan: CudaPlan, target: Target, prefix: str) -> dict:
     spec = workload.spec
     launch = launch_of(plan, workload)
-    real = 8 if workload.dtype == "float64" else 4
+    real = itemsize(workload.dtype)
     axes = _axes(workload)
-    entry, error_entry = entry_names(workload, plan)
+    entry, error_entry = entry_names(prefix)
     ctx = {
-        "info": {"version": __version__, "spec": spec.describe(), "plan": str(plan),
-                 "input_shape": workload.input_shape, "output_shape": workload.output_shape,
-                 "dtype": workload.dtype, "target": target.description},
-        "kernel_name": kernel_name(workload, plan),
+        "info": {**header_info(workload, plan, target), "prefix": prefix},
+        "prefix": prefix,
+        "kernel_name": f"{prefix}_kernel",
         "entry": entry, "error_entry": error_entry,
-        "ctype": CTYPES[workload.dtype],
+        "ctype": ctype(workload.dtype),
         "batch": workload.input_shape[0],
         "in_channels": spec.in_channels, "out_channels": spec.out_channels,
         "groups": spec.groups,
@@ -157,5 +135,8 @@ def context(workload: Workload, plan: CudaPlan, target: Target) -> dict:
     return ctx
 
 
-def render(workload: Workload, plan: CudaPlan, target: Target) -> str:
-    return render_template(TEMPLATES[plan.algorithm], context(workload, plan, target), plan)
+def render(workload: Workload, plan: CudaPlan, target: Target,
+           prefix: str) -> tuple[tuple[str, str], ...]:
+    text = render_template(TEMPLATES[plan.algorithm], context(workload, plan, target, prefix),
+                           plan)
+    return (("kernel.cu", text),)

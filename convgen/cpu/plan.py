@@ -11,7 +11,7 @@ Algorithms (each a template under ``templates/cpu/``):
 
 - ``implicit_gemm``: output channels in vector lanes, a run of output pixels broadcast
   from the (padded) input; pre-packed weights; every op, every stride; transposed convs
-  by stride-phase decomposition (``lower.py``).
+  by stride-phase decomposition (``core/lowering.py``).
 - ``direct_simd``: output pixels of a row in vector lanes, a block of output channels
   broadcast from pre-packed weights; where the row's input is contiguous (unit stride
   along the innermost axis). Small groups and 3-D depthwise layers run here.
@@ -24,26 +24,21 @@ Algorithms (each a template under ``templates/cpu/``):
 """
 from __future__ import annotations
 
-import dataclasses
-import functools
 import math
-import os
 from dataclasses import dataclass
 
+from ..core.dtypes import itemsize
+from ..core.planning import parse_fields
+from ..core.spec import Workload
+from ..target import Target
 from . import winograd
-from .lower import Lowering, lower
-from .machine import host
-from .spec import Workload, workload_of
-from .target import Target, get_target
 
 SIMD_ALGORITHMS = ("implicit_gemm", "direct_simd", "depthwise")
 WINOGRAD_ALGORITHMS = ("winograd2", "winograd4")    # F(2, 3) and F(4, 3) per axis
 GATHER_ALGORITHMS = ("direct", "transposed_gather")
 ALGORITHMS = SIMD_ALGORITHMS + WINOGRAD_ALGORITHMS + GATHER_ALGORITHMS
-ACCURACIES = ("fast", "strict")   # strict: exact algorithms only (no Winograd)
 LOOP_ORDERS = ("oc_outer", "pixel_outer")
 MAX_GATHER_OC_BLOCK = 16
-_DTYPE_BYTES = {"float32": 4, "float64": 8}
 
 
 @dataclass(frozen=True)
@@ -78,38 +73,9 @@ class Plan:
         return cls(fields["algorithm"], loop_order=fields["loop_order"], **numbers)
 
 
-def parse_fields(text: str, expected, what: str, optional=()) -> dict[str, str]:
-    """``key=value`` words into a dict, refusing anything but the ``expected`` keys (and
-    any of the ``optional`` ones)."""
-    fields = {}
-    for item in text.split():
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"plan: expected key=value, got {item!r} in {text!r}")
-        fields[key] = value
-    if set(fields) - set(optional) != set(expected):
-        extra = f" (optional: {sorted(optional)})" if optional else ""
-        raise ValueError(f"plan: {what} has the fields {sorted(expected)}{extra}, "
-                         f"got {sorted(fields)}")
-    return fields
-
-
-def default_threads() -> int:
-    """CONVGEN_NUM_THREADS, else every core this process may run on."""
-    env = os.environ.get("CONVGEN_NUM_THREADS", "").strip()
-    if env:
-        if not env.isdigit() or int(env) < 1:
-            raise ValueError(f"CONVGEN_NUM_THREADS must be a positive integer, got {env!r}")
-        return int(env)
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
 def registers(target: Target) -> int:
-    """Vector registers the micro-kernel may fill (AVX-512 has 32, AVX2 and SSE 16)."""
-    return 32 if target.isa == "avx512" else 16
+    """Vector registers the micro-kernel may fill (the ISA row's count)."""
+    return target.isa_row.registers
 
 
 def depthwise_accumulators(regs: int) -> int:
@@ -119,7 +85,7 @@ def depthwise_accumulators(regs: int) -> int:
 
 
 def native_vector(target: Target, dtype: str) -> int:
-    return target.vector_bytes // _DTYPE_BYTES[dtype]
+    return target.vector_bytes // itemsize(dtype)
 
 
 def algorithms_for(workload: Workload, accuracy: str = "fast") -> tuple[str, ...]:
@@ -139,47 +105,6 @@ def algorithms_for(workload: Workload, accuracy: str = "fast") -> tuple[str, ...
 def depthwise_applies(spec) -> bool:
     """One input channel per group, forward, 1-D or 2-D (3-D depthwise runs on direct_simd)."""
     return spec.cin_per_group == 1 and not spec.transposed and spec.ndim <= 2
-
-
-def winograd_geometry(workload: Workload, plan: Plan) -> winograd.Geometry:
-    line = 64 // _DTYPE_BYTES[workload.dtype]
-    return winograd.geometry(workload, int(plan.algorithm[-1]), plan.pixel_tile, line, plan.vector)
-
-
-def lowering_for(workload: Workload, plan: Plan) -> Lowering:
-    """The lowering a plan's kernel computes (direct_simd reads whole vectors past a row's
-    end, and stores a strided row as its column phases)."""
-    if plan.algorithm in ("direct_simd", "depthwise"):
-        return lower(workload, plan.vector, split_rows=True)
-    return lower(workload, 1)
-
-
-@dataclass(frozen=True)
-class Buffers:
-    """Elements of the buffers a kernel needs besides its operands."""
-    packed_weights: int   # the weights in the order the kernel reads them
-    workspace: int        # scratch: the padded input
-
-
-def buffers(workload: Workload, plan: Plan) -> Buffers:
-    spec = workload.spec
-    if plan.algorithm in GATHER_ALGORITHMS:
-        return Buffers(math.prod(spec.weight_shape), 0)
-    if plan.algorithm in WINOGRAD_ALGORITHMS:
-        geo = winograd_geometry(workload, plan)
-        points = geo.alpha ** spec.ndim
-        rows = math.prod(geo.padded[:-1])
-        padded = workload.input_shape[0] * rows * spec.in_channels * geo.channel_stride
-        return Buffers(points * spec.out_channels * spec.cin_per_group,
-                       padded + plan.threads * geo.scratch)
-    low = lowering_for(workload, plan)
-    per_group = sum(oc_blocks(workload, plan) * spec.cin_per_group * p.taps * plan.oc_tile
-                    for p in low.phases)
-    if plan.algorithm == "depthwise":   # each thread pads one channel at a time
-        planes = plan.threads * low.padded_spatial if low.copy_input else 0
-        return Buffers(spec.groups * per_group, planes)
-    padded = workload.input_shape[0] * spec.in_channels * low.padded_spatial if low.copy_input else 0
-    return Buffers(spec.groups * per_group, padded)
 
 
 def oc_blocks(workload: Workload, plan: Plan) -> int:
@@ -267,30 +192,8 @@ def _check_depthwise(plan: Plan, workload: Workload) -> None:
         raise ValueError(f"plan: row_tile={plan.row_tile} exceeds the {rows} output row(s)")
 
 
-@dataclass(frozen=True)
-class Candidate:
-    plan: Plan
-    cost_s: float     # predicted seconds
-    why: str
-
-
-def candidates(workload: Workload, target: Target, threads: int | None = None,
-               accuracy: str = "fast") -> list[Candidate]:
-    """Every legal plan for the workload, cheapest first."""
-    threads = threads or default_threads()
-    found = []
-    for plan in _enumerate(workload, target, threads, accuracy):
-        try:
-            check_plan(plan, workload, target, accuracy)
-        except ValueError:
-            continue
-        cost, why = estimate(plan, workload, target, host())
-        found.append(Candidate(plan, cost, why))
-    found.sort(key=lambda c: (c.cost_s, str(c.plan)))
-    return found
-
-
-def _enumerate(workload: Workload, target: Target, threads: int, accuracy: str):
+def enumerate_plans(workload: Workload, target: Target, threads: int, accuracy: str):
+    """Every plan the planner considers (check_plan still refuses some of them)."""
     spec = workload.spec
     teams = sorted({1, threads})
     vl = native_vector(target, workload.dtype)
@@ -326,72 +229,3 @@ def _depthwise_plans(workload: Workload, vl: int, regs: int, teams):
                     yield Plan("depthwise", 1, nv * vl, vl, "oc_outer", team, row_tile)
 
 
-def plan(spec, input_shape=None, dtype="float32", target="cpu", threads=None,
-         accuracy="fast") -> Plan:
-    """The planner's choice for ``spec`` on inputs of ``input_shape`` (batched or not).
-
-    ``spec`` may also be a Workload, which already carries the shape and dtype.
-    ``accuracy="strict"`` keeps to exact algorithms (no Winograd).
-    """
-    if isinstance(spec, Workload):
-        workload = spec
-    else:
-        workload, _ = workload_of(spec, input_shape, dtype)
-    resolved = get_target(target)
-    if resolved.lang == "cuda":
-        from .cuda import plan_cuda
-        return plan_cuda(workload, resolved)
-    return choose(workload, resolved, threads, check_accuracy(accuracy))
-
-
-def check_accuracy(accuracy) -> str:
-    if accuracy not in ACCURACIES:
-        raise ValueError(f"accuracy must be one of {ACCURACIES}, got {accuracy!r}")
-    return accuracy
-
-
-def choose(workload: Workload, target: Target, threads: int | None = None,
-           accuracy: str = "fast") -> Plan:
-    """The cheapest candidate (memoised: the hot path of every compile call)."""
-    return _best(workload, target, threads or default_threads(), accuracy)
-
-
-@functools.lru_cache(maxsize=4096)
-def _best(workload: Workload, target: Target, threads: int, accuracy: str) -> Plan:
-    return candidates(workload, target, threads, accuracy)[0].plan
-
-
-def resolve(requested, workload: Workload, target: Target, accuracy: str = "fast") -> Plan:
-    """A user's ``plan=`` argument ("auto", an algorithm name, a plan string, a Plan) as a Plan."""
-    if isinstance(requested, Plan):
-        chosen = requested
-    elif requested == "auto":
-        chosen = choose(workload, target, accuracy=accuracy)
-    elif isinstance(requested, str) and requested in ALGORITHMS:
-        ranked = [c.plan for c in candidates(workload, target) if c.plan.algorithm == requested]
-        if not ranked:
-            raise ValueError(f"plan: algorithm {requested!r} does not apply to this "
-                             f"{workload.spec.op}; choose one of {algorithms_for(workload)}")
-        chosen = ranked[0]
-    elif isinstance(requested, str) and "=" in requested:
-        chosen = Plan.parse(requested)
-    else:
-        raise ValueError(f"plan must be 'auto', an algorithm name {ALGORITHMS}, a plan string "
-                         f"or a Plan, got {requested!r}")
-    check_plan(chosen, workload, target, accuracy)
-    return chosen
-
-
-def explain(workload: Workload, target: Target, top: int = 5, accuracy: str = "fast") -> str:
-    ranked = candidates(workload, target, accuracy=accuracy)
-    lines = [f"{workload.spec.describe()}", f"input {workload.input_shape} -> output "
-             f"{workload.output_shape}, {workload.dtype}, target {target.description}, "
-             f"accuracy {accuracy}",
-             f"{len(ranked)} candidate plans; the best {min(top, len(ranked))}:"]
-    for i, cand in enumerate(ranked[:top]):
-        lines.append(f"  {'*' if i == 0 else ' '} {cand.cost_s * 1e3:9.3f} ms  {cand.plan}")
-        lines.append(f"                 {cand.why}")
-    return "\n".join(lines)
-
-
-from .cost import estimate  # noqa: E402  (cost.py reads this module's helpers)

@@ -1,7 +1,10 @@
-"""Load a verified shared library into this process and look up one function.
+"""Load a verified shared library into this process and look up its symbols.
 
-Kept apart from the kernel so how native code gets mapped (memfd, temp copy, flags,
-fallbacks) is one module's job.
+Kept apart from the kernels so how native code gets mapped (memfd, temp copy, flags,
+fallbacks) is one module's job. Libraries are opened with the C library's own ``dlopen``
+and symbols found with ``dlsym``, so a kernel's exported names (each with its own prefix)
+need no per-name declaration: the caller casts a symbol to its function type
+(``function``), declared once per type.
 
 The bytes are mapped from a private copy, so nothing done to the cache file later --
 rewritten, truncated, replaced -- can change or crash a loaded kernel. Where that copy
@@ -30,7 +33,12 @@ import cffi
 from .cache import check_private, checked_root
 
 FFI = cffi.FFI()
-_DECLARED: set[str] = set()
+FFI.cdef("void *dlopen(const char *file, int mode); void *dlsym(void *handle, const char *name);"
+         " char *dlerror(void);")
+_DL = FFI.dlopen(None)   # the C library (glibc 2.34 and later has dlopen in libc itself)
+if not hasattr(_DL, "dlsym"):   # pragma: no cover - older glibc keeps it in libdl
+    _DL = FFI.dlopen("libdl.so.2")
+_TYPES: set[str] = set()
 _LOCK = threading.Lock()
 _SERIAL = itertools.count(1)   # makes every path given to dlopen unique in this process
 # RTLD_NODELETE keeps each kernel (and the OpenMP runtime it links) mapped until the
@@ -42,18 +50,24 @@ class LoadError(OSError):
     """No way of mapping a compiled kernel worked; the message lists each attempt."""
 
 
-def declare(signature: str, name: str) -> None:
-    """cdef a function once per process (cffi refuses a second identical cdef of a name)."""
+def declare_type(name: str, declaration: str) -> None:
+    """cdef a function-pointer typedef once per process (``typedef int (*NAME)(...);``)."""
     with _LOCK:
-        if name not in _DECLARED:
-            FFI.cdef(signature)
-            _DECLARED.add(name)
+        if name not in _TYPES:
+            FFI.cdef(declaration)
+            _TYPES.add(name)
+
+
+def function(symbol, type_name: str):
+    """A symbol's address as a callable of a declared function-pointer type."""
+    return FFI.cast(type_name, symbol)
 
 
 def load(library: bytes, names: tuple[str, ...]):
-    """dlopen a private copy of verified library bytes; return the functions named, in order.
+    """dlopen a private copy of verified library bytes; return the addresses of the symbols
+    named, in order (``function`` makes them callable). A missing symbol is a LoadError.
 
-    Each must have been declared. Tries each way of mapping in turn (module docstring).
+    Tries each way of mapping in turn (module docstring).
     """
     failures = []
     for method, where in ((_load_from_memfd, "from an anonymous memory file (memfd)"),
@@ -64,15 +78,35 @@ def load(library: bytes, names: tuple[str, ...]):
         except (OSError, AttributeError) as exc:   # AttributeError: no os.memfd_create here
             failures.append(f"{where}: {exc}")
             continue
-        return tuple(getattr(handle, name) for name in names)
+        return tuple(_symbol(handle, name) for name in names)
     raise LoadError("convgen could not load a compiled kernel:\n  " + "\n  ".join(failures))
+
+
+def _dlopen(path: str):
+    handle = _DL.dlopen(path.encode(), _FLAGS)
+    if handle == FFI.NULL:
+        raise OSError(f"dlopen {path}: {_dlerror()}")
+    return handle
+
+
+def _symbol(handle, name: str):
+    _DL.dlerror()   # clear
+    address = _DL.dlsym(handle, name.encode())
+    if address == FFI.NULL:
+        raise LoadError(f"the compiled library has no symbol {name!r}: {_dlerror()}")
+    return address
+
+
+def _dlerror() -> str:
+    text = _DL.dlerror()
+    return FFI.string(text).decode(errors="replace") if text != FFI.NULL else "unknown error"
 
 
 def _load_from_memfd(library: bytes):
     fd = os.memfd_create("convgen-kernel", os.MFD_CLOEXEC)
     try:
         _write_all(fd, library)
-        return FFI.dlopen(_unique_fd_path(fd, next(_SERIAL)), _FLAGS)
+        return _dlopen(_unique_fd_path(fd, next(_SERIAL)))
     finally:
         os.close(fd)   # the mapping keeps the memory alive
 
@@ -112,7 +146,7 @@ def _load_copy(library: bytes, directory: Path):
         _write_all(fd, library)
         os.close(fd)
         fd = -1
-        return FFI.dlopen(path, _FLAGS)
+        return _dlopen(path)
     finally:
         if fd >= 0:
             os.close(fd)

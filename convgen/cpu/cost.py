@@ -1,7 +1,7 @@
 """The planner's cost model: predicted seconds for one plan of one workload.
 
 Analytical, per thread: vector FMAs and load slots per register tile (from the
-machine's throughput, ``machine.py``), lanes wasted on tails, the operand each loop
+machine's throughput, ````target.machine````), lanes wasted on tails, the operand each loop
 order streams and from which cache level, the padded copy, thread balance and fixed
 overheads. Calibrated against measurements on the development machine; its job is to
 rank plans, and ``explain`` shows its numbers next to each candidate.
@@ -10,17 +10,17 @@ from __future__ import annotations
 
 import math
 
-from .lower import Lowering
-from .machine import Machine
-from .plan import (GATHER_ALGORITHMS, WINOGRAD_ALGORITHMS, Plan, buffers, lowering_for,
-                   native_vector, oc_blocks, winograd_geometry)
-from .spec import Workload
-from .target import Target
+from ..core.dtypes import itemsize
+from ..core.spec import Workload
+from ..target import Target
+from ..target.machine import Machine
+from .derived import Derived, derive
+from .layout import Lowering
+from .plan import GATHER_ALGORITHMS, WINOGRAD_ALGORITHMS, Plan, native_vector
 
 _PARALLEL_OVERHEAD_S = 4e-6      # one OpenMP fork/join with warm (spinning) workers
 _CALL_OVERHEAD_S = 2e-6
 _GATHER_MACS_PER_S = 2.5e9       # per thread: what the scalar gather kernel reaches here (depthwise: less)
-_DTYPE_BYTES = {"float32": 4, "float64": 8}
 
 
 def estimate(plan: Plan, workload: Workload, target: Target, machine: Machine) -> tuple[float, str]:
@@ -30,19 +30,21 @@ def estimate(plan: Plan, workload: Workload, target: Target, machine: Machine) -
             seconds += _PARALLEL_OVERHEAD_S
         return seconds, f"scalar gather: {workload.macs} MACs at {_GATHER_MACS_PER_S:.0e}/s per thread"
     width = native_vector(target, workload.dtype) / plan.vector   # 2: half-width vectors
+    facts = derive(workload, plan, target)
     if plan.algorithm in WINOGRAD_ALGORITHMS:
-        return _winograd_cost(plan, workload, machine, width)
+        return _winograd_cost(plan, workload, facts, machine, width)
     if plan.algorithm == "depthwise":
-        return _depthwise_cost(plan, workload, machine, width)
-    low = lowering_for(workload, plan)
+        return _depthwise_cost(plan, workload, facts, machine, width)
+    low = facts.lowering
     tile_cost = _gemm_phase_cost if plan.algorithm == "implicit_gemm" else _simd_phase_cost
     compute, items_total, useful, issued = 0.0, 0, 0, 0
     for phase in low.phases:
-        items, item_cycles, lanes_used, lanes_issued = tile_cost(plan, workload, phase, machine, width)
+        items, item_cycles, lanes_used, lanes_issued = tile_cost(plan, workload, facts, phase,
+                                                                 machine, width)
         compute += math.ceil(items / plan.threads) * item_cycles
         items_total += items
         useful, issued = useful + lanes_used, issued + lanes_issued
-    stream = _stream_cycles(plan, workload, low, machine) / plan.threads
+    stream = _stream_cycles(plan, workload, facts, machine) / plan.threads
     # prefetching hides part of the streaming behind the FMAs
     cycles = max(compute, stream) + 0.5 * min(compute, stream)
     seconds = cycles / machine.clock_hz + _setup_seconds(plan, workload, low, machine) + _CALL_OVERHEAD_S
@@ -55,11 +57,12 @@ def estimate(plan: Plan, workload: Workload, target: Target, machine: Machine) -
     return seconds, why
 
 
-def _winograd_cost(plan: Plan, workload: Workload, machine: Machine, width: float):
+def _winograd_cost(plan: Plan, workload: Workload, facts: Derived, machine: Machine,
+                   width: float):
     """Per block: input transforms, XI small GEMMs (register tiles as direct_simd's), output
     transforms with their scalar interleaving stores."""
-    spec, size = workload.spec, _DTYPE_BYTES[workload.dtype]
-    geo = winograd_geometry(workload, plan)
+    spec, size = workload.spec, itemsize(workload.dtype)
+    geo = facts.winograd
     points, nv = geo.alpha ** spec.ndim, plan.pixel_tile // plan.vector
     fma = plan.oc_tile * nv / (machine.fma_per_cycle * width)
     loads = (plan.oc_tile + nv * machine.vector_load_cost / width) / machine.loads_per_cycle
@@ -81,12 +84,13 @@ def _winograd_cost(plan: Plan, workload: Workload, machine: Machine, width: floa
                      f"{plan.threads} threads, {geo.scratch * size // 1024} KiB scratch per thread")
 
 
-def _depthwise_cost(plan: Plan, workload: Workload, machine: Machine, width: float):
+def _depthwise_cost(plan: Plan, workload: Workload, facts: Derived, machine: Machine,
+                    width: float):
     """Per input channel: pad it into the thread's plane (from wherever the input lives),
     then per output channel its register tiles; every tap step of a tile issues
     row_tile * NV FMAs, unless fewer chains than the FMA latency make it wait."""
-    spec, size = workload.spec, _DTYPE_BYTES[workload.dtype]
-    low = lowering_for(workload, plan)
+    spec, size = workload.spec, itemsize(workload.dtype)
+    low = facts.lowering
     phase = low.phases[0]
     inner = phase.axes[-1]
     rows = phase.outputs // max(inner.count, 1)
@@ -149,19 +153,19 @@ def _level_bandwidth(working_set: int, machine: Machine) -> float:
     return machine.dram_bytes_per_s / machine.clock_hz
 
 
-def _stream_cycles(plan: Plan, workload: Workload, low: Lowering, machine: Machine) -> float:
+def _stream_cycles(plan: Plan, workload: Workload, facts: Derived, machine: Machine) -> float:
     """Cycles spent streaming the operand that the loop order does not keep in cache.
 
     oc_outer keeps a channel tile's weights and walks the whole input once per tile;
     pixel_outer keeps a row's input window and walks all the weights once per row.
     """
-    spec, size = workload.spec, _DTYPE_BYTES[workload.dtype]
-    batch = workload.input_shape[0]
+    spec, size = workload.spec, itemsize(workload.dtype)
+    batch, low = workload.input_shape[0], facts.lowering
     inputs = batch * spec.in_channels * (low.padded_spatial if low.copy_input
                                          else math.prod(workload.in_spatial)) * size
-    weights = buffers(workload, plan).packed_weights * size
+    weights = facts.own_packed * size
     if plan.loop_order == "oc_outer":
-        traffic, working_set = inputs * oc_blocks(workload, plan), inputs
+        traffic, working_set = inputs * facts.oc_blocks, inputs
     else:
         rows = sum(p.outputs // max(p.axes[-1].count, 1) for p in low.phases) * batch
         traffic, working_set = weights * rows, weights
@@ -173,9 +177,10 @@ def _stream_cycles(plan: Plan, workload: Workload, low: Lowering, machine: Machi
     return traffic / _level_bandwidth(working_set, machine)
 
 
-def _gemm_phase_cost(plan: Plan, workload: Workload, phase, machine: Machine, width: float):
+def _gemm_phase_cost(plan: Plan, workload: Workload, facts: Derived, phase, machine: Machine,
+                     width: float):
     """implicit_gemm: per K step, V weight vectors loaded, R pixels broadcast, R*V FMAs."""
-    spec, size = workload.spec, _DTYPE_BYTES[workload.dtype]
+    spec, size = workload.spec, itemsize(workload.dtype)
     v, r = plan.oc_tile // plan.vector, plan.pixel_tile
     k_steps = spec.cin_per_group * phase.taps
     block = plan.oc_tile * k_steps * size      # the weights one tile walks through
@@ -192,15 +197,16 @@ def _gemm_phase_cost(plan: Plan, workload: Workload, phase, machine: Machine, wi
     full, tail = divmod(inner.count, r)
     row_cycles = full * tile(r) + (tile(tail) if tail else 0)
     rows = phase.outputs // max(inner.count, 1)
-    items = workload.input_shape[0] * spec.groups * oc_blocks(workload, plan) * rows
+    items = workload.input_shape[0] * spec.groups * facts.oc_blocks * rows
     used = phase.outputs * spec.out_channels * workload.input_shape[0]
     issued = items * inner.count * plan.oc_tile
     return items, row_cycles, used, issued
 
 
-def _simd_phase_cost(plan: Plan, workload: Workload, phase, machine: Machine, width: float):
+def _simd_phase_cost(plan: Plan, workload: Workload, facts: Derived, phase, machine: Machine,
+                     width: float):
     """direct_simd: per K step, NV input vectors loaded, OCB weights broadcast, OCB*NV FMAs."""
-    spec, size = workload.spec, _DTYPE_BYTES[workload.dtype]
+    spec, size = workload.spec, itemsize(workload.dtype)
     ocb, nv = plan.oc_tile, plan.pixel_tile // plan.vector
     k_steps = spec.cin_per_group * phase.taps
     inner = phase.axes[-1]
@@ -226,7 +232,7 @@ def _simd_phase_cost(plan: Plan, workload: Workload, phase, machine: Machine, wi
         # such short reads wait on latency (measured: depthwise rows ran 2x slower so)
         row_cycles += 4 * window / machine.l2_bytes_per_cycle
     rows = phase.outputs // max(inner.count, 1)
-    items = workload.input_shape[0] * spec.groups * oc_blocks(workload, plan) * rows
+    items = workload.input_shape[0] * spec.groups * facts.oc_blocks * rows
     used = phase.outputs * spec.out_channels * workload.input_shape[0]
     issued = items * vectors * plan.vector * plan.oc_tile
     return items, row_cycles, used, issued
@@ -236,7 +242,7 @@ def _setup_seconds(plan: Plan, workload: Workload, low: Lowering, machine: Machi
     """Copying the input into its padded layout (packed weights come ready), once per call."""
     if not low.copy_input:
         return 0.0
-    size = _DTYPE_BYTES[workload.dtype]
+    size = itemsize(workload.dtype)
     moved = workload.input_shape[0] * workload.spec.in_channels * (
         low.padded_spatial + math.prod(workload.in_spatial)) * size
     per_cycle = _level_bandwidth(moved, machine) * min(plan.threads, 2)

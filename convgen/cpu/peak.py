@@ -7,29 +7,30 @@ from __future__ import annotations
 
 import hashlib
 
-from . import __version__, cache, loader
-from .compiler import compile_shared, compiler_identity, flags
-from .render import environment
-from .target import get_target
+from .._version import __version__
+from ..core.codegen import environment
+from ..runtime import cache, loader
+from ..target import cpu_target
+from .compile import compile_shared, compiler_identity, flags
 
 _NAME = "convgen_fma_peak"
+loader.declare_type("cg_peak_fn", "typedef double (*cg_peak_fn)(long iterations, int threads);")
 
 
 def _library():
-    target = get_target("cpu")
+    target = cpu_target("cpu")
     vector = target.vector_bytes // 4
-    chains = 16 if target.isa == "avx512" else 12
+    chains = target.isa_row.registers // 2   # independent FMA chains: enough to hide latency
     source = environment().get_template("bench/fma_peak.c.j2").render(
         version=__version__, vector=vector, chains=chains)
     parts = {"convgen": __version__, "bench": "fma_peak", "target": target.name,
              "features": target.cpu_features, "compiler": compiler_identity(),
              "flags": flags(target), "source_sha256": hashlib.sha256(source.encode()).hexdigest()}
     key = cache.key_of(parts)
-    library = cache.get_or_build(key, source, lambda src, lib: compile_shared(src, lib, target),
-                                 parts)
-    loader.declare(f"double {_NAME}(long iterations, int threads);", _NAME)
-    (function,) = loader.load(library, (_NAME,))
-    return function
+    library = cache.get_or_build(key, (("fma_peak.c", source),),
+                                 lambda paths, lib: compile_shared(paths, lib, target), parts)
+    (symbol,) = loader.load(library, (_NAME,))
+    return loader.function(symbol, "cg_peak_fn")
 
 
 def fma_peak_gflops(threads: int, iterations: int = 20_000_000, repeats: int = 5) -> float:

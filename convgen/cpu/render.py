@@ -1,70 +1,41 @@
-"""Render: (workload, plan, target) -> C source, through the Jinja2 templates.
+"""Render: (workload, plan, target, prefix) -> C sources, through the Jinja2 templates.
 
-Python decides; the templates only loop over the data built here. The environment is
-strict: an undefined name is an error, never an empty string in C.
+Python decides; the templates only loop over the data built here (from ``cpu.derived``,
+computed once). Every exported symbol starts with the kernel's prefix:
+``<prefix>_run``, ``<prefix>_pack``, ``<prefix>_workspace_bytes`` and
+``<prefix>_packed_weights_bytes``. A Winograd kernel comes with a second source, the exact
+kernel it hands non-finite operands to (``<prefix>_exact_*``), so that a standalone build
+behaves as the Python one.
 """
 from __future__ import annotations
 
-import functools
-import hashlib
 import math
 
-import jinja2
-
-from . import __version__
-from ._paths import templates_dir
-from .lower import Lowering
+from ..core.codegen import header_info, render_template
+from ..core.dtypes import ctype, itemsize
+from ..core.spec import AXIS_NAMES, Workload
+from ..target import Target
+from ..target.isa import masked_store
 from . import winograd
-from .plan import (GATHER_ALGORITHMS, WINOGRAD_ALGORITHMS, Plan, buffers, lowering_for,
-                   oc_blocks, winograd_geometry)
-from .spec import AXIS_NAMES, Workload
-from .target import Target
+from .derived import Derived, derive
+from .layout import Lowering
+from .plan import GATHER_ALGORITHMS, WINOGRAD_ALGORITHMS, Plan
 
-CTYPES = {"float32": "float", "float64": "double"}
-_DTYPE_BYTES = {"float32": 4, "float64": 8}
 TEMPLATES = {"direct": "cpu/direct.c.j2", "transposed_gather": "cpu/transposed_gather.c.j2",
              "implicit_gemm": "cpu/implicit_gemm.c.j2", "direct_simd": "cpu/direct_simd.c.j2",
              "depthwise": "cpu/depthwise.c.j2",
              "winograd2": "cpu/winograd.c.j2", "winograd4": "cpu/winograd.c.j2"}
 
 
-class TemplateError(RuntimeError):
-    """A template failed to render; the message names the template and line."""
-
-
-@functools.lru_cache(maxsize=None)
-def environment() -> jinja2.Environment:
-    return jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(templates_dir())),
-        undefined=jinja2.StrictUndefined,
-        keep_trailing_newline=True,
-        autoescape=False,
-    )
-
-
-@functools.lru_cache(maxsize=None)
-def templates_digest() -> str:
-    """Hash of every template file: part of every cache key."""
-    digest = hashlib.sha256()
-    root = templates_dir()
-    for path in sorted(root.rglob("*.j2")):
-        digest.update(str(path.relative_to(root)).encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()
-
-
-def kernel_name(workload: Workload, plan: Plan) -> str:
-    return f"convgen_{workload.spec.op}_{plan.algorithm}"
-
-
-def _common(workload: Workload, plan: Plan, target: Target) -> dict:
+def _common(workload: Workload, plan: Plan, target: Target, facts: Derived, prefix: str) -> dict:
     spec = workload.spec
+    size = itemsize(workload.dtype)
     return {
-        "info": {"version": __version__, "spec": spec.describe(), "plan": str(plan),
-                 "input_shape": workload.input_shape, "output_shape": workload.output_shape,
-                 "dtype": workload.dtype, "target": target.description},
-        "kernel_name": kernel_name(workload, plan),
-        "ctype": CTYPES[workload.dtype],
+        "info": {**header_info(workload, plan, target), "prefix": prefix},
+        "prefix": prefix,
+        "workspace_bytes": facts.workspace * size,
+        "packed_bytes": facts.packed_weights * size,
+        "ctype": ctype(workload.dtype),
         "batch": workload.input_shape[0],
         "in_channels": spec.in_channels,
         "out_channels": spec.out_channels,
@@ -100,18 +71,19 @@ def _gather_context(workload: Workload, plan: Plan) -> dict:
             "loops": [{"var": variables[a], "extent": extents[a]} for a in order]}
 
 
-def _simd_context(workload: Workload, plan: Plan, target: Target) -> dict:
+def _simd_context(workload: Workload, plan: Plan, target: Target, facts: Derived) -> dict:
     spec = workload.spec
-    low = lowering_for(workload, plan)
+    low = facts.lowering
     names = AXIS_NAMES[spec.ndim]
     axes = _simd_axes(workload, low, names)
-    phases, tiles = _phases(workload, plan, low, axes)
+    phases, tiles = _phases(workload, plan, facts, axes)
+    vector_bytes = plan.vector * itemsize(workload.dtype)
     return {
         "vector": plan.vector,
-        "vector_bytes": plan.vector * _DTYPE_BYTES[workload.dtype],
-        "masked_store": _masked_store(target, plan.vector * _DTYPE_BYTES[workload.dtype]),
+        "vector_bytes": vector_bytes,
+        "masked_store": masked_store(target.isa_row, target.cpu_features, vector_bytes),
         "oc_tile": plan.oc_tile,
-        "oc_blocks": oc_blocks(workload, plan),
+        "oc_blocks": facts.oc_blocks,
         "padded_spatial": low.padded_spatial,
         "row_pitch": low.row_pitch,
         "rows_outside_channels": low.rows_outside_channels,
@@ -119,7 +91,7 @@ def _simd_context(workload: Workload, plan: Plan, target: Target) -> dict:
         "split_copy": _split_copy(low, axes[-1]),
         "channel_stride": _layout_stride(workload, low, "channel"),
         "batch_stride": spec.in_channels * low.padded_spatial,
-        "pack_group": buffers(workload, plan).packed_weights // spec.groups,
+        "pack_group": facts.own_packed // spec.groups,
         "copy_input": low.copy_input,
         "axes": axes,
         "inner": axes[-1],
@@ -143,18 +115,6 @@ def _split_copy(low: Lowering, inner: dict) -> list[dict]:
         if end > first:
             runs.append({"phase": phase, "first": first, "end": end})
     return runs
-
-
-def _masked_store(target: Target, vector_bytes: int) -> str | None:
-    """Which masked-store instructions write a vector's first lanes (a row's last, partial
-    vector): AVX-512 (256-bit ones need AVX512VL), AVX2 for 256-bit vectors, else none
-    (the template stores through a copy)."""
-    if target.isa == "avx512" and (vector_bytes == 64 or
-                                   (vector_bytes == 32 and "avx512vl" in target.cpu_features)):
-        return "avx512"
-    if target.isa in ("avx2", "avx512") and vector_bytes == 32:
-        return "avx2"
-    return None
 
 
 def _depthwise_rows(workload: Workload, plan: Plan, low: Lowering, axes: list[dict]) -> dict:
@@ -205,8 +165,8 @@ def _layout_stride(workload: Workload, low: Lowering, axis) -> int:
     return channels * math.prod(sizes[axis + 1:])
 
 
-def _phases(workload: Workload, plan: Plan, low: Lowering, axes: list[dict]):
-    spec = workload.spec
+def _phases(workload: Workload, plan: Plan, facts: Derived, axes: list[dict]):
+    spec, low = workload.spec, facts.lowering
     tiles: dict[str, dict] = {}
     phases, pack_offset = [], 0
     for index, phase in enumerate(low.phases):
@@ -227,7 +187,7 @@ def _phases(workload: Workload, plan: Plan, low: Lowering, axes: list[dict]):
             "inner_start": inner.start, "rows": phase.outputs // max(inner.count, 1),
             "pack_offset": pack_offset, "runs": _runs(plan, inner.count, tiles),
         })
-        pack_offset += oc_blocks(workload, plan) * spec.cin_per_group * len(flat_offsets) * plan.oc_tile
+        pack_offset += facts.oc_blocks * spec.cin_per_group * len(flat_offsets) * plan.oc_tile
     return phases, list(tiles.values())
 
 
@@ -281,9 +241,9 @@ def _runs(plan: Plan, count: int, tiles: dict) -> list[dict]:
     return runs
 
 
-def _winograd_context(workload: Workload, plan: Plan) -> dict:
+def _winograd_context(workload: Workload, plan: Plan, facts: Derived, prefix: str) -> dict:
     spec = workload.spec
-    geo = winograd_geometry(workload, plan)
+    geo = facts.winograd
     transform = winograd.TRANSFORMS[geo.m]
     axes = [{"name": name, "NAME": name.upper(), "in_size": workload.in_spatial[i],
              "out_size": workload.out_spatial[i], "padded": geo.padded[i],
@@ -294,7 +254,7 @@ def _winograd_context(workload: Workload, plan: Plan) -> dict:
             for i, name in enumerate(AXIS_NAMES[spec.ndim])]
     return {
         "ndim": spec.ndim, "m": geo.m, "alpha": geo.alpha, "xi": geo.alpha ** spec.ndim,
-        "vector": plan.vector, "vector_bytes": plan.vector * _DTYPE_BYTES[workload.dtype],
+        "vector": plan.vector, "vector_bytes": plan.vector * itemsize(workload.dtype),
         "oc_tile": plan.oc_tile, "block": geo.block, "blocks": geo.blocks,
         "tile_rows": math.prod(geo.tiles[:-1]), "padded_rows": math.prod(geo.padded[:-1]),
         "phase_pitch": geo.phase_pitch, "scratch": geo.scratch,
@@ -302,6 +262,8 @@ def _winograd_context(workload: Workload, plan: Plan) -> dict:
         "phases": geo.phases, "split": _split_network(geo.phases),
         "axes": axes, "inner": axes[-1], "outer": axes[0] if spec.ndim == 2 else None,
         "bt": _fractions(transform.bt), "g": _fractions(transform.g), "at": _fractions(transform.at),
+        "exact_prefix": exact_prefix(prefix), "own_packed": facts.own_packed,
+        "exact_packed": facts.exact.packed_weights,
     }
 
 
@@ -334,25 +296,30 @@ def _fractions(matrix) -> list[list[tuple[int, int, int]]]:
             for row in matrix]
 
 
-def context(workload: Workload, plan: Plan, target: Target) -> dict:
-    ctx = _common(workload, plan, target)
+def exact_prefix(prefix: str) -> str:
+    """The symbol prefix of a Winograd kernel's exact fallback."""
+    return f"{prefix}_exact"
+
+
+def context(workload: Workload, plan: Plan, target: Target, prefix: str) -> dict:
+    facts = derive(workload, plan, target)
+    ctx = _common(workload, plan, target, facts, prefix)
     if plan.algorithm in GATHER_ALGORITHMS:
         ctx.update(_gather_context(workload, plan))
     elif plan.algorithm in WINOGRAD_ALGORITHMS:
-        ctx.update(_winograd_context(workload, plan))
+        ctx.update(_winograd_context(workload, plan, facts, prefix))
     else:
-        ctx.update(_simd_context(workload, plan, target))
+        ctx.update(_simd_context(workload, plan, target, facts))
     return ctx
 
 
-def render(workload: Workload, plan: Plan, target: Target) -> str:
-    return render_template(TEMPLATES[plan.algorithm], context(workload, plan, target), plan)
-
-
-def render_template(name: str, ctx: dict, plan) -> str:
-    """One template with its context; a failure names the template, the line and the plan."""
-    try:
-        return environment().get_template(name).render(ctx)
-    except jinja2.TemplateError as exc:
-        where = f"{getattr(exc, 'filename', None) or name}:{getattr(exc, 'lineno', '?')}"
-        raise TemplateError(f"rendering {where} for plan '{plan}' failed: {exc}") from exc
+def render(workload: Workload, plan: Plan, target: Target, prefix: str) -> tuple[tuple[str, str], ...]:
+    """The kernel's sources: ("kernel.c", text), and ("exact.c", text) for Winograd."""
+    main = render_template(TEMPLATES[plan.algorithm], context(workload, plan, target, prefix),
+                           plan)
+    if plan.algorithm not in WINOGRAD_ALGORITHMS:
+        return (("kernel.c", main),)
+    exact = derive(workload, plan, target).exact_plan
+    fallback = render_template(TEMPLATES[exact.algorithm],
+                               context(workload, exact, target, exact_prefix(prefix)), exact)
+    return (("kernel.c", main), ("exact.c", fallback))

@@ -2,13 +2,14 @@
 
 Layout under the cache root (``CONVGEN_CACHE_DIR``, default ``~/.cache/convgen``)::
 
-    kernels/<key[:2]>/<key>/kernel.c      the generated source
+    kernels/<key[:2]>/<key>/kernel.c      the generated source (a kernel may have several
+                                          files: a Winograd kernel's exact fallback.c)
                            /kernel.so     the compiled library
                            /meta.json     the key, what went into it, and the library's sha256
                                           (its mtime records the entry's last use, for LRU)
     tmp/                                  entries being built (renamed into kernels/ when whole)
     locks/<key>.lock                      held (flock) while one process compiles that key
-    failed/<key>.c                        the source of a kernel that failed to compile
+    failed/<key>/                         the sources of a kernel that failed to compile
     stats.json                            hit/miss counts since the cache was last cleared
 
 Rules, because what is loaded from here runs as native code in the caller's process:
@@ -42,7 +43,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-SOURCE_NAME, LIBRARY_NAME, META_NAME = "kernel.c", "kernel.so", "meta.json"
+LIBRARY_NAME, META_NAME = "kernel.so", "meta.json"
 STATS_NAME = "stats.json"
 PRIVATE_SUBDIRS = ("kernels", "tmp", "locks")
 DEFAULT_MAX_BYTES = 2 * 1024 ** 3
@@ -218,8 +219,11 @@ def _remove(entry: Path) -> None:
 
 
 # -- building ---------------------------------------------------------------------------------
-def get_or_build(key: str, source: str, build, key_parts: dict) -> bytes:
+def get_or_build(key: str, sources: tuple[tuple[str, str], ...], build, key_parts: dict) -> bytes:
     """The verified library for ``key``: from the cache, else built once across processes.
+
+    ``sources`` are (file name, text) pairs, the main source first; ``build(paths,
+    library_path)`` compiles the written files into the library.
 
     The key's lock is held only around "look again, else build and publish", never while
     the caller loads the bytes.
@@ -235,7 +239,7 @@ def get_or_build(key: str, source: str, build, key_parts: dict) -> bytes:
             return _hit(root, library)
         STATS.compiles += 1
         _record(root, misses=1)
-        _, library = _publish(root, key, source, build, key_parts)
+        _, library = _publish(root, key, sources, build, key_parts)
     _after_publish(root, key)
     return library
 
@@ -246,26 +250,29 @@ def _hit(root: Path, library: bytes) -> bytes:
     return library
 
 
-def publish(key: str, source: str, build, key_parts: dict) -> Path:
-    """Build an entry in a private temp dir with ``build(source_path, library_path)``, then
+def publish(key: str, sources: tuple[tuple[str, str], ...], build, key_parts: dict) -> Path:
+    """Build an entry in a private temp dir with ``build(source_paths, library_path)``, then
     rename it into place. If another process published the same key first, keep theirs.
     (Takes no lock: ``get_or_build`` is the compile-once path.)"""
     root = checked_root()
-    final, _ = _publish(root, key, source, build, key_parts)
+    final, _ = _publish(root, key, sources, build, key_parts)
     _after_publish(root, key)
     return final
 
 
-def _publish(root: Path, key: str, source: str, build, key_parts: dict) -> tuple[Path, bytes]:
+def _publish(root: Path, key: str, sources, build, key_parts: dict) -> tuple[Path, bytes]:
     """Build and publish; return the entry and the library bytes exactly as hashed."""
     tmp = Path(tempfile.mkdtemp(prefix=f"{key[:16]}-", dir=root / "tmp"))
     try:
-        source_path, library_path = tmp / SOURCE_NAME, tmp / LIBRARY_NAME
-        source_path.write_text(source)
+        library_path = tmp / LIBRARY_NAME
+        paths = []
+        for name, text in sources:
+            paths.append(tmp / _file_name(name))
+            paths[-1].write_text(text)
         try:
-            build(source_path, library_path)
+            build(paths, library_path)
         except Exception as exc:
-            _keep_failed_source(root, key, source, exc)
+            _keep_failed_sources(root, key, sources, exc)
             raise
         library = library_path.read_bytes()
         meta = {"key": key, "library_sha256": hashlib.sha256(library).hexdigest(),
@@ -283,14 +290,23 @@ def _publish(root: Path, key: str, source: str, build, key_parts: dict) -> tuple
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _keep_failed_source(root: Path, key: str, source: str, exc: Exception) -> None:
-    """Keep a failed kernel's source where the user can read it, and say where in the error."""
-    failed = root / "failed"
+def _file_name(name: str) -> str:
+    """A source's file name, refused if it could leave the entry's directory."""
+    if not name or "/" in name or name in (".", "..") or name in (LIBRARY_NAME, META_NAME):
+        raise ValueError(f"a generated source's file name must be a plain name, got {name!r}")
+    return name
+
+
+def _keep_failed_sources(root: Path, key: str, sources, exc: Exception) -> None:
+    """Keep a failed kernel's sources where the user can read them, and say where in the
+    error (the main source's path)."""
+    (root / "failed").mkdir(exist_ok=True, mode=0o700)
+    failed = root / "failed" / key
     failed.mkdir(exist_ok=True, mode=0o700)
-    kept = failed / f"{key}.c"
-    kept.write_text(source)
+    for name, text in sources:
+        (failed / _file_name(name)).write_text(text)
     if hasattr(exc, "source_path"):
-        exc.source_path = kept
+        exc.source_path = failed / _file_name(sources[0][0])
 
 
 def _after_publish(root: Path, key: str) -> None:

@@ -13,11 +13,11 @@ from __future__ import annotations
 import math
 import numbers
 
-import numpy as np
 from dataclasses import dataclass, field
 
+from .dtypes import DTYPES, dtype_name
+
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
-DTYPES = ("float32", "float64")
 AXIS_NAMES = {1: ("w",), 2: ("h", "w"), 3: ("d", "h", "w")}
 
 
@@ -373,18 +373,6 @@ def _empty_output_message(spec: ConvSpec, in_spatial, out_spatial) -> str:
     reach = tuple(d * (k - 1) + 1 for d, k in zip(spec.dilation, spec.kernel_size))
     return (f"the output would be empty: padded input size {padded} is smaller than the dilated "
             f"kernel size {reach} (input {in_spatial}, padding {spec.pad_before}/{spec.pad_after})")
-
-
-def dtype_name(dtype) -> str:
-    if dtype is None:   # np.dtype(None) would quietly mean float64
-        raise TypeError(f"dtype must be one of {DTYPES}, got None")
-    try:
-        name = np.dtype(dtype).name
-    except TypeError as exc:
-        raise TypeError(f"dtype must be one of {DTYPES}, got {dtype!r}") from exc
-    if name not in DTYPES:
-        raise TypeError(f"dtype must be one of {DTYPES}, got {name}")
-    return name
 
 
 def workload_of(spec: ConvSpec, input_shape, dtype) -> tuple[Workload, bool]:

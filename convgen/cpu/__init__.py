@@ -1,0 +1,66 @@
+"""The CPU backend: C for x86-64 (AVX2, AVX-512) or portable C, compiled with the system C
+compiler.
+
+    Workload -> Plan (plan.py; ranked by cost.py in planner.py; facts in derived.py)
+             -> C sources (render.py, templates/cpu/) -> shared library (compile.py)
+             -> cache and load (runtime.pipeline) -> Kernel (kernel.py)
+
+``BACKEND`` is what the registry (``convgen.backends``) hands the front ends.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..core.codegen import templates_digest
+from ..core.spec import Workload
+from ..runtime.kernel import kernel_for
+from ..target import Target
+from . import compile as compiler
+from . import kernel, planner, render
+from .plan import Plan
+
+
+class CpuBackend:
+    name = "c"
+    plan_type = Plan
+
+    def toolchain_parts(self, target: Target) -> dict:
+        return {"compiler": compiler.compiler_identity(), "flags": compiler.flags(target),
+                "templates": templates_digest("cpu")}
+
+    def render(self, workload: Workload, plan: Plan, target: Target, prefix: str):
+        return render.render(workload, plan, target, prefix)
+
+    def build(self, paths: list[Path], library_path: Path, target: Target) -> None:
+        compiler.compile_shared(paths, library_path, target)
+
+    def symbols(self, prefix: str) -> tuple[str, ...]:
+        return kernel.symbols(prefix)
+
+    # -- planning ------------------------------------------------------------------------
+    def resolve(self, requested, workload: Workload, target: Target, accuracy: str = "fast"):
+        return planner.resolve(requested, workload, target, accuracy)
+
+    def choose(self, workload: Workload, target: Target, threads: int | None = None,
+               accuracy: str = "fast"):
+        return planner.choose(workload, target, threads, accuracy)
+
+    def candidates(self, workload: Workload, target: Target, accuracy: str = "fast"):
+        return planner.candidates(workload, target, accuracy=accuracy)
+
+    def explain(self, workload: Workload, target: Target, top: int = 5, accuracy: str = "fast",
+                chosen=None) -> str:
+        return planner.explain(workload, target, top, accuracy, chosen)
+
+    # -- loading -------------------------------------------------------------------------
+    def kernel(self, workload: Workload, plan: Plan, target: Target, unbatched: bool = False,
+               prefix: str | None = None) -> kernel.Kernel:
+        if target.missing_features():
+            raise ValueError(f"target {target.name!r} needs CPU features this machine lacks "
+                             f"({', '.join(target.missing_features())}): its kernels cannot "
+                             f"run here; compile for target 'cpu' (this machine's ISA), or "
+                             f"build for {target.name!r} ahead of time with convgen.build")
+        return kernel_for(self, kernel.Kernel, workload, plan, target, unbatched, prefix)
+
+
+BACKEND = CpuBackend()

@@ -1,0 +1,98 @@
+"""Facts derived from one (workload, plan, target), computed once and read by the cost
+model, the renderer and the kernel: the lowering over the padded input, the Winograd
+geometry, the exact plan a Winograd kernel hands non-finite operands to, and the sizes of
+the buffers the kernel needs besides its operands.
+
+The generated C exports the same sizes (``<prefix>_workspace_bytes``,
+``<prefix>_packed_weights_bytes``); the test suite checks that both agree.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+
+from ..core.dtypes import itemsize
+from ..core.spec import Workload
+from ..target import Target
+from . import winograd
+from .layout import Lowering, lower
+from .plan import GATHER_ALGORITHMS, WINOGRAD_ALGORITHMS, Plan
+
+
+@dataclass(frozen=True)
+class Derived:
+    lowering: Lowering | None            # SIMD algorithms: phases over the padded input
+    winograd: winograd.Geometry | None   # Winograd algorithms
+    oc_blocks: int                       # register tiles per group along the channels
+    own_packed: int                      # elements of this kernel's own packed weights
+    own_workspace: int                   # elements of its own scratch (the padded input ...)
+    exact_plan: Plan | None = None       # Winograd: the exact kernel for non-finite operands
+    exact: "Derived | None" = None       # ... and its facts
+
+    @property
+    def packed_weights(self) -> int:
+        """Elements of the packed-weights buffer: a Winograd kernel's also holds the exact
+        kernel's packed weights and one flag (whether every weight is finite)."""
+        if self.exact is None:
+            return self.own_packed
+        return self.own_packed + self.exact.packed_weights + 1
+
+    @property
+    def workspace(self) -> int:
+        """Elements of scratch a call needs (the exact fallback reuses the same buffer)."""
+        if self.exact is None:
+            return self.own_workspace
+        return max(self.own_workspace, self.exact.workspace)
+
+
+def derive(workload: Workload, plan: Plan, target: Target) -> Derived:
+    """The facts of one kernel (memoised: every stage asks)."""
+    return _derive(workload, plan, target)
+
+
+@functools.lru_cache(maxsize=4096)
+def _derive(workload: Workload, plan: Plan, target: Target) -> Derived:
+    spec = workload.spec
+    blocks = -(-spec.cout_per_group // plan.oc_tile)
+    if plan.algorithm in GATHER_ALGORITHMS:
+        return Derived(None, None, blocks, math.prod(spec.weight_shape), 0)
+    if plan.algorithm in WINOGRAD_ALGORITHMS:
+        geo = winograd_geometry(workload, plan)
+        points = geo.alpha ** spec.ndim
+        padded = (workload.input_shape[0] * math.prod(geo.padded[:-1]) * spec.in_channels
+                  * geo.channel_stride)
+        exact_plan = exact_plan_for(plan)
+        return Derived(None, geo, blocks, points * spec.out_channels * spec.cin_per_group,
+                       padded + plan.threads * geo.scratch, exact_plan,
+                       _derive(workload, exact_plan, target))
+    low = lowering_for(workload, plan)
+    per_group = sum(blocks * spec.cin_per_group * p.taps * plan.oc_tile for p in low.phases)
+    if plan.algorithm == "depthwise":   # each thread pads one channel at a time
+        planes = plan.threads * low.padded_spatial if low.copy_input else 0
+        return Derived(low, None, blocks, spec.groups * per_group, planes)
+    padded = (workload.input_shape[0] * spec.in_channels * low.padded_spatial
+              if low.copy_input else 0)
+    return Derived(low, None, blocks, spec.groups * per_group, padded)
+
+
+def exact_plan_for(plan: Plan) -> Plan:
+    """The exact kernel a Winograd kernel hands NaN/Inf operands to: direct_simd with the
+    same register tile (legal wherever the Winograd plan is: same channel tile, a whole
+    number of vectors, the same register count), so no planner is needed to find it."""
+    return Plan("direct_simd", plan.oc_tile, plan.pixel_tile, plan.vector, plan.loop_order,
+                plan.threads)
+
+
+def winograd_geometry(workload: Workload, plan: Plan) -> winograd.Geometry:
+    line = 64 // itemsize(workload.dtype)
+    return winograd.geometry(workload, int(plan.algorithm[-1]), plan.pixel_tile, line,
+                             plan.vector)
+
+
+def lowering_for(workload: Workload, plan: Plan) -> Lowering:
+    """The lowering a plan's kernel computes (direct_simd reads whole vectors past a row's
+    end, and stores a strided row as its column phases)."""
+    if plan.algorithm in ("direct_simd", "depthwise"):
+        return lower(workload, plan.vector, split_rows=True)
+    return lower(workload, 1)

@@ -1,0 +1,77 @@
+"""The CPU planner: every legal plan for a workload, ranked by the cost model; the choice.
+
+``candidates`` enumerates (``plan.enumerate_plans``), refuses the illegal (``check_plan``)
+and prices the rest (``cost.estimate``); ``choose`` takes the cheapest, memoised per
+(workload, target, threads, accuracy); ``resolve`` turns a user's ``plan=`` argument into
+a checked Plan.
+"""
+from __future__ import annotations
+
+import functools
+
+from ..core.planning import Candidate, check_accuracy, format_explain
+from ..core.spec import Workload
+from ..runtime.threads import default_threads
+from ..target import Target
+from ..target.machine import default_machine
+from .cost import estimate
+from .plan import ALGORITHMS, Plan, algorithms_for, check_plan, enumerate_plans
+
+
+def candidates(workload: Workload, target: Target, threads: int | None = None,
+               accuracy: str = "fast") -> list[Candidate]:
+    """Every legal plan for the workload, cheapest first."""
+    threads = threads or default_threads()
+    machine = default_machine(target.isa_row)
+    found = []
+    for plan in enumerate_plans(workload, target, threads, accuracy):
+        try:
+            check_plan(plan, workload, target, accuracy)
+        except ValueError:
+            continue
+        cost, why = estimate(plan, workload, target, machine)
+        found.append(Candidate(plan, cost, why))
+    found.sort(key=lambda c: (c.cost_s, str(c.plan)))
+    return found
+
+
+def choose(workload: Workload, target: Target, threads: int | None = None,
+           accuracy: str = "fast") -> Plan:
+    """The cheapest candidate (memoised: the hot path of every compile call)."""
+    return _best(workload, target, threads or default_threads(), accuracy)
+
+
+@functools.lru_cache(maxsize=4096)
+def _best(workload: Workload, target: Target, threads: int, accuracy: str) -> Plan:
+    return candidates(workload, target, threads, accuracy)[0].plan
+
+
+def resolve(requested, workload: Workload, target: Target, accuracy: str = "fast") -> Plan:
+    """A user's ``plan=`` argument ("auto", an algorithm name, a plan string, a Plan) as a Plan."""
+    accuracy = check_accuracy(accuracy)
+    if isinstance(requested, Plan):
+        chosen = requested
+    elif isinstance(requested, str) and requested == "auto":
+        return choose(workload, target, accuracy=accuracy)
+    elif isinstance(requested, str) and requested in ALGORITHMS:
+        ranked = [c.plan for c in candidates(workload, target) if c.plan.algorithm == requested]
+        if not ranked:
+            raise ValueError(f"plan: algorithm {requested!r} does not apply to this "
+                             f"{workload.spec.op}; choose one of {algorithms_for(workload)}")
+        chosen = ranked[0]
+    elif isinstance(requested, str) and "=" in requested:
+        chosen = Plan.parse(requested)
+    else:
+        raise ValueError(f"plan must be 'auto', an algorithm name {ALGORITHMS}, a plan string "
+                         f"or a Plan, got {requested!r}")
+    check_plan(chosen, workload, target, accuracy)
+    return chosen
+
+
+def explain(workload: Workload, target: Target, top: int = 5, accuracy: str = "fast",
+            chosen: Plan | None = None) -> str:
+    """The ranking as text; ``chosen`` (default: the planner's choice) is marked."""
+    accuracy = check_accuracy(accuracy)
+    ranked = candidates(workload, target, accuracy=accuracy)
+    chosen = chosen if chosen is not None else (ranked[0].plan if ranked else None)
+    return format_explain(workload, target, ranked, chosen, top, f", accuracy {accuracy}")

@@ -1,0 +1,160 @@
+"""The CUDA planner's cost model: predicted seconds for one plan on one architecture.
+
+Analytical: compute on the busiest SM at the rate the inner loop can issue (FMA or tensor
+pipes, shared-memory loads, the loaders' integer work), discounted for latency the resident
+warps cannot hide; DRAM and L2 traffic; launches.
+"""
+from __future__ import annotations
+
+import math
+
+from ..core.spec import Workload
+from ..target.cuda_arch import CudaArch
+from .plan import CudaPlan, Launch, depthwise_halo, gemm_phases, launch_of, real_bytes
+
+REGISTER_LIMIT = 224                # plans estimated to need more are not listed (ptxas: 255)
+_LAUNCH_S = 2.5e-6                  # a kernel launch as seen by back-to-back GPU timing, seconds
+_DRAM_BYTES_PER_S = {75: 0.3e12, 80: 1.6e12, 86: 0.9e12, 87: 0.2e12, 89: 1.0e12, 90: 3.0e12,
+                     100: 7.0e12, 120: 1.5e12}
+_CLOCK_HZ = 1.6e9
+
+
+def _fma_per_clock(arch: CudaArch, math_: str) -> float:
+    """Multiply-adds per clock per SM at peak, for the instructions the kernels use."""
+    if math_ == "tf32":   # mma.sync (WMMA); Hopper's full rate needs wgmma, which we do not use
+        return {80: 512, 86: 256, 87: 256, 89: 256, 90: 640, 100: 640}.get(arch.number, 0)
+    if math_ == "fp64":
+        return {80: 32, 90: 64, 100: 64}.get(arch.number, 2)
+    return 64 if arch.number in (75, 80) else 128
+
+
+def registers(plan: CudaPlan, workload: Workload) -> int:
+    """Registers per thread, estimated on the high side (ptxas is held to the occupancy
+    derived from this; an estimate too low would make it spill)."""
+    if plan.is_gemm:
+        if plan.math == "tf32":   # per lane: 8 floats per 16x16 accumulator, 4 per fragment
+            fm, fn = plan.warp[0] // 16, plan.warp[1] // 16
+            need = 8 * fm * fn + 4 * (fm + fn)
+        else:
+            tm, tn = plan.warp[0] // 8, plan.warp[1] // 4
+            need = (2 if plan.math == "fp64" else 1) * (tm * tn + 2 * (tm + tn))
+        ndim = workload.spec.ndim
+        # the loader's per-thread pixel records (an offset and a coordinate per axis each)
+        # and, for stride phases, each axis's phase facts
+        loader = 8 * max(1, plan.tile[0] // plan.threads) * (ndim + 1)
+        phases = 8 * ndim if workload.spec.transposed else 0
+        return min(255, 88 + need + loader + phases)
+    wide = 2 if plan.math == "fp64" else 1
+    ndim = workload.spec.ndim
+    if plan.algorithm == "direct":
+        return min(255, 40 + 8 * ndim + wide * 2 * plan.tile[1])
+    return 40 + 12 * ndim + 16 * (wide - 1)    # depthwise
+
+
+def _occupancy(plan: CudaPlan, launch: Launch, arch: CudaArch, workload: Workload) -> int:
+    """Blocks resident per SM: by threads, by shared memory and by registers (estimated)."""
+    needed = registers(plan, workload)
+    by_threads = arch.max_threads_per_sm // plan.threads
+    smem = launch.dynamic_smem + launch.static_smem
+    by_smem = arch.smem_per_sm // (smem + 1024) if smem else 32
+    by_registers = arch.registers_per_sm // (min(255, needed) * plan.threads)
+    return max(1, min(by_threads, by_smem, by_registers, 32))
+
+
+def _overlapped(*clocks: float) -> float:
+    """Clocks of work on separate pipes that overlap, imperfectly."""
+    return max(clocks) + 0.25 * (sum(clocks) - max(clocks))
+
+
+def min_blocks_per_sm(plan: CudaPlan, workload: Workload, arch: CudaArch) -> int:
+    """The occupancy the cost model assumes, as ``__launch_bounds__``'s second argument: ptxas
+    then keeps each thread within 65536 / (threads x blocks) registers (never below 64)."""
+    per_sm = _occupancy(plan, launch_of(plan, workload), arch, workload)
+    budget = max(64, arch.registers_per_sm // (plan.threads * per_sm) // 8 * 8)
+    return max(1, arch.registers_per_sm // (plan.threads * min(255, budget)))
+
+
+def _gemm_rate(plan: CudaPlan, arch: CudaArch) -> float:
+    """Multiply-adds per clock per SM the GEMM's inner loop can sustain: per warp and step of
+    the reduction, the clocks of the SM's pipes it occupies -- FMA or tensor cores, shared
+    memory loads (one warp-wide 32-bit load per clock), integer work of the tile loaders
+    (about 12 instructions per element, two warp-instructions per clock)."""
+    bm, bn, bk = plan.tile
+    loader = 12 * (bm + bn) * bk / plan.threads / 2 / bk       # per step of k
+    if plan.math == "tf32":
+        fm, fn = plan.warp[0] // 16, plan.warp[1] // 16
+        fmas = fm * fn * 16 * 16 * 8                            # per step of 8
+        tensor = fmas / _fma_per_clock(arch, "tf32")
+        loads = (fm + fn) * 4                                   # 4 loads per fragment
+        converts = (fm + fn) * 4 / 2 + loader * 8
+        return fmas / _overlapped(tensor, loads, converts)
+    tm, tn = plan.warp[0] // 8, plan.warp[1] // 4
+    wide = 2 if plan.math == "fp64" else 1
+    fmas = 32 * tm * tn
+    fma = fmas / _fma_per_clock(arch, plan.math)
+    # vector loads of runs of up to 16 bytes; lanes of a run share them (broadcast), so the
+    # bytes moved per warp are 8 lanes' rows and 4 lanes' columns, at 128 bytes per clock
+    vector = 4 // wide
+    instructions = -(-tm // vector) + -(-tn // vector)
+    loads = max(instructions, (32 * tm + 16 * tn) * wide / 128)
+    return fmas / _overlapped(fma, loads, loader)
+
+
+def cost_of(plan: CudaPlan, workload: Workload, arch: CudaArch) -> tuple[float, str]:
+    """Predicted seconds on ``arch``: the longest of compute on the busiest SM (at the rate
+    the inner loop can issue, discounted for latency the resident warps cannot hide), DRAM
+    traffic and L2 traffic, plus the launches."""
+    launch = launch_of(plan, workload)
+    real = real_bytes(workload)
+    spec = workload.spec
+    blocks = math.prod(launch.grid)
+    per_sm = _occupancy(plan, launch, arch, workload)
+    busiest = -(-blocks // arch.sm_count)            # blocks on the busiest SM
+    resident = min(per_sm, busiest)
+    warps = resident * plan.threads // 32
+    unique_bytes = real * (math.prod(workload.input_shape) + math.prod(spec.weight_shape)
+                           + math.prod(workload.output_shape))
+    l2_bytes = 0.0
+    if plan.is_gemm:
+        bm, bn, bk = plan.tile
+        phases = gemm_phases(workload)
+        tiles_n = -(-spec.cout_per_group // bn)
+        # the work of the largest phase's blocks, every tile computed whole
+        k_split = max(-(-(-(-p.k // bk)) // plan.split_k) for p in phases) * bk
+        block_macs = bm * bn * k_split
+        rate = _gemm_rate(plan, arch) * {1: 0.6, 2: 0.85, 3: 0.95, 4: 1.0}[plan.stages]
+        hiding = 0.3 + 0.7 * min(1.0, warps / 4)     # register tiles give ILP: 4 warps suffice
+        l2_bytes = real * sum(-(-p.m // bm) * tiles_n * (bm + bn) * -(-p.k // bk) * bk
+                              for p in phases) * spec.groups
+        if plan.split_k > 1:
+            unique_bytes += 2 * plan.split_k * real * math.prod(workload.output_shape)
+        what = f"{len(phases)} phase(s), {rate:.0f} FMA/clk/SM"
+    elif plan.algorithm == "depthwise":
+        tile = math.prod(plan.tile)
+        block_macs = tile * spec.cout_per_group * math.prod(spec.kernel_size)
+        rate = _fma_per_clock(arch, plan.math) * 0.25   # a shared load and index work per tap
+        hiding = 0.2 + 0.8 * min(1.0, warps / 16)
+        halo = math.prod(depthwise_halo(workload, plan.tile))
+        l2_bytes = real * blocks * halo
+        what = f"halo {halo} for a tile of {tile}"
+    else:
+        pixels, oc_block = plan.tile
+        block_macs = pixels * oc_block * spec.cin_per_group * math.prod(spec.kernel_size)
+        # per tap: the input's index mapping and bounds checks (~10 integer instructions),
+        # one input load and oc_block weight loads, for oc_block multiply-adds
+        rate = _fma_per_clock(arch, plan.math) * oc_block / (oc_block + 12)
+        if spec.transposed:   # the gather visits every tap and skips those off the stride
+            rate /= math.prod(spec.stride)
+        hiding = 0.2 + 0.8 * min(1.0, warps / 16)
+        l2_bytes = real * workload.macs / oc_block / 8
+        what = f"{oc_block} channel(s) per thread"
+    compute_s = busiest * block_macs / (rate * hiding * _CLOCK_HZ)
+    dram = _DRAM_BYTES_PER_S.get(arch.number, 1.0e12)
+    memory_s = max(unique_bytes / dram, l2_bytes / (3 * dram))
+    launches = 2 if launch.zero_output else 1
+    why = (f"{blocks} blocks of {plan.threads} threads, {resident}/SM resident on the busiest "
+           f"of {arch.sm_count} SMs ({busiest} blocks), {what}; compute {compute_s * 1e6:.1f} "
+           f"us, memory {memory_s * 1e6:.1f} us")
+    return max(compute_s, memory_s) + launches * _LAUNCH_S, why
+
+

@@ -1,0 +1,84 @@
+"""What this machine is: CPU model, ISA flags, core count and cache sizes.
+
+Read once from ``/proc/cpuinfo``, ``sched_getaffinity`` and sysfs. Only reading here: what
+the cost model makes of it is ``target.machine``'s job.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+
+_SYSFS_CACHE = Path("/sys/devices/system/cpu/cpu0/cache")
+# The features that change what -march=native emits; read from /proc/cpuinfo.
+RELEVANT_FLAGS = ("sse4_2", "avx", "avx2", "bmi1", "bmi2", "movbe", "fma", "f16c", "avx512f",
+                  "avx512bw", "avx512dq",
+                  "avx512vl", "avx512cd", "avx512_vnni", "avx512_bf16", "avx512_fp16",
+                  "amx_tile", "amx_bf16", "amx_int8")
+
+
+@dataclass(frozen=True)
+class Caches:
+    l1d_bytes: int
+    l2_bytes: int
+    l3_bytes: int
+
+
+@functools.lru_cache(maxsize=None)
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's fields of /proc/cpuinfo ({} where there is none)."""
+    fields: dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if not line.strip():
+                    break
+                key, sep, value = line.partition(":")
+                if sep:
+                    fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    return fields
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_features() -> tuple[str, ...]:
+    flags = set(_cpuinfo().get("flags", "").split())
+    return tuple(f for f in RELEVANT_FLAGS if f in flags)
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_model() -> str:
+    info = _cpuinfo()
+    return info.get("model name") or info.get("Processor") or platform.processor() or \
+        platform.machine() or "unknown CPU"
+
+
+def usable_cores() -> int:
+    """The cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _size(text: str) -> int:
+    text = text.strip().upper()
+    scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+    return int(text.rstrip("KMG")) * scale
+
+
+@functools.lru_cache(maxsize=None)
+def caches() -> Caches:
+    """Per-core data cache sizes from sysfs (typical sizes where sysfs says nothing)."""
+    sizes = {"1": 32 << 10, "2": 1 << 20, "3": 32 << 20}
+    try:
+        for index in _SYSFS_CACHE.glob("index*"):
+            kind = (index / "type").read_text().strip()
+            if kind in ("Data", "Unified"):
+                sizes[(index / "level").read_text().strip()] = _size((index / "size").read_text())
+    except (OSError, ValueError):
+        pass   # not Linux, or an unusual sysfs: keep typical sizes
+    return Caches(sizes["1"], sizes["2"], sizes["3"])

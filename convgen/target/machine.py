@@ -1,0 +1,35 @@
+"""The machine as the CPU cost model sees it: cache sizes and throughputs per core.
+
+Cache sizes come from the host (``target.host``); throughputs are the ISA row's defaults
+until a measured model replaces them.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+from . import host
+from .isa import Isa
+
+
+@dataclass(frozen=True)
+class Machine:
+    l1d_bytes: int
+    l2_bytes: int
+    l3_bytes: int
+    fma_per_cycle: float              # full-width vector FMAs per cycle per core
+    loads_per_cycle: float            # load slots per cycle; a broadcast takes one
+    vector_load_cost: float           # slots a full-width vector load takes
+    fma_latency: float = 4.0          # cycles before an FMA's result feeds the next one
+    clock_hz: float = 3.3e9
+    dram_bytes_per_s: float = 12e9    # per core
+    l2_bytes_per_cycle: float = 32.0
+    l3_bytes_per_cycle: float = 8.0   # one core streaming from L3
+
+
+@functools.lru_cache(maxsize=None)
+def default_machine(isa: Isa) -> Machine:
+    """The host's caches with ``isa``'s default throughputs."""
+    found = host.caches()
+    return Machine(found.l1d_bytes, found.l2_bytes, found.l3_bytes, isa.fma_per_cycle,
+                   isa.loads_per_cycle, isa.vector_load_cost, isa.fma_latency)
