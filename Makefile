@@ -10,7 +10,7 @@ TEST_WORKERS ?= auto
 
 BENCH_STAMP   := $(VENV)/.bench-installed
 
-.PHONY: demo test fuzz bench bench-pytest clean-cache clean
+.PHONY: demo test lint fuzz bench bench-pytest clean-cache clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,8 +27,12 @@ $(TEST_STAMP): pyproject.toml $(RUNTIME_STAMP)
 demo: $(RUNTIME_STAMP)
 	$(PY) -m convgen.demo
 
-test: $(TEST_STAMP)
+test: lint
 	$(PY) -m pytest -q -n $(TEST_WORKERS) tests
+
+# ruff with the rule set of pyproject.toml; `make test` runs it first.
+lint: $(TEST_STAMP)
+	$(VENV)/bin/ruff check convgen tests bench
 
 # The property fuzz of tests/test_fuzz.py with a large budget (the suite runs 60 examples).
 fuzz: $(TEST_STAMP)

@@ -25,20 +25,20 @@ import os
 # Before torch (and its libgomp) loads: the anchors at their best.
 os.environ.setdefault("OMP_WAIT_POLICY", "ACTIVE")
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import math  # noqa: E402
-import statistics  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import json
+import math
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import anchors  # noqa: E402
+import anchors
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SUITE = ROOT.parent / "shared" / "bench" / "suite_public.json"
@@ -118,8 +118,8 @@ def print_targets(rows: list[dict], peak: float) -> None:
     if vs_ort:
         checks.append(("geomean vs onnxruntime >= 1.2x", geomean(vs_ort) >= 1.2))
     if shares:
-        checks.append((f"3x3/1x1 layers >= 64 ch at >= 70% of peak "
-                       f"({', '.join(f'{n} {s:.0%}' for n, s in shares.items())})",
+        checks.append(((f"3x3/1x1 layers >= 64 ch at >= 70% of peak "
+                        f"({', '.join(f'{n} {s:.0%}' for n, s in shares.items())})"),
                        min(shares.values()) >= 0.7))
     print("targets (issue 3):")
     for text, ok in checks:
@@ -187,7 +187,8 @@ def main(argv=None) -> int:
     peak = peak_in_child(args.threads)
     print(f"convgen vs torch {anchors.torch_version()}"
           f"{' vs onnxruntime ' + anchors.onnxruntime_version() if ort_threads else ''}: "
-          f"{len(layers)} layers, {args.dtype}, {args.threads} threads, medians of interleaved runs")
+          f"{len(layers)} layers, {args.dtype}, {args.threads} threads, "
+          f"medians of interleaved runs")
     print(f"measured float32 FMA peak, {args.threads} threads: {peak:.0f} GFLOP/s\n")
     print_header()
     rows = []
@@ -227,7 +228,8 @@ def print_row(row: dict, peak: float) -> None:
     ort_ratio = f"{row['ort_s'] / row['convgen_s']:7.2f}x" if row["ort_s"] else f"{'-':>8}"
     print(f"{row['name']:<20}{row['gflop']:7.3f}{row['convgen_s'] * 1e3:11.3f}{rate:8.1f}"
           f"{100 * rate / peak:5.0f}%{row['torch_s'] * 1e3:10.3f}{ort}"
-          f"{row['torch_s'] / row['convgen_s']:8.2f}x{ort_ratio}{row['rel_err']:9.1e}  {row['plan']}",
+          f"{row['torch_s'] / row['convgen_s']:8.2f}x{ort_ratio}{row['rel_err']:9.1e}  "
+          f"{row['plan']}",
           flush=True)
 
 

@@ -109,10 +109,10 @@ def rel_err(torch, ours, reference) -> float:
 def bench_layer(torch, layer: dict, target, timer: Timer, min_time: float,
                 candidates: int) -> dict:
     import convgen
-    from convgen.cuda import candidates as ranked_plans
-    from convgen.cuda.plan import allowed_maths
     from convgen.core.layers import spec_from_op
     from convgen.core.spec import workload_of
+    from convgen.cuda import candidates as ranked_plans
+    from convgen.cuda.plan import allowed_maths
 
     spec = spec_from_op(layer["op"], layer["w"], True, layer["x"], **layer["args"])
     workload, _ = workload_of(spec, tuple(layer["x"]), "float32")
@@ -180,7 +180,8 @@ def main(argv=None) -> int:
                              "convolutions); fp32: full float32 for both")
     parser.add_argument("--candidates", type=int, default=1,
                         help="time the planner's N best plans per layer and keep the fastest")
-    parser.add_argument("--min-time", type=float, default=0.3, help="seconds of timed reps per layer")
+    parser.add_argument("--min-time", type=float, default=0.3,
+                        help="seconds of timed reps per layer")
     parser.add_argument("--no-flush", action="store_true", help="do not flush L2 between calls")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table too")

@@ -23,7 +23,8 @@ def main() -> None:
     b = np.zeros(32, np.float32)
     out = np.empty(kernel.output_shape, np.float32)
     print(f"threading check (default environment, convgen's OpenMP setting: "
-          f"{convgen.runtime.openmp.STATUS}; {kernel.plan.threads} threads, conv2d 32->32 3x3 on 56x56):")
+          f"{convgen.runtime.openmp.STATUS}; {kernel.plan.threads} threads, "
+          f"conv2d 32->32 3x3 on 56x56):")
     for gap_ms in (0, 1, 5, 20, 100, 1000):
         times = []
         for _ in range(30 if gap_ms < 100 else 8 if gap_ms == 100 else 3):

@@ -61,7 +61,7 @@ def _refuse_lazy(module) -> None:
                          f"into a {type(module).__name__.replace('Lazy', '')}), then compile it")
 
 
-def compile(layer, input_shape, dtype=None, target="cpu", plan="auto",  # noqa: A001
+def compile(layer, input_shape, dtype=None, target="cpu", plan="auto",
             accuracy="fast"):
     """A kernel for ``layer`` on inputs of ``input_shape``: compiled, cached and loaded.
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -15,7 +14,8 @@ def _ints(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(v) for v in text.split(","))
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from exc
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}") from exc
 
 
 def _int_or_ints(text: str):
@@ -100,7 +100,8 @@ def _cmd_bench(args) -> int:
     rng = np.random.default_rng(0)
     x = rng.standard_normal(kernel.input_shape).astype(args.dtype)
     w = kernel.prepack(rng.standard_normal(kernel.spec.weight_shape).astype(args.dtype))
-    b = rng.standard_normal(kernel.spec.out_channels).astype(args.dtype) if kernel.spec.bias else None
+    b = (rng.standard_normal(kernel.spec.out_channels).astype(args.dtype)
+         if kernel.spec.bias else None)
     out = np.empty(kernel.output_shape, args.dtype)
     kernel(x, w, b, out=out)   # warm: threads awake, pages touched
     times, start = [], time.perf_counter()

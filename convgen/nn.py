@@ -151,8 +151,8 @@ class _ConvNd:
 
     def extra_repr(self) -> str:
         """torch's ``_ConvNd.extra_repr``, to the character."""
-        s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, " \
-            f"stride={self.stride}"
+        s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+             f"stride={self.stride}")
         if self.padding != (0,) * len(self.padding):
             s += f", padding={self.padding}"
         if self.dilation != (1,) * len(self.dilation):

@@ -64,7 +64,8 @@ def rel_l2(ours: np.ndarray, ref: np.ndarray) -> float:
 
 def assert_matches(ours: np.ndarray, ref: np.ndarray, dtype: str) -> None:
     assert ours.shape == ref.shape, f"shape {ours.shape} != torch's {ref.shape}"
-    assert np.isfinite(ours).all(), "an output element was not written (still poisoned) or is not finite"
+    assert np.isfinite(ours).all(), \
+        "an output element was not written (still poisoned) or is not finite"
     err = rel_l2(ours, ref)
     assert err <= TOLERANCE[dtype], f"relative L2 error {err:.3g} > {TOLERANCE[dtype]:g} ({dtype})"
 

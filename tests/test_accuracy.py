@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch.nn.functional as F
 import torch
+import torch.nn.functional as F
 
 import convgen
 from convgen import ConvSpec

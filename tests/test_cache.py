@@ -23,7 +23,6 @@ from convgen.backends import get_target
 from convgen.core.spec import ConvSpec, Workload
 from convgen.cpu import BACKEND
 from convgen.cpu import compile as compiler
-from convgen.cpu.plan import Plan
 from convgen.runtime import cache, loader, pipeline
 from convgen.runtime import kernel as runtime_kernel
 from convgen.target import host as host_module
@@ -63,7 +62,8 @@ def test_key_changes_with_everything_that_changes_the_binary(monkeypatch):
     assert base not in keys.values()
     assert len(set(keys.values())) == len(keys)
     # The compiler, the templates and convgen's version are in the key too.
-    monkeypatch.setattr(compiler, "compiler_identity", lambda: {"path": "/x/cc", "version": "cc 99"})
+    monkeypatch.setattr(compiler, "compiler_identity",
+                        lambda: {"path": "/x/cc", "version": "cc 99"})
     assert key_for(workload, plan, target) != base
     monkeypatch.undo()
     monkeypatch.setattr(convgen.cpu, "templates_digest", lambda *dirs: "0" * 64)

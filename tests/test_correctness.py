@@ -15,11 +15,10 @@ from hypothesis import assume, given, note, settings
 from hypothesis import strategies as st
 
 import convgen
-from convgen.core.spec import workload_of
+from convgen.backends import get_target
+from convgen.core.spec import ConvSpec, workload_of
 from convgen.cpu.plan import ALGORITHMS, Plan, algorithms_for
 from convgen.cpu.planner import candidates
-from convgen.core.spec import ConvSpec
-from convgen.backends import get_target
 from convgen.target.host import cpu_features as host_cpu_features
 from helpers import TRANSPOSED_OPS, assert_matches, poisoned_call, random, torch_reference
 
@@ -283,7 +282,7 @@ def _resolve_output_size(op, params) -> dict:
     else:   # one entry per input dimension, as nn.ConvTransposeNd also accepts
         batch = params.get("batch", 2)
         lead = (params["cout"],) if batch is None else (batch, params["cout"])
-        params["output_size"] = (*lead, *(h - 1 if h > l else h for l, h in zip(lo, hi)))
+        params["output_size"] = (*lead, *(h - 1 if h > low else h for low, h in zip(lo, hi)))
     return params
 
 
@@ -292,8 +291,8 @@ def build_grid() -> list[Case]:
     for op in ALL_OPS:
         nd = int(op[-2])
         variants = transposed_variants(nd) if op in TRANSPOSED_OPS else forward_variants(nd)
-        for name, params in variants:
-            params = _resolve_output_size(op, params)
+        for name, base in variants:
+            params = _resolve_output_size(op, base)
             dtype = ("float32", "float64")[len(grid) % 2]
             grid.append(make_case(name, op, dtype=dtype, **params))
     # both dtypes for a few: the other dtype on the basic and combo cases
@@ -380,7 +379,8 @@ def _axes(value, nd):
 
 
 def _draw_layer(draw, nd: int):
-    """What forward and transposed configurations share: groups, channels, kernel, stride, dilation."""
+    """What forward and transposed configurations share: groups, channels, kernel, stride and
+    dilation."""
     groups = draw(st.sampled_from((1, 2, 3)))
     cin = groups * draw(st.integers(1, 6 // groups))
     cout = groups * draw(st.integers(1, 6 // groups))
@@ -636,14 +636,14 @@ def test_partial_vector_stores(target, dtype, algorithm, half):
     ("depthwise_conv2d", Plan("depthwise", 1, 20, 16, "oc_outer", 1), "multiple of vector"),
     ("depthwise_conv2d", Plan("depthwise", 1, 16, 16, "oc_outer", 1, row_tile=12), "exceeds"),
     ("depthwise_conv2d", Plan("depthwise", 1, 64, 16, "oc_outer", 1, row_tile=7), "accumulators"),
-    ("depthwise_conv2d", "algorithm=depthwise oc_tile=1 pixel_tile=16 row_tile=0 vector=16 "
-                         "loop_order=oc_outer threads=1", "positive"),
+    ("depthwise_conv2d", ("algorithm=depthwise oc_tile=1 pixel_tile=16 row_tile=0 vector=16 "
+                          "loop_order=oc_outer threads=1"), "positive"),
     ("grouped_conv2d", "transposed_gather", "does not apply"),
     ("transposed_conv2d_s2", "direct", "does not apply"),
-    ("grouped_conv2d", "algorithm=direct oc_tile=3 pixel_tile=1 vector=1 loop_order=oc_outer "
-                       "threads=1", "oc_tile"),
-    ("grouped_conv2d", "algorithm=direct oc_tile=x pixel_tile=1 vector=1 loop_order=oc_outer "
-                       "threads=1", "malformed"),
+    ("grouped_conv2d", ("algorithm=direct oc_tile=3 pixel_tile=1 vector=1 loop_order=oc_outer "
+                        "threads=1"), "oc_tile"),
+    ("grouped_conv2d", ("algorithm=direct oc_tile=x pixel_tile=1 vector=1 loop_order=oc_outer "
+                        "threads=1"), "malformed"),
     ("grouped_conv2d", "algorithm=direct oc_tile=1", "fields"),
     ("grouped_conv2d", "bogus", "plan must be"),
 ])
@@ -708,7 +708,7 @@ def _strided_views(rng, x_shape, w_shape, dtype):
         "reversed_view": (x_r, np.asfortranarray(w)),
         "big_endian": (x.astype(x.dtype.newbyteorder(">")), w.astype(w.dtype.newbyteorder(">"))),
     }
-    for name, (xv, wv) in variants.items():
+    for xv, wv in variants.values():
         np.testing.assert_array_equal(xv, x)
         np.testing.assert_array_equal(wv, w)
     return x, w, variants

@@ -11,12 +11,17 @@ import numpy as np
 import pytest
 
 import convgen
-from convgen.cuda import BACKEND, CudaError, CudaKernel, CudaPlan, DeviceArray, device, driver
-from convgen.cuda.device import (device_view, is_device_array, parse_capsule, same_stream,
-                                 stream_handle)
+from convgen.backends import get_target
 from convgen.core.layers import spec_from_op
 from convgen.core.spec import workload_of
-from convgen.backends import get_target
+from convgen.cuda import BACKEND, CudaError, CudaKernel, CudaPlan, DeviceArray, device, driver
+from convgen.cuda.device import (
+    device_view,
+    is_device_array,
+    parse_capsule,
+    same_stream,
+    stream_handle,
+)
 from convgen.runtime.pipeline import Library
 
 SPEC = spec_from_op("conv2d", (6, 4, 3, 3), True, (2, 4, 5, 5), padding=1)
@@ -175,7 +180,7 @@ def test_producer_stream_is_synchronised(monkeypatch):
         def stream_synchronize(self, stream):
             synced.append(stream)
 
-    monkeypatch.setattr(driver, "driver", lambda: FakeDriver())
+    monkeypatch.setattr(driver, "driver", FakeDriver)
     library = FakeLibrary()
     x, w, b, y = operands()
     x = FakeDeviceArray((2, 4, 5, 5), stream=1)      # the legacy default stream: ours

@@ -21,15 +21,15 @@ import pytest
 
 import convgen
 from convgen import cuda
+from convgen.backends import get_target
+from convgen.core.layers import spec_from_op
+from convgen.core.spec import workload_of
 from convgen.cuda import CudaError, CudaPlan
 from convgen.cuda.compile import EMU_FLAGS, compile_library, host_compiler_path
 from convgen.cuda.plan import launch_of
 from convgen.cuda.planner import candidates
 from convgen.cuda.render import emulator_include_dir
 from convgen.cuda.render import render as render_sources
-from convgen.core.layers import spec_from_op
-from convgen.core.spec import workload_of
-from convgen.backends import get_target
 from convgen.runtime import kernel as runtime_kernel
 from convgen.runtime import pipeline
 from helpers import TRANSPOSED_OPS, assert_matches, poisoned_call, rel_l2, torch_reference
@@ -547,8 +547,8 @@ def test_cache_serves_a_second_load_without_compiling(private_cache, monkeypatch
 
     case = forward_cases(1)[0]
     spec = spec_of(case)
-    plan = "algorithm=implicit_gemm tile=32x32x8 warp=16x16 stages=2 split_k=1 math=fp32 " \
-           "threads=128"
+    plan = ("algorithm=implicit_gemm tile=32x32x8 warp=16x16 stages=2 split_k=1 math=fp32 "
+            "threads=128")
     first = convgen.compile(spec, case["x"], "float32", target=EMU, plan=plan)
     assert any(private_cache.rglob("kernel.so"))
     runtime_kernel.forget_loaded()

@@ -8,12 +8,24 @@ import numpy as np
 import pytest
 
 import convgen
+from convgen.backends import get_target
 from convgen.cuda import CudaKernel, DeviceArray, driver
 from convgen.cuda.compile import nvcc_path
-from convgen.backends import get_target
 from helpers import assert_matches, rel_l2, torch_reference
-from test_cuda_emu import (DEPTHWISE, DIRECT, FORWARD, TF32_CASES, TF32_TOLERANCE,
-                           TRANSPOSED, _gemm_plan, _ids, _math, operands, seed_of, spec_of)
+from test_cuda_emu import (
+    DEPTHWISE,
+    DIRECT,
+    FORWARD,
+    TF32_CASES,
+    TF32_TOLERANCE,
+    TRANSPOSED,
+    _gemm_plan,
+    _ids,
+    _math,
+    operands,
+    seed_of,
+    spec_of,
+)
 
 pytestmark = [
     pytest.mark.skipif(not driver.available(),

@@ -10,13 +10,13 @@ from __future__ import annotations
 import pytest
 
 import convgen
+from convgen.backends import get_target
+from convgen.core.layers import spec_from_op
+from convgen.core.spec import workload_of
 from convgen.cuda import CudaError, CudaPlan, check_plan, driver
 from convgen.cuda.compile import nvcc_path, parse_ptxas, ptxas_report
 from convgen.cuda.plan import launch_of
 from convgen.cuda.render import render as render_sources
-from convgen.core.layers import spec_from_op
-from convgen.core.spec import workload_of
-from convgen.backends import get_target
 from convgen.target.cuda_arch import CUDA_ARCHS
 
 

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 import convgen
-from convgen.core.layers import spec_from_op
-from convgen.cpu.planner import candidates
-from convgen.core.spec import workload_of
 from convgen.backends import get_target
+from convgen.core.layers import spec_from_op
+from convgen.core.spec import workload_of
+from convgen.cpu.planner import candidates
 from helpers import assert_matches, poisoned_call, random, torch_reference
 
 # (name, op, input shape, weight shape, args)

@@ -37,7 +37,6 @@ Known, deliberate deviations from PyTorch 2.13 (tested as such, not as parity):
 """
 from __future__ import annotations
 
-import dataclasses
 import sys
 
 import numpy as np
@@ -105,7 +104,7 @@ def _with_parameters(module, wt, bt):
 def refusal(call) -> BaseException | None:
     try:
         call()
-    except Exception as exc:   # noqa: BLE001 - torch's refusals come in every type
+    except Exception as exc:
         return exc
     return None
 
@@ -865,12 +864,12 @@ def test_property_refuses_exactly_what_torch_refuses(case):
     try:
         theirs = torch_run(op, x, w, b, **args).numpy()
         torch_exc = None
-    except Exception as exc:   # noqa: BLE001
+    except Exception as exc:
         torch_exc = exc
     try:
         ours = getattr(convgen, op)(x, w, b, **args)
         our_exc = None
-    except Exception as exc:   # noqa: BLE001
+    except Exception as exc:
         our_exc = exc
     note(f"torch: {torch_exc!r}\nconvgen: {our_exc!r}")
     if our_exc is not None:

@@ -6,7 +6,6 @@ Each rule of issue 5 that is not about the cache (tests/test_cache.py), threads
 from __future__ import annotations
 
 import subprocess
-import sys
 import tempfile
 import zlib
 
@@ -15,13 +14,13 @@ import pytest
 import torch
 
 import convgen
+from convgen.core.limits import ADDRESS_SPACE_BYTES, MAX_ELEMENTS, check_workload_limits
+from convgen.core.names import C_KEYWORDS, c_identifier, check_c_identifier, unique_c_identifiers
+from convgen.core.spec import ConvSpec, workload_of
 from convgen.cpu import compile as compiler
 from convgen.cpu import render
 from convgen.runtime import cache, loader
 from convgen.runtime import kernel as runtime_kernel
-from convgen.core.limits import ADDRESS_SPACE_BYTES, MAX_ELEMENTS, check_workload_limits
-from convgen.core.names import C_KEYWORDS, c_identifier, check_c_identifier, unique_c_identifiers
-from convgen.core.spec import ConvSpec, workload_of
 from helpers import assert_matches, random, torch_reference
 
 OPS = ("conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d")

@@ -8,9 +8,9 @@ import zlib
 import numpy as np
 import pytest
 import torch
+from tests.helpers import assert_matches, random
 
 from convgen import nn as cnn
-from tests.helpers import assert_matches, random
 
 NAMES = ["Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d"]
 

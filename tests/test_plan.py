@@ -5,10 +5,10 @@ import pytest
 
 import convgen
 from convgen.api import choose_plan as plan
+from convgen.backends import get_target
+from convgen.core.spec import ConvSpec, workload_of
 from convgen.cpu.plan import Plan, algorithms_for, check_plan
 from convgen.cpu.planner import candidates, explain
-from convgen.core.spec import ConvSpec, workload_of
-from convgen.backends import get_target
 
 SPEC = ConvSpec.conv(2, 12, 24, 3, padding=1, groups=3)
 

@@ -59,8 +59,9 @@ def _child(code: str, **env_changes) -> str:
 
 
 def test_convgen_keeps_openmp_workers_spinning_by_default():
-    code = "import os, convgen.runtime.openmp as o; print(o.STATUS, os.environ.get('GOMP_SPINCOUNT'))"
-    assert _child(code) == f"GOMP_SPINCOUNT=3000000 3000000"
+    code = ("import os, convgen.runtime.openmp as o; "
+            "print(o.STATUS, os.environ.get('GOMP_SPINCOUNT'))")
+    assert _child(code) == "GOMP_SPINCOUNT=3000000 3000000"
     # the user's settings win
     assert _child(code, OMP_WAIT_POLICY="PASSIVE").startswith("user settings kept None")
     assert _child(code, GOMP_SPINCOUNT="7") == "user settings kept 7"

@@ -122,8 +122,8 @@ def test_sample_of_every_op_is_clean_under_asan_and_ubsan(sample, tmp_path):
 def test_samples_cover_every_algorithm():
     """Each algorithm the planner has applies to at least one sample layer above."""
     from convgen.core.layers import spec_from_op
-    from convgen.cpu.plan import ALGORITHMS, algorithms_for
     from convgen.core.spec import workload_of
+    from convgen.cpu.plan import ALGORITHMS, algorithms_for
     covered = set()
     for op, x_shape, w_shape, args in SAMPLE:
         spec = spec_from_op(op, w_shape, True, x_shape, **args)

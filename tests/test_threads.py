@@ -10,9 +10,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 import convgen
-from convgen.cpu.planner import choose
-from convgen.core.spec import ConvSpec, workload_of
 from convgen.backends import get_target
+from convgen.core.spec import ConvSpec, workload_of
+from convgen.cpu.planner import choose
 from helpers import assert_matches, random, torch_reference
 
 SPEC = ConvSpec.conv(2, 8, 8, 3, padding=1, groups=2)

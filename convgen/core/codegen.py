@@ -20,7 +20,7 @@ class TemplateError(RuntimeError):
     """A template failed to render; the message names the template and line."""
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def environment() -> jinja2.Environment:
     return jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(templates_dir())),
@@ -39,7 +39,7 @@ def render_template(name: str, ctx: dict, plan) -> str:
         raise TemplateError(f"rendering {where} for plan '{plan}' failed: {exc}") from exc
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def templates_digest(*subdirs: str) -> str:
     """Hash of every file under the given template subdirectories: part of the cache key of
     everything rendered from them."""

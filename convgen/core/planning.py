@@ -11,7 +11,6 @@ from dataclasses import dataclass
 
 from .spec import Workload
 
-
 ACCURACIES = ("fast", "strict")   # strict: exact algorithms only (no Winograd)
 
 
@@ -53,8 +52,8 @@ def format_explain(workload: Workload, target, ranked: list[Candidate], chosen, 
     if top < 1:
         raise ValueError(f"top must be a positive number of candidates, got {top}")
     lines = [workload.spec.describe(),
-             f"input {workload.input_shape} -> output {workload.output_shape}, "
-             f"{workload.dtype}, target {target.description}{notes}",
+             (f"input {workload.input_shape} -> output {workload.output_shape}, "
+              f"{workload.dtype}, target {target.description}{notes}"),
              f"{len(ranked)} candidate plans; the best {min(top, len(ranked))}:"]
     shown = ranked[:top]
     for cand in shown:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 import numbers
-
 from dataclasses import dataclass, field
 
 from .dtypes import DTYPES, dtype_name
@@ -115,7 +114,7 @@ class ConvSpec:
     # -- construction from PyTorch's arguments ------------------------------------
     @classmethod
     def conv(cls, ndim, in_channels, out_channels, kernel_size, stride=1, padding=0,
-             dilation=1, groups=1, bias=True, padding_mode="zeros") -> "ConvSpec":
+             dilation=1, groups=1, bias=True, padding_mode="zeros") -> ConvSpec:
         """The layer of ``torch.nn.Conv{ndim}d`` with these constructor arguments."""
         if padding_mode in ("reflect", "replicate", "circular") and ndim > 1 and (
                 _is_single(padding) or (isinstance(padding, str) and padding == "same"
@@ -137,7 +136,7 @@ class ConvSpec:
     @classmethod
     def conv_transpose(cls, ndim, in_channels, out_channels, kernel_size, stride=1, padding=0,
                        output_padding=0, groups=1, bias=True, dilation=1,
-                       padding_mode="zeros") -> "ConvSpec":
+                       padding_mode="zeros") -> ConvSpec:
         """The layer of ``torch.nn.ConvTranspose{ndim}d`` with these constructor arguments."""
         if isinstance(padding, str):
             raise TypeError(
@@ -189,8 +188,9 @@ class ConvSpec:
                 sizes.append((padded - reach - 1) // self.stride[i] + 1)
         return tuple(sizes)
 
-    def with_output_size(self, input_shape, output_size) -> "ConvSpec":
-        """Resolve ``output_size`` (transposed only) into ``output_padding``, with PyTorch's range check.
+    def with_output_size(self, input_shape, output_size) -> ConvSpec:
+        """Resolve ``output_size`` (transposed only) into ``output_padding``, with PyTorch's
+        range check.
 
         ``input_shape`` is the input's whole shape, batched or unbatched, or just its spatial
         sizes. As in torch, ``output_size`` has one entry per spatial axis or one per input

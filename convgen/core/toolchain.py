@@ -38,7 +38,7 @@ def find_compiler(variable: str, default: str, what: str) -> str:
     return os.path.realpath(found)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def version_of(path: str) -> str:
     """What ``path --version`` prints (every non-empty line), for the cache key."""
     try:

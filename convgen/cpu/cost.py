@@ -20,7 +20,7 @@ from .plan import GATHER_ALGORITHMS, WINOGRAD_ALGORITHMS, Plan, native_vector
 
 _PARALLEL_OVERHEAD_S = 4e-6      # one OpenMP fork/join with warm (spinning) workers
 _CALL_OVERHEAD_S = 2e-6
-_GATHER_MACS_PER_S = 2.5e9       # per thread: what the scalar gather kernel reaches here (depthwise: less)
+_GATHER_MACS_PER_S = 2.5e9       # per thread: the scalar gather kernel's rate (depthwise: less)
 
 
 def estimate(plan: Plan, workload: Workload, target: Target, machine: Machine) -> tuple[float, str]:
@@ -28,7 +28,8 @@ def estimate(plan: Plan, workload: Workload, target: Target, machine: Machine) -
         seconds = workload.macs / (_GATHER_MACS_PER_S * plan.threads) + _CALL_OVERHEAD_S
         if plan.threads > 1:
             seconds += _PARALLEL_OVERHEAD_S
-        return seconds, f"scalar gather: {workload.macs} MACs at {_GATHER_MACS_PER_S:.0e}/s per thread"
+        return seconds, (f"scalar gather: {workload.macs} MACs at {_GATHER_MACS_PER_S:.0e}/s "
+                         f"per thread")
     width = native_vector(target, workload.dtype) / plan.vector   # 2: half-width vectors
     facts = derive(workload, plan, target)
     if plan.algorithm in WINOGRAD_ALGORITHMS:
@@ -47,7 +48,8 @@ def estimate(plan: Plan, workload: Workload, target: Target, machine: Machine) -
     stream = _stream_cycles(plan, workload, facts, machine) / plan.threads
     # prefetching hides part of the streaming behind the FMAs
     cycles = max(compute, stream) + 0.5 * min(compute, stream)
-    seconds = cycles / machine.clock_hz + _setup_seconds(plan, workload, low, machine) + _CALL_OVERHEAD_S
+    seconds = (cycles / machine.clock_hz + _setup_seconds(plan, workload, low, machine)
+               + _CALL_OVERHEAD_S)
     if plan.threads > 1:
         seconds += _PARALLEL_OVERHEAD_S
     why = (f"{items_total} parallel items over {plan.threads} threads, "
@@ -78,8 +80,9 @@ def _winograd_cost(plan: Plan, workload: Workload, facts: Derived, machine: Mach
               * geo.blocks)
     cycles = math.ceil(blocks / plan.threads) * block_cycles
     copy = workload.input_shape[0] * spec.in_channels * math.prod(geo.padded) * size * 2
-    seconds = (cycles / machine.clock_hz + copy / (machine.l3_bytes_per_cycle * machine.clock_hz)
-               / plan.threads + _CALL_OVERHEAD_S + (_PARALLEL_OVERHEAD_S if plan.threads > 1 else 0))
+    seconds = (cycles / machine.clock_hz
+               + copy / (machine.l3_bytes_per_cycle * machine.clock_hz) / plan.threads
+               + _CALL_OVERHEAD_S + (_PARALLEL_OVERHEAD_S if plan.threads > 1 else 0))
     return seconds, (f"F({geo.m},3): {blocks} blocks of {plan.pixel_tile} tiles over "
                      f"{plan.threads} threads, {geo.scratch * size // 1024} KiB scratch per thread")
 

@@ -28,7 +28,7 @@ class Derived:
     own_packed: int                      # elements of this kernel's own packed weights
     own_workspace: int                   # elements of its own scratch (the padded input ...)
     exact_plan: Plan | None = None       # Winograd: the exact kernel for non-finite operands
-    exact: "Derived | None" = None       # ... and its facts
+    exact: Derived | None = None       # ... and its facts
 
     @property
     def packed_weights(self) -> int:

@@ -37,7 +37,8 @@ class PackedWeights:
         self.kernel_key, self.packed = kernel_key, packed
 
     def __repr__(self) -> str:
-        return f"<convgen.PackedWeights {self.packed.size} elements for kernel {self.kernel_key[:12]}>"
+        return (f"<convgen.PackedWeights {self.packed.size} elements for kernel "
+                f"{self.kernel_key[:12]}>")
 
 
 _SCRATCH = threading.local()   # per Python thread: one growing buffer per dtype
@@ -109,7 +110,8 @@ class Kernel(KernelBase):
         if out is None:
             out = np.empty(self.output_shape, dtype=self.dtype)
         else:
-            check_out(out, self.output_shape, self.dtype, (x, bias) if packed else (x, weight, bias))
+            check_out(out, self.output_shape, self.dtype,
+                      (x, bias) if packed else (x, weight, bias))
         self._run(x, weight, bias, out)
         return out
 

@@ -18,7 +18,7 @@ from ..core.dtypes import itemsize
 from ..core.lowering import AxisPhase, Phase
 from ..core.spec import Workload
 
-__all__ = ["AxisPhase", "Phase", "PaddedAxis", "Lowering", "lower"]
+__all__ = ["AxisPhase", "Lowering", "PaddedAxis", "Phase", "lower"]
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,12 @@
-"""Plans and the planner.
+"""CPU plans: the type, which algorithms apply, which plans are legal, and which the
+planner considers.
 
 A ``Plan`` says how one workload is computed: the algorithm (which template), the
 register tile (output channels x output pixels held in accumulators), the vector width,
-the order of the parallel outer loops and the thread count. The planner enumerates every
-legal plan for a workload and ranks them with the analytical cost model of ``cost.py`` (vector FMAs and
-loads per register tile, lanes wasted on tails, bytes moved through the cache levels,
-thread balance); ``explain`` shows the ranking.
+the order of the parallel outer loops and the thread count. ``planner.py`` ranks the
+legal plans with the analytical cost model of ``cost.py`` (vector FMAs and loads per
+register tile, lanes wasted on tails, bytes moved through the cache levels, thread
+balance); ``explain`` shows the ranking.
 
 Algorithms (each a template under ``templates/cpu/``):
 
@@ -61,7 +62,7 @@ class Plan:
         return " ".join(words)
 
     @classmethod
-    def parse(cls, text: str) -> "Plan":
+    def parse(cls, text: str) -> Plan:
         """Inverse of ``str(plan)``."""
         fields = parse_fields(text, cls._FIELDS, "a plan", cls._OPTIONAL)
         fields.setdefault("row_tile", "1")
@@ -158,7 +159,8 @@ def _check_simd(plan: Plan, workload: Workload, target: Target) -> None:
         if plan.oc_tile % plan.vector:
             raise ValueError(f"plan: implicit_gemm's oc_tile ({plan.oc_tile}) must be a "
                              f"multiple of vector ({plan.vector})")
-        accumulators, loads = plan.pixel_tile * (plan.oc_tile // plan.vector), plan.oc_tile // plan.vector
+        loads = plan.oc_tile // plan.vector
+        accumulators = plan.pixel_tile * loads
     elif plan.algorithm == "depthwise":
         _check_depthwise(plan, workload)
         accumulators, loads = plan.row_tile * (plan.pixel_tile // plan.vector), 1
@@ -174,7 +176,8 @@ def _check_simd(plan: Plan, workload: Workload, target: Target) -> None:
         if workload.spec.cout_per_group % plan.oc_tile:
             raise ValueError(f"plan: {plan.algorithm}'s oc_tile ({plan.oc_tile}) must divide the "
                              f"output channels per group ({workload.spec.cout_per_group})")
-        accumulators, loads = plan.oc_tile * (plan.pixel_tile // plan.vector), plan.pixel_tile // plan.vector
+        loads = plan.pixel_tile // plan.vector
+        accumulators = plan.oc_tile * loads
     if accumulators + loads + 1 > regs:
         raise ValueError(f"plan: a {plan.oc_tile}x{plan.pixel_tile} tile needs "
                          f"{accumulators + loads + 1} vector registers; the target has {regs}")
@@ -200,7 +203,8 @@ def enumerate_plans(workload: Workload, target: Target, threads: int, accuracy: 
     regs = registers(target)
     for algorithm in algorithms_for(workload, accuracy):
         if algorithm in GATHER_ALGORITHMS:
-            tiles = [(b, 1, 1) for b in range(1, MAX_GATHER_OC_BLOCK + 1) if spec.cout_per_group % b == 0]
+            tiles = [(b, 1, 1) for b in range(1, MAX_GATHER_OC_BLOCK + 1)
+                     if spec.cout_per_group % b == 0]
         elif algorithm == "implicit_gemm":
             wide = -(-spec.cout_per_group // vl)
             tiles = [(v * vl, r, vl) for v in range(1, min(wide, 4) + 1)

@@ -173,8 +173,8 @@ def _phases(workload: Workload, plan: Plan, facts: Derived, axes: list[dict]):
         flat_offsets, weight_taps = [], []
         for combo in _tap_combos(phase):
             *outer, (_, inner_off) = combo
-            flat_offsets.append(sum(off * axes[i]["padded_stride"] for i, (_, off) in enumerate(outer))
-                                + low.row_offset(inner_off))
+            rows = sum(off * axes[i]["padded_stride"] for i, (_, off) in enumerate(outer))
+            flat_offsets.append(rows + low.row_offset(inner_off))
             weight_taps.append(_flat(tuple(k for k, _ in combo), spec.kernel_size))
         inner = phase.axes[-1]
         outer = [{"NAME": axes[i]["NAME"], "count": a.count, "start": a.start,
@@ -261,7 +261,8 @@ def _winograd_context(workload: Workload, plan: Plan, facts: Derived, prefix: st
         "v_point": geo.v_point, "m_point": geo.m_point, "row_chunks": geo.row_chunks,
         "phases": geo.phases, "split": _split_network(geo.phases),
         "axes": axes, "inner": axes[-1], "outer": axes[0] if spec.ndim == 2 else None,
-        "bt": _fractions(transform.bt), "g": _fractions(transform.g), "at": _fractions(transform.at),
+        "bt": _fractions(transform.bt), "g": _fractions(transform.g),
+        "at": _fractions(transform.at),
         "exact_prefix": exact_prefix(prefix), "own_packed": facts.own_packed,
         "exact_packed": facts.exact.packed_weights,
     }
@@ -313,7 +314,8 @@ def context(workload: Workload, plan: Plan, target: Target, prefix: str) -> dict
     return ctx
 
 
-def render(workload: Workload, plan: Plan, target: Target, prefix: str) -> tuple[tuple[str, str], ...]:
+def render(workload: Workload, plan: Plan, target: Target,
+           prefix: str) -> tuple[tuple[str, str], ...]:
     """The kernel's sources: ("kernel.c", text), and ("exact.c", text) for Winograd."""
     main = render_template(TEMPLATES[plan.algorithm], context(workload, plan, target, prefix),
                            plan)

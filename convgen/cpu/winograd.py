@@ -96,6 +96,10 @@ class Geometry:
         return self.phases * self.phase_pitch
 
 
+def _ceil_div(a: int, b: int) -> int:
+    return (a + b - 1) // b
+
+
 def applies(spec) -> bool:
     """F(m, 3) here: forward, 1-D or 2-D, 3 taps per axis, unit stride (any dilation)."""
     return (not spec.transposed and spec.ndim in (1, 2) and set(spec.kernel_size) == {3}
@@ -106,12 +110,13 @@ def geometry(workload, m: int, block: int, line: int, vector: int) -> Geometry:
     spec = workload.spec
     dil = spec.dilation
     # the largest sub-grid (r = 0) has ceil(out / d) outputs
-    tiles = tuple(-(-(-(-n // d)) // m) for n, d in zip(workload.out_spatial, dil))
+    tiles = tuple(_ceil_div(_ceil_div(n, d), m) for n, d in zip(workload.out_spatial, dil))
     blocks = -(-tiles[-1] // block)
     covered = list(tiles[:-1]) + [blocks * block]
     padded = tuple(max(d * (t * m + 2), b + n + a) for t, d, b, n, a in
                    zip(covered, dil, spec.pad_before, workload.in_spatial, spec.pad_after))
-    extent = tuple(b + n + a for b, n, a in zip(spec.pad_before, workload.in_spatial, spec.pad_after))
+    extent = tuple(b + n + a for b, n, a in
+                   zip(spec.pad_before, workload.in_spatial, spec.pad_after))
     phases = m * dil[-1]
     columns = -(-padded[-1] // phases)                 # per phase
     lines = -(-columns // line)

@@ -26,9 +26,24 @@ from .plan import CudaPlan, PlanError
 from .planner import candidates, check_plan, choose, explain, resolve
 from .target import TARGET_NAMES, cuda_target
 
-__all__ = ["BACKEND", "CudaKernel", "CudaPlan", "CudaError", "PlanError", "DeviceArray",
-           "DeviceView", "device_view", "stream_handle", "candidates", "check_plan", "choose",
-           "explain", "resolve", "TARGET_NAMES", "cuda_target"]
+__all__ = [
+    "BACKEND",
+    "TARGET_NAMES",
+    "CudaError",
+    "CudaKernel",
+    "CudaPlan",
+    "DeviceArray",
+    "DeviceView",
+    "PlanError",
+    "candidates",
+    "check_plan",
+    "choose",
+    "cuda_target",
+    "device_view",
+    "explain",
+    "resolve",
+    "stream_handle",
+]
 
 
 class CudaBackend:

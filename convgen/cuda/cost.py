@@ -120,7 +120,7 @@ def cost_of(plan: CudaPlan, workload: Workload, arch: CudaArch) -> tuple[float, 
         phases = gemm_phases(workload)
         tiles_n = -(-spec.cout_per_group // bn)
         # the work of the largest phase's blocks, every tile computed whole
-        k_split = max(-(-(-(-p.k // bk)) // plan.split_k) for p in phases) * bk
+        k_split = max(-(-((p.k + bk - 1) // bk) // plan.split_k) for p in phases) * bk
         block_macs = bm * bn * k_split
         rate = _gemm_rate(plan, arch) * {1: 0.6, 2: 0.85, 3: 0.95, 4: 1.0}[plan.stages]
         hiding = 0.3 + 0.7 * min(1.0, warps / 4)     # register tiles give ILP: 4 warps suffice

@@ -165,7 +165,8 @@ class Driver:
         self.check(self.lib.cuCtxSynchronize(), "cuCtxSynchronize")
 
     def pointer_device(self, pointer: int) -> tuple[int, int]:
-        """(memory type, device ordinal) of a pointer; memory type 0 for memory CUDA does not know."""
+        """(memory type, device ordinal) of a pointer; memory type 0 for memory CUDA does
+        not know."""
         kind = _FFI.new("unsigned int *")
         status = self.lib.cuPointerGetAttribute(kind, POINTER_MEMORY_TYPE, pointer)
         if status == CUDA_ERROR_INVALID_VALUE:   # plain host memory, never registered
@@ -177,7 +178,7 @@ class Driver:
         return int(kind[0]), int(ordinal[0])
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _open() -> Driver | None:
     for name in ("libcuda.so.1", "libcuda.so"):
         try:

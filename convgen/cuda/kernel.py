@@ -15,8 +15,7 @@ import numpy as np
 from ..runtime import loader
 from ..runtime.arrays import as_array, check_dtype, check_out, check_shape, native_contiguous
 from ..runtime.kernel import KernelBase
-from .device import (device_view, empty_like_input, is_device_array, same_stream,
-                     stream_handle)
+from .device import device_view, empty_like_input, is_device_array, same_stream, stream_handle
 from .driver import CudaError
 from .plan import launch_of
 from .render import entry_names
@@ -53,7 +52,8 @@ class EntryPoints:
 
 
 class CudaKernel(KernelBase):
-    """A compiled CUDA kernel for one workload: ``y = kernel(x, weight, bias, out=None, stream=None)``."""
+    """A compiled CUDA kernel for one workload:
+    ``y = kernel(x, weight, bias, out=None, stream=None)``."""
 
     kind = "CudaKernel"
 

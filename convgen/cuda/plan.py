@@ -69,7 +69,7 @@ class CudaPlan:
                 f"threads={self.threads}")
 
     @classmethod
-    def parse(cls, text: str) -> "CudaPlan":
+    def parse(cls, text: str) -> CudaPlan:
         """Inverse of ``str(plan)``."""
         fields = parse_fields(text, ("algorithm", "tile", "warp", "stages", "split_k", "math",
                                      "threads"), "a CUDA plan")

@@ -13,8 +13,15 @@ from ..core.spec import Workload
 from ..target import Target
 from ..target.cuda_arch import CudaArch
 from .cost import REGISTER_LIMIT, cost_of, registers
-from .plan import (ALGORITHMS, CudaPlan, PlanError, algorithms_for, check_plan,
-                   enumerate_plans, maths_for)
+from .plan import (
+    ALGORITHMS,
+    CudaPlan,
+    PlanError,
+    algorithms_for,
+    check_plan,
+    enumerate_plans,
+    maths_for,
+)
 
 
 def candidates(workload: Workload, target: Target) -> list[Candidate]:

@@ -50,7 +50,7 @@ def _axes(workload: Workload) -> list[dict]:
 
 
 def _direct(workload: Workload, plan: CudaPlan, axes: list[dict]) -> dict:
-    pixels, oc_block = plan.tile
+    _, oc_block = plan.tile
     spec = workload.spec
     return {"oc_block": oc_block,
             "items": workload.input_shape[0] * math.prod(workload.out_spatial)

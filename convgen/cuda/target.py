@@ -46,7 +46,7 @@ def cuda_target(name: str) -> Target:
     return Target("cuda", "cuda", (f"-arch={arch.name}",), arch.name, 16, (), cuda=arch)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def present_gpu_arch() -> CudaArch | None:
     """The architecture of CUDA device 0 as the driver reports it; None without a GPU."""
     device = driver.device_properties()

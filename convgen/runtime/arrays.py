@@ -13,7 +13,8 @@ SUPPORTED = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def as_array(value, name: str) -> np.ndarray:
-    """numpy view of ``value`` (ndarray, CPU torch tensor, nested lists ...), float32/float64 only."""
+    """numpy view of ``value`` (ndarray, CPU torch tensor, nested lists ...), float32 or
+    float64 only."""
     if hasattr(value, "detach") and hasattr(value, "cpu"):   # a torch tensor, maybe requiring grad
         device = getattr(value, "device", None)
         if device is not None and getattr(device, "type", "cpu") != "cpu":

@@ -10,11 +10,11 @@ from . import cache, pipeline
 from .memo import Memo
 from .pipeline import Library
 
-_KERNELS: Memo["KernelBase"] = Memo("kernels")
+_KERNELS: Memo[KernelBase] = Memo("kernels")
 
 
 def kernel_for(backend, kernel_class, workload: Workload, plan, target: Target,
-               unbatched: bool = False, prefix: str | None = None) -> "KernelBase":
+               unbatched: bool = False, prefix: str | None = None) -> KernelBase:
     """The loaded kernel for (workload, plan, target): from memory, else through the
     pipeline (disk cache or compile). A second request returns the same object."""
     memo = (backend.name, workload, plan, target, unbatched, prefix)

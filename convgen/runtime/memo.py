@@ -8,7 +8,8 @@ under the disk cache's per-key lock anyway, so a race costs a second load, not a
 from __future__ import annotations
 
 import threading
-from typing import Callable, Generic, Hashable, TypeVar
+from collections.abc import Callable, Hashable
+from typing import Generic, TypeVar
 
 V = TypeVar("V")
 

@@ -35,7 +35,8 @@ class Target:
     name: str                 # the canonical name: "cpu", "x86-64-v4", "c", "cuda" ...
     lang: str                 # which backend renders it: "c" or "cuda"
     arch_flags: tuple[str, ...]
-    isa: str                  # the ISA row's name ("avx512", "avx2", "generic"); CUDA: arch or "emu"
+    isa: str                  # the ISA row's name ("avx512", "avx2", "generic");
+                              # CUDA: the arch, or "emu"
     vector_bytes: int
     cpu_features: tuple[str, ...]
     sanitize: bool = False    # build with AddressSanitizer + UBSan (tests only)

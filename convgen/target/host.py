@@ -26,7 +26,7 @@ class Caches:
     l3_bytes: int
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _cpuinfo() -> dict[str, str]:
     """The first processor's fields of /proc/cpuinfo ({} where there is none)."""
     fields: dict[str, str] = {}
@@ -43,13 +43,13 @@ def _cpuinfo() -> dict[str, str]:
     return fields
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def cpu_features() -> tuple[str, ...]:
     flags = set(_cpuinfo().get("flags", "").split())
     return tuple(f for f in RELEVANT_FLAGS if f in flags)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def cpu_model() -> str:
     info = _cpuinfo()
     return info.get("model name") or info.get("Processor") or platform.processor() or \
@@ -70,7 +70,7 @@ def _size(text: str) -> int:
     return int(text.rstrip("KMG")) * scale
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def caches() -> Caches:
     """Per-core data cache sizes from sysfs (typical sizes where sysfs says nothing)."""
     sizes = {"1": 32 << 10, "2": 1 << 20, "3": 32 << 20}

@@ -27,7 +27,7 @@ class Machine:
     l3_bytes_per_cycle: float = 8.0   # one core streaming from L3
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def default_machine(isa: Isa) -> Machine:
     """The host's caches with ``isa``'s default throughputs."""
     found = host.caches()
