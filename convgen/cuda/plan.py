@@ -34,6 +34,7 @@ import math
 from dataclasses import dataclass
 
 from ..core import lowering
+from ..core.dtypes import itemsize
 from ..core.planning import parse_fields
 from ..core.spec import Workload
 from ..target.cuda_arch import CudaArch
@@ -122,7 +123,7 @@ class Launch:
 
 
 def real_bytes(workload: Workload) -> int:
-    return 8 if workload.dtype == "float64" else 4
+    return itemsize(workload.dtype)
 
 
 def gemm_smem_bytes(plan: CudaPlan, real_bytes: int) -> int:

@@ -91,9 +91,10 @@ def cpu_target(name: str) -> Target:
 
 
 def with_sanitize(target: Target, sanitize: bool | None) -> Target:
-    """``target`` built with (or without) the sanitizers; ``None``: as CONVGEN_SANITIZE says."""
+    """``target`` built with (or without) the sanitizers; ``None``: as CONVGEN_SANITIZE says.
+    Only C targets have them (nvcc has no ASan; the CUDA emulator checks every access)."""
     if sanitize is None:
         sanitize = os.environ.get("CONVGEN_SANITIZE", "") not in ("", "0")
-    if target.lang == "cuda":
-        sanitize = False   # nvcc builds have no ASan; the emulator checks every access itself
+    if target.lang != "c":
+        sanitize = False
     return target if sanitize == target.sanitize else replace(target, sanitize=sanitize)
