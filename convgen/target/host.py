@@ -82,3 +82,11 @@ def caches() -> Caches:
     except (OSError, ValueError):
         pass   # not Linux, or an unusual sysfs: keep typical sizes
     return Caches(sizes["1"], sizes["2"], sizes["3"])
+
+
+def identity() -> dict:
+    """What distinguishes this machine for measurements made on it (tuning records, the
+    measured machine model): CPU model, ISA features, usable cores, architecture. The
+    compiler's identity is the backend's to add (``Backend.toolchain_parts``)."""
+    return {"cpu_model": cpu_model(), "features": list(cpu_features()),
+            "cores": usable_cores(), "arch": platform.machine()}
