@@ -11,18 +11,20 @@ import functools
 
 from ..core.planning import Candidate, check_accuracy, format_explain
 from ..core.spec import Workload
+from ..runtime import machine as machine_model
 from ..runtime.threads import default_threads
 from ..target import Target
-from ..target.machine import default_machine
+from ..target.machine import Machine
 from .cost import estimate
 from .plan import ALGORITHMS, Plan, algorithms_for, check_plan, enumerate_plans
 
 
 def candidates(workload: Workload, target: Target, threads: int | None = None,
-               accuracy: str = "fast") -> list[Candidate]:
-    """Every legal plan for the workload, cheapest first."""
+               accuracy: str = "fast", machine: Machine | None = None) -> list[Candidate]:
+    """Every legal plan for the workload, cheapest first, priced for ``machine`` (default:
+    the current model of this host)."""
     threads = threads or default_threads()
-    machine = default_machine(target.isa_row)
+    machine = machine or machine_model.current(target.isa_row)
     found = []
     for plan in enumerate_plans(workload, target, threads, accuracy):
         try:
@@ -37,13 +39,16 @@ def candidates(workload: Workload, target: Target, threads: int | None = None,
 
 def choose(workload: Workload, target: Target, threads: int | None = None,
            accuracy: str = "fast") -> Plan:
-    """The cheapest candidate (memoised: the hot path of every compile call)."""
-    return _best(workload, target, threads or default_threads(), accuracy)
+    """The cheapest candidate (memoised: the hot path of every compile call; the machine
+    model is part of the memo's key, so a refitted model re-plans)."""
+    return _best(workload, target, threads or default_threads(), accuracy,
+                 machine_model.current(target.isa_row))
 
 
 @functools.lru_cache(maxsize=4096)
-def _best(workload: Workload, target: Target, threads: int, accuracy: str) -> Plan:
-    return candidates(workload, target, threads, accuracy)[0].plan
+def _best(workload: Workload, target: Target, threads: int, accuracy: str,
+          machine: Machine) -> Plan:
+    return candidates(workload, target, threads, accuracy, machine)[0].plan
 
 
 def resolve(requested, workload: Workload, target: Target, accuracy: str = "fast") -> Plan:
