@@ -8,6 +8,9 @@ import pytest
 # The suite runs two xdist workers on two cores: libgomp's default spin, not convgen's
 # longer one, so an idle worker's threads do not steal the other worker's core.
 os.environ.setdefault("GOMP_SPINCOUNT", "300000")
+# Plans from the ISA row's constants, not from this host's measured model: the same plans
+# on every machine and in every worker (tests/test_machine.py measures on purpose).
+os.environ.setdefault("CONVGEN_MACHINE", "defaults")
 # Set before convgen is imported anywhere, so no test touches the user's cache.
 _OWN_CACHE = not os.environ.get("CONVGEN_TEST_CACHE_DIR")
 os.environ["CONVGEN_CACHE_DIR"] = os.environ.get("CONVGEN_TEST_CACHE_DIR") or tempfile.mkdtemp(

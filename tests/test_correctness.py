@@ -592,17 +592,23 @@ _TAIL_CASES = {dtype: make_case("tails", "conv2d", cin=4, cout=4, spatial=(5, 13
                for dtype in ("float32", "float64")}
 
 
-@pytest.mark.parametrize("target", [
-    "cpu", "c", pytest.param("x86-64-v3", marks=pytest.mark.skipif(
-        "avx2" not in host_cpu_features(), reason="no AVX2"))])
+_NO_AVX2 = pytest.mark.skipif("avx2" not in host_cpu_features(), reason="no AVX2")
+
+
+# The portable target "c" computes in scalars: it has neither a half nor a partial vector.
+@pytest.mark.parametrize("target, half", [
+    ("cpu", False), ("cpu", True), ("c", False),
+    pytest.param("x86-64-v3", False, marks=_NO_AVX2),
+    pytest.param("x86-64-v3", True, marks=_NO_AVX2)],
+    ids=["cpu-full_vectors", "cpu-half_vectors", "c-scalars", "x86-64-v3-full_vectors",
+         "x86-64-v3-half_vectors"])
 @pytest.mark.parametrize("dtype", sorted(_TAIL_CASES))
 @pytest.mark.parametrize("algorithm", ["direct_simd", "depthwise"])
-@pytest.mark.parametrize("half", [False, True], ids=["full_vectors", "half_vectors"])
 def test_partial_vector_stores(target, dtype, algorithm, half):
     from convgen.cpu.plan import native_vector
     resolved = get_target(target)
     case = _TAIL_CASES[dtype]
-    vector = native_vector(resolved, dtype) // (2 if half else 1)   # 1 lane: no partial vector
+    vector = native_vector(resolved, dtype) // (2 if half else 1)
     plan = Plan(algorithm, 1, vector, vector, "oc_outer", 1,
                 row_tile=2 if algorithm == "depthwise" else 1)
     rng = np.random.default_rng(seed_of(f"{target}-{dtype}-{algorithm}-{half}"))

@@ -14,6 +14,7 @@ import math
 import numbers
 from dataclasses import dataclass, field
 
+from . import epilogue
 from .dtypes import DTYPES, dtype_name
 
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
@@ -290,16 +291,22 @@ def resolve_padding(padding, ndim, kernel_size, stride, dilation):
 
 @dataclass(frozen=True)
 class Workload:
-    """A ConvSpec bound to one batched input shape and a dtype: what one kernel computes."""
+    """A ConvSpec bound to one batched input shape and a dtype: what one kernel computes.
+
+    ``epilogue`` (``core.epilogue``) is what the kernel does to each output after the bias:
+    fused activations and a residual addition (empty for the ops of the public API).
+    """
 
     spec: ConvSpec
     input_shape: tuple[int, ...]
     dtype: str
+    epilogue: tuple = ()
     output_shape: tuple[int, ...] = field(init=False)
 
     def __post_init__(self):
         spec, shape = self.spec, tuple(int(s) for s in self.input_shape)
         object.__setattr__(self, "input_shape", shape)
+        object.__setattr__(self, "epilogue", epilogue.check(self.epilogue))
         if self.dtype not in DTYPES:
             raise TypeError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
         if len(shape) != spec.ndim + 2:

@@ -13,15 +13,17 @@ from pathlib import Path
 
 from ..core.codegen import templates_digest
 from ..core.spec import Workload
+from ..runtime import machine as machine_model
 from ..runtime.kernel import kernel_for
 from ..target import Target
 from . import compile as compiler
-from . import kernel, planner, render
+from . import kernel, measure, planner, render
 from .plan import Plan
 
 
 class CpuBackend:
     name = "c"
+    fuses_epilogues = True
     plan_type = Plan
 
     def toolchain_parts(self, target: Target) -> dict:
@@ -51,6 +53,12 @@ class CpuBackend:
     def explain(self, workload: Workload, target: Target, top: int = 5, accuracy: str = "fast",
                 chosen=None) -> str:
         return planner.explain(workload, target, top, accuracy, chosen)
+
+    def machine(self, target: Target, remeasure: bool = False) -> dict:
+        """The machine model the planner prices plans with, and where it came from."""
+        if remeasure:
+            machine_model.remeasure(target.isa_row, measure.measure)
+        return machine_model.describe(target, measure.measure)
 
     # -- loading -------------------------------------------------------------------------
     def kernel(self, workload: Workload, plan: Plan, target: Target, unbatched: bool = False,

@@ -148,7 +148,7 @@ def _depthwise_cost(plan: Plan, workload: Workload, facts: Derived, machine: Mac
 def _level_bandwidth(working_set: int, machine: Machine) -> float:
     """Bytes per cycle from the cache level a working set of this size lives in."""
     if working_set <= machine.l1d_bytes // 2:
-        return 64.0 * machine.loads_per_cycle
+        return machine.l1_bytes_per_cycle
     if working_set <= machine.l2_bytes // 2:
         return machine.l2_bytes_per_cycle
     if working_set <= machine.l3_bytes // 2:

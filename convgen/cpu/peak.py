@@ -19,7 +19,7 @@ loader.declare_type("cg_peak_fn", "typedef double (*cg_peak_fn)(long iterations,
 
 def _library():
     target = cpu_target("cpu")
-    vector = target.vector_bytes // 4
+    vector = max(1, target.vector_bytes // 4)
     chains = target.isa_row.registers // 2   # independent FMA chains: enough to hide latency
     source = environment().get_template("bench/fma_peak.c.j2").render(
         version=__version__, vector=vector, chains=chains)

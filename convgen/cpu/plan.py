@@ -86,7 +86,7 @@ def depthwise_accumulators(regs: int) -> int:
 
 
 def native_vector(target: Target, dtype: str) -> int:
-    return target.vector_bytes // itemsize(dtype)
+    return max(1, target.vector_bytes // itemsize(dtype))   # the portable target: scalars
 
 
 def algorithms_for(workload: Workload, accuracy: str = "fast") -> tuple[str, ...]:

@@ -15,8 +15,14 @@ from ..runtime import machine as machine_model
 from ..runtime.threads import default_threads
 from ..target import Target
 from ..target.machine import Machine
+from . import measure
 from .cost import estimate
 from .plan import ALGORITHMS, Plan, algorithms_for, check_plan, enumerate_plans
+
+
+def model(target: Target) -> Machine:
+    """The machine the cost model prices plans for (measured on first use; runtime.machine)."""
+    return machine_model.current(target, measure.measure)
 
 
 def candidates(workload: Workload, target: Target, threads: int | None = None,
@@ -24,7 +30,7 @@ def candidates(workload: Workload, target: Target, threads: int | None = None,
     """Every legal plan for the workload, cheapest first, priced for ``machine`` (default:
     the current model of this host)."""
     threads = threads or default_threads()
-    machine = machine or machine_model.current(target.isa_row)
+    machine = machine or model(target)
     found = []
     for plan in enumerate_plans(workload, target, threads, accuracy):
         try:
@@ -42,7 +48,7 @@ def choose(workload: Workload, target: Target, threads: int | None = None,
     """The cheapest candidate (memoised: the hot path of every compile call; the machine
     model is part of the memo's key, so a refitted model re-plans)."""
     return _best(workload, target, threads or default_threads(), accuracy,
-                 machine_model.current(target.isa_row))
+                 model(target))
 
 
 @functools.lru_cache(maxsize=4096)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 
+from ..core import epilogue
 from ..core.codegen import header_info, render_template
 from ..core.dtypes import ctype, itemsize
 from ..core.spec import AXIS_NAMES, Workload
@@ -30,9 +31,17 @@ TEMPLATES = {"direct": "cpu/direct.c.j2", "transposed_gather": "cpu/transposed_g
 def _common(workload: Workload, plan: Plan, target: Target, facts: Derived, prefix: str) -> dict:
     spec = workload.spec
     size = itemsize(workload.dtype)
+    steps = workload.epilogue
     return {
         "info": {**header_info(workload, plan, target), "prefix": prefix},
         "prefix": prefix,
+        # the fused epilogue (its C is in templates/cpu/_prelude.c.j2)
+        "epilogue": [{"op": s.op, "args": [_c_number(a) for a in s.args]} for s in steps],
+        "epilogue_text": epilogue.describe(steps),
+        "residual": epilogue.has_residual(steps),
+        "epilogue_uses_math": any(s.op in ("sigmoid", "tanh", "silu") for s in steps),
+        # scalar code unless the algorithm's context says otherwise
+        "vector": 1, "vector_bytes": size, "masked_store": None,
         "workspace_bytes": facts.workspace * size,
         "packed_bytes": facts.packed_weights * size,
         "ctype": ctype(workload.dtype),
@@ -51,6 +60,11 @@ def _common(workload: Workload, plan: Plan, target: Target, facts: Derived, pref
         "padding_mode": spec.padding_mode,
         "threads": plan.threads,
     }
+
+
+def _c_number(value):
+    """A float as a C literal that round-trips (repr), or None."""
+    return None if value is None else repr(float(value))
 
 
 def _gather_context(workload: Workload, plan: Plan) -> dict:
@@ -101,6 +115,8 @@ def _simd_context(workload: Workload, plan: Plan, target: Target, facts: Derived
         "phases": phases,
         "tiles": tiles,
         "loop_order": plan.loop_order,
+        # depthwise unrolls its taps with constant offsets: no table of them
+        "tap_table": plan.algorithm != "depthwise",
         **(_depthwise_rows(workload, plan, low, axes) if plan.algorithm == "depthwise" else {}),
     }
 
@@ -259,7 +275,8 @@ def _winograd_context(workload: Workload, plan: Plan, facts: Derived, prefix: st
         "tile_rows": math.prod(geo.tiles[:-1]), "padded_rows": math.prod(geo.padded[:-1]),
         "phase_pitch": geo.phase_pitch, "scratch": geo.scratch,
         "v_point": geo.v_point, "m_point": geo.m_point, "row_chunks": geo.row_chunks,
-        "phases": geo.phases, "split": _split_network(geo.phases),
+        "phases": geo.phases,
+        "split": _split_network(geo.phases) if plan.vector > 1 else None,
         "axes": axes, "inner": axes[-1], "outer": axes[0] if spec.ndim == 2 else None,
         "bt": _fractions(transform.bt), "g": _fractions(transform.g),
         "at": _fractions(transform.at),

@@ -48,6 +48,7 @@ __all__ = [
 
 class CudaBackend:
     name = "cuda"
+    fuses_epilogues = False
     plan_type = CudaPlan
 
     def toolchain_parts(self, target: Target) -> dict:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Protocol
 
 from .._version import __version__
+from ..core import epilogue
 from ..core.names import check_c_identifier
 from ..core.spec import Workload
 from ..target import Target
@@ -30,6 +31,7 @@ Sources = tuple[tuple[str, str], ...]   # (file name, text), the main source fir
 
 class Backend(Protocol):
     name: str
+    fuses_epilogues: bool   # can it render a workload's epilogue into its stores?
 
     def toolchain_parts(self, target: Target) -> dict:
         """Compiler identities, flags and template digests: what changes the binary
@@ -67,7 +69,9 @@ def key_parts(backend: Backend, workload: Workload, plan, target: Target) -> dic
     """Everything that changes the binary except the prefix and the rendered text."""
     return {"convgen": __version__, "backend": backend.name,
             "spec": dataclasses.asdict(workload.spec), "input_shape": workload.input_shape,
-            "dtype": workload.dtype, "plan": str(plan), "target": dataclasses.asdict(target),
+            "dtype": workload.dtype,
+            "epilogue": [dataclasses.astuple(step) for step in workload.epilogue],
+            "plan": str(plan), "target": dataclasses.asdict(target),
             **backend.toolchain_parts(target)}
 
 
@@ -79,6 +83,9 @@ def default_prefix(parts: dict) -> str:
 def generate(backend: Backend, workload: Workload, plan, target: Target,
              prefix: str | None = None) -> tuple[str, Sources, dict]:
     """Render without building: (prefix, sources, the cache key's parts)."""
+    if workload.epilogue and not backend.fuses_epilogues:
+        raise ValueError(f"the {backend.name} backend cannot fuse an epilogue "
+                         f"({epilogue.describe(workload.epilogue)}) into its kernels")
     parts = key_parts(backend, workload, plan, target)
     prefix = check_c_identifier(prefix) if prefix is not None else default_prefix(parts)
     sources = backend.render(workload, plan, target, prefix)

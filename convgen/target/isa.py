@@ -13,7 +13,8 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Isa:
     name: str                     # "avx512", "avx2", "generic"
-    vector_bytes: int             # the widest vectors the generated code uses
+    vector_bytes: int             # the widest vectors the generated code uses (0: plain C
+                                  # scalars, no vector extension)
     registers: int                # vector registers the micro-kernels may fill
     features: tuple[str, ...]     # /proc/cpuinfo flags a binary for this ISA needs
     march: str | None             # -march= of the named target (None: no ISA flags at all)
@@ -32,9 +33,9 @@ AVX2 = Isa("avx2", 32, 16, _V3, "x86-64-v3", True,
            fma_per_cycle=1.0, loads_per_cycle=3.0, vector_load_cost=2.0)
 # The defaults are those the cost model was calibrated with on an AVX-512 EPYC (one full
 # FMA per cycle); a measured machine model replaces them on the host.
-# Portable C: 16-byte vectors that any target lowers (SSE2 on x86-64, NEON on AArch64,
-# pairs of scalars elsewhere); no ISA flag.
-GENERIC = Isa("generic", 16, 16, (), None, False,
+# Portable C99 that any C compiler builds (ARM, RISC-V, ...): scalars, no vector extension,
+# no intrinsic, no ISA flag; the compiler's auto-vectoriser does what it can.
+GENERIC = Isa("generic", 0, 16, (), None, False,
               fma_per_cycle=1.0, loads_per_cycle=3.0, vector_load_cost=2.0)
 
 ISAS = {isa.name: isa for isa in (AVX512, AVX2, GENERIC)}

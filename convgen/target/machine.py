@@ -1,7 +1,7 @@
 """The machine as the CPU cost model sees it: cache sizes and throughputs per core.
 
 Cache sizes come from the host (``target.host``); throughputs are the ISA row's defaults
-until a measured model replaces them.
+until measured ones replace them (``runtime.machine``, ``cpu.measure``).
 """
 from __future__ import annotations
 
@@ -22,9 +22,11 @@ class Machine:
     vector_load_cost: float           # slots a full-width vector load takes
     fma_latency: float = 4.0          # cycles before an FMA's result feeds the next one
     clock_hz: float = 3.3e9
-    dram_bytes_per_s: float = 12e9    # per core
+    dram_bytes_per_s: float = 12e9    # one core reading
+    l1_bytes_per_cycle: float = 128.0
     l2_bytes_per_cycle: float = 32.0
     l3_bytes_per_cycle: float = 8.0   # one core streaming from L3
+    dram_total_bytes_per_s: float = 25e9   # every core reading at once
 
 
 @functools.cache

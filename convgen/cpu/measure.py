@@ -1,0 +1,85 @@
+"""Measuring this machine for the cost model: generated micro-benchmarks, run once.
+
+``measure(isa)`` compiles ``templates/bench/machine.c.j2`` for the host ISA (through the
+kernel cache, like any kernel) and times, on one core: the clock (a chain of dependent
+integer adds: one per cycle on every x86-64 core), full-width FMA throughput and latency,
+broadcast and vector load throughput from L1, and the bytes per cycle one core streams
+from L1, L2, L3 and DRAM, plus DRAM with every core reading. About a second in all.
+Returns None where it cannot measure (not x86-64, no compiler): the model then keeps the
+ISA row's defaults.
+"""
+from __future__ import annotations
+
+import hashlib
+import platform
+import time
+
+from .._version import __version__
+from ..core.codegen import environment
+from ..core.toolchain import CompileError
+from ..runtime import cache, loader
+from ..target import cpu_target, host
+from ..target.isa import Isa
+from .compile import compile_shared, compiler_identity, flags
+
+loader.declare_type("cg_rate_fn", "typedef double (*cg_rate_fn)(long iterations);")
+loader.declare_type("cg_load_fn", "typedef double (*cg_load_fn)(long iterations, int b);")
+loader.declare_type("cg_stream_fn",
+                    "typedef double (*cg_stream_fn)(size_t bytes, int sweeps, int threads);")
+_FUNCTIONS = {"cg_clock_hz": "cg_rate_fn", "cg_fma_rate": "cg_rate_fn",
+              "cg_fma_chain_seconds": "cg_rate_fn", "cg_load_rate": "cg_load_fn",
+              "cg_stream_rate": "cg_stream_fn"}
+
+
+def _library(isa: Isa) -> dict:
+    target = cpu_target("cpu")
+    source = environment().get_template("bench/machine.c.j2").render(
+        version=__version__, isa=isa.name, vector_bytes=isa.vector_bytes,
+        chains=isa.registers - 4, bcast="vbroadcastss",
+        reg="zmm" if isa.vector_bytes == 64 else "ymm")
+    parts = {"convgen": __version__, "bench": "machine", "target": target.name,
+             "features": target.cpu_features, "compiler": compiler_identity(),
+             "flags": flags(target), "source_sha256": hashlib.sha256(source.encode()).hexdigest()}
+    binary = cache.get_or_build(cache.key_of(parts), (("machine.c", source),),
+                                lambda paths, lib: compile_shared(paths, lib, target), parts)
+    symbols = loader.load(binary, tuple(_FUNCTIONS))
+    return {name: loader.function(sym, _FUNCTIONS[name])
+            for name, sym in zip(_FUNCTIONS, symbols)}
+
+
+def _best(run, repeats: int = 3) -> float:
+    return max(run() for _ in range(repeats))
+
+
+def measure(isa: Isa) -> dict | None:
+    """The measured constants of the machine model (``target.machine.Machine`` fields), or
+    None where this host cannot be measured."""
+    if platform.machine() not in ("x86_64", "AMD64") or isa.vector_bytes < 32:
+        return None
+    try:
+        f = _library(isa)
+    except (CompileError, OSError):
+        return None
+    started = time.perf_counter()
+    clock = _best(lambda: f["cg_clock_hz"](2_000_000))
+    fma = _best(lambda: f["cg_fma_rate"](400_000)) / clock
+    latency = min(f["cg_fma_chain_seconds"](500_000) for _ in range(3)) * clock
+    broadcasts = _best(lambda: f["cg_load_rate"](400_000, 1)) / clock
+    vectors = _best(lambda: f["cg_load_rate"](400_000, 0)) / clock
+    caches = host.caches()
+    # the L3 a VM reports is often the whole socket's, shared with other guests: read a
+    # slice of it, and beyond it as much as a second allows
+    levels = {"l1": caches.l1d_bytes // 2, "l2": caches.l2_bytes // 2,
+              "l3": max(caches.l2_bytes * 2, min(caches.l3_bytes // 8, 16 << 20)),
+              "dram": 128 << 20}
+    sweeps = {"l1": 4000, "l2": 100, "l3": 6, "dram": 1}
+    rates = {level: _best(lambda b=size, s=sweeps[level]: f["cg_stream_rate"](b, s, 1),
+                          1 if level == "dram" else 2)
+             for level, size in levels.items()}
+    all_cores = f["cg_stream_rate"](levels["dram"], 1, host.usable_cores())
+    return {"clock_hz": clock, "fma_per_cycle": fma, "fma_latency": latency,
+            "loads_per_cycle": broadcasts, "vector_load_cost": broadcasts / vectors,
+            "l1_bytes_per_cycle": rates["l1"] / clock, "l2_bytes_per_cycle": rates["l2"] / clock,
+            "l3_bytes_per_cycle": rates["l3"] / clock, "dram_bytes_per_s": rates["dram"],
+            "dram_total_bytes_per_s": all_cores,
+            "measure_seconds": time.perf_counter() - started}

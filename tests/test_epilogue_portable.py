@@ -1,0 +1,142 @@
+"""Fused epilogues (activations and a residual add in the kernels' stores) against torch, and
+the generated C's portability: the "c" target is strict C99 (``-std=c99 -pedantic``, no
+vector extension), every target builds warning-free with and without OpenMP."""
+from __future__ import annotations
+
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from convgen.backends import backend_for, get_target
+from convgen.core.epilogue import Step
+from convgen.core.layers import spec_from_op
+from convgen.core.spec import Workload
+from convgen.cpu.compile import compiler_path
+from convgen.runtime import pipeline
+from convgen.target.host import cpu_features
+from helpers import assert_matches, random, torch_reference
+
+# (op, input, weight, args, algorithm): every CPU algorithm once
+LAYERS = [
+    ("conv2d", (2, 8, 9, 11), (8, 8, 3, 3), {"padding": 1}, "direct_simd"),
+    ("conv2d", (1, 8, 9, 11), (16, 8, 3, 3), {"padding": 1, "stride": 2}, "implicit_gemm"),
+    ("conv2d", (1, 8, 10, 12), (8, 8, 3, 3), {"padding": 1}, "winograd2"),
+    ("conv1d", (1, 8, 37), (8, 8, 3), {"padding": 2, "dilation": 2}, "winograd4"),
+    ("conv2d", (1, 8, 9, 11), (16, 1, 3, 3), {"padding": 1, "groups": 8,
+                                              "padding_mode": "reflect"}, "depthwise"),
+    ("conv3d", (1, 4, 5, 6, 7), (6, 2, 3, 3, 3), {"padding": 1, "groups": 2}, "direct"),
+    ("conv_transpose2d", (1, 8, 6, 7), (8, 4, 4, 4), {"stride": 2, "padding": 1},
+     "transposed_gather"),
+    ("conv_transpose1d", (1, 8, 13), (8, 6, 5), {"stride": 3, "padding": 1,
+                                                 "output_padding": 2}, "implicit_gemm"),
+]
+STEPS = {
+    "relu": (Step("relu"),), "relu6": (Step("clip", (0.0, 6.0)),),
+    "clip_low": (Step("clip", (-0.5, None)),), "leaky": (Step("leaky_relu", (0.1,)),),
+    "sigmoid": (Step("sigmoid"),), "tanh": (Step("tanh"),), "silu": (Step("silu"),),
+    "add_relu": (Step("add"), Step("relu")), "relu_add": (Step("relu"), Step("add")),
+}
+
+
+def torch_epilogue(y: torch.Tensor, steps, residual: torch.Tensor) -> torch.Tensor:
+    for s in steps:
+        if s.op == "relu":
+            y = F.relu(y)
+        elif s.op == "clip":
+            y = torch.clamp(y, *s.args)
+        elif s.op == "leaky_relu":
+            y = F.leaky_relu(y, s.args[0])
+        elif s.op == "sigmoid":
+            y = torch.sigmoid(y)
+        elif s.op == "tanh":
+            y = torch.tanh(y)
+        elif s.op == "silu":
+            y = y * torch.sigmoid(y)
+        elif s.op == "add":
+            y = y + residual
+    return y
+
+
+CASES = [(layer, name, dtype) for i, layer in enumerate(LAYERS)
+         for j, (name, dtype) in enumerate([(n, ("float32", "float64")[k % 2])
+                                             for k, n in enumerate(STEPS)])
+         if (i + j) % 4 == 0 or name == "add_relu"]
+
+
+@pytest.mark.parametrize("layer, steps_name, dtype", CASES,
+                         ids=[f"{layer[4]}-{layer[0]}-{name}-{dtype}"
+                              for layer, name, dtype in CASES])
+def test_epilogue_matches_torch(layer, steps_name, dtype):
+    op, x_shape, w_shape, args, algorithm = layer
+    steps = STEPS[steps_name]
+    spec = spec_from_op(op, w_shape, True, x_shape, **args)
+    workload = Workload(spec, x_shape, dtype, steps)
+    target = get_target("cpu")
+    backend = backend_for(target)
+    kernel = backend.kernel(workload, backend.resolve(algorithm, workload, target), target)
+    rng = np.random.default_rng(hash((steps_name, algorithm)) % 2**32)
+    x, w = random(rng, x_shape, dtype), random(rng, w_shape, dtype)
+    b = random(rng, spec.out_channels, dtype)
+    residual = random(rng, kernel.output_shape, dtype)
+    out = residual.copy() if any(s.op == "add" for s in steps) else \
+        np.full(kernel.output_shape, np.nan, dtype)   # poisoned where nothing is read from it
+    kernel(x, w, b, out=out)
+    conv = torch.from_numpy(torch_reference(op, x, w, b, **args))
+    ref = torch_epilogue(conv, steps, torch.from_numpy(residual.astype(np.float64))).numpy()
+    assert_matches(out, ref, dtype)
+
+
+def test_nan_goes_through_every_activation():
+    spec = spec_from_op("conv1d", (4, 4, 3), True, (1, 4, 8), padding=1)
+    target = get_target("cpu")
+    backend = backend_for(target)
+    x = np.ones((1, 4, 8))
+    x[0, 1, 3] = np.nan
+    for steps in STEPS.values():
+        workload = Workload(spec, x.shape, "float64", steps)
+        kernel = backend.kernel(workload, backend.resolve("direct", workload, target), target)
+        out = np.zeros(kernel.output_shape)
+        kernel(x, np.ones((4, 4, 3)), np.zeros(4), out=out)
+        assert np.isnan(out[0, :, 2:5]).all() and not np.isnan(out[0, :, 6:]).any(), steps
+
+
+# -- portability of the generated C --------------------------------------------------------------
+def _sources(target_name, algorithm_layers, steps):
+    target = get_target(target_name)
+    backend = backend_for(target)
+    for i, (op, x_shape, w_shape, args, algorithm) in enumerate(algorithm_layers):
+        spec = spec_from_op(op, w_shape, True, x_shape, **args)
+        for dtype in ("float32", "float64"):
+            workload = Workload(spec, x_shape, dtype, steps)
+            plan = backend.resolve(algorithm, workload, target)
+            _, sources, _ = pipeline.generate(backend, workload, plan, target, f"k{i}_{dtype}")
+            yield target, sources
+
+
+TARGETS = ["c", pytest.param("x86-64-v3", marks=pytest.mark.skipif(
+    "avx2" not in cpu_features(), reason="no AVX2")), "x86-64-v4"]
+
+
+@pytest.mark.parametrize("target_name", TARGETS)
+@pytest.mark.parametrize("openmp", [True, False], ids=["openmp", "no_openmp"])
+def test_generated_c_builds_warning_free(target_name, openmp, tmp_path):
+    """-Wall -Wextra -Werror -pedantic; the portable target as strict C99. (x86-64-v4 only
+    compiles here, whatever the host: named targets do not depend on the build machine.)"""
+    std = "-std=c99" if target_name == "c" else "-std=c11"
+    count = 0
+    for target, sources in _sources(target_name, LAYERS, (Step("add"), Step("silu"))):
+        for name, text in sources:
+            path = tmp_path / f"{count}_{name}"
+            path.write_text(text)
+            if target_name == "c":   # strict C: no GCC extension anywhere
+                assert "__attribute__" not in text and "__builtin" not in text, name
+            done = subprocess.run(
+                [compiler_path(), std, "-Wall", "-Wextra", "-Werror", "-pedantic", "-O1",
+                 *target.arch_flags, *(["-fopenmp"] if openmp else []), "-c", str(path),
+                 "-o", str(path.with_suffix(".o"))], capture_output=True, text=True)
+            assert done.returncode == 0, f"{name} ({target_name}):\n{done.stderr[:3000]}"
+            count += 1
+    assert count >= 2 * len(LAYERS)

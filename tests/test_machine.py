@@ -1,0 +1,132 @@
+"""The measured machine model (runtime/machine.py, cpu/measure.py): measured once per
+machine class, stored, re-measured when damaged, measured once by processes starting
+together, and used by the cost model."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from convgen.backends import get_target
+from convgen.runtime import machine
+
+TARGET = get_target("cpu")
+FAKE = {"clock_hz": 3.0e9, "fma_per_cycle": 2.0, "loads_per_cycle": 3.0,
+        "vector_load_cost": 1.0, "fma_latency": 4.0, "l1_bytes_per_cycle": 128.0,
+        "l2_bytes_per_cycle": 48.0, "l3_bytes_per_cycle": 10.0, "dram_bytes_per_s": 12e9,
+        "dram_total_bytes_per_s": 20e9}
+
+
+@pytest.fixture
+def measured_here(private_cache, monkeypatch):
+    """A fresh cache, the measuring enabled, and a fake measurement that counts its calls."""
+    monkeypatch.delenv("CONVGEN_MACHINE", raising=False)
+    machine.forget()
+    calls = []
+
+    def fake(isa):
+        calls.append(isa.name)
+        return dict(FAKE)
+
+    yield fake, calls
+    machine.forget()
+
+
+def stored(private_cache) -> dict:
+    (path,) = (private_cache / "machine").glob("*.measured.json")
+    return json.loads(path.read_text())
+
+
+def test_first_use_measures_and_stores(measured_here, private_cache):
+    fake, calls = measured_here
+    model = machine.current(TARGET, fake)
+    assert calls == [TARGET.isa_row.name] and model.fma_per_cycle == 2.0
+    assert stored(private_cache)["fields"]["clock_hz"] == 3.0e9
+    machine.forget()
+    assert machine.current(TARGET, fake) == model and len(calls) == 1   # read back, not measured
+    assert machine.describe(TARGET, fake)["origin"]["fma_per_cycle"] == "measured"
+
+
+@pytest.mark.parametrize("damage", ["not json", "wrong version", "negative", "other class"])
+def test_a_damaged_model_is_measured_again(measured_here, private_cache, damage):
+    fake, calls = measured_here
+    machine.current(TARGET, fake)
+    (path,) = (private_cache / "machine").glob("*.measured.json")
+    record = json.loads(path.read_text())
+    if damage == "not json":
+        path.write_text("{ truncated")
+    else:
+        if damage == "wrong version":
+            record["version"] = -1
+        elif damage == "negative":
+            record["fields"]["fma_per_cycle"] = -2
+        else:
+            record["machine_class"] = "avx512-0000000000000000"
+        path.write_text(json.dumps(record))
+    machine.forget()
+    with pytest.warns(RuntimeWarning, match="measuring again"):
+        assert machine.current(TARGET, fake).fma_per_cycle == 2.0
+    assert len(calls) == 2 and stored(private_cache)["version"] == machine.MODEL_VERSION
+
+
+def test_named_targets_and_the_defaults_switch_do_not_measure(measured_here, monkeypatch):
+    fake, calls = measured_here
+    for name in ("x86-64-v4", "c"):
+        target = get_target(name)
+        from convgen.target.machine import default_machine
+        assert machine.current(target, fake) == default_machine(target.isa_row)
+    monkeypatch.setenv("CONVGEN_MACHINE", "defaults")
+    machine.current(TARGET, fake)
+    assert calls == []
+
+
+CONCURRENT = textwrap.dedent("""
+    import os, sys, time
+    from convgen.backends import get_target
+    from convgen.runtime import machine
+    go = sys.argv[1]
+    while not os.path.exists(go):
+        time.sleep(0.005)
+    def fake(isa):
+        with open(sys.argv[2], "a") as log:
+            log.write("measured\\n")
+        time.sleep(1.0)   # long enough for the other process to arrive and wait
+        return {"clock_hz": 3e9, "fma_per_cycle": 2.0}
+    print(machine.current(get_target("cpu"), fake).fma_per_cycle)
+""")
+
+
+def test_processes_starting_together_measure_once(private_cache, tmp_path):
+    go, log = tmp_path / "go", tmp_path / "log"
+    env = {k: v for k, v in os.environ.items() if k != "CONVGEN_MACHINE"}
+    env["CONVGEN_CACHE_DIR"] = str(private_cache)
+    children = [subprocess.Popen([sys.executable, "-c", CONCURRENT, str(go), str(log)],
+                                 env=env, stdout=subprocess.PIPE, text=True) for _ in range(3)]
+    go.touch()
+    outputs = [child.communicate(timeout=120)[0].strip() for child in children]
+    assert outputs == ["2.0"] * 3
+    assert log.read_text().splitlines() == ["measured"]
+
+
+def test_convgen_machine_measures_this_host(private_cache, monkeypatch):
+    """The real micro-benchmarks, through the CLI: plausible numbers for an x86-64 core."""
+    env = {k: v for k, v in os.environ.items() if k != "CONVGEN_MACHINE"}
+    env["CONVGEN_CACHE_DIR"] = str(private_cache)
+    done = subprocess.run([sys.executable, "-m", "convgen.cli", "machine", "--json"], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    info = json.loads(done.stdout)
+    model = info["model"]
+    if info["origin"]["fma_per_cycle"] != "measured":
+        pytest.skip(f"this host ({info['identity']['arch']}, {info['isa']}) is not measured")
+    assert 0.5e9 < model["clock_hz"] < 7e9
+    assert 0.4 < model["fma_per_cycle"] < 4.5 and 2 < model["fma_latency"] < 10
+    assert model["l1_bytes_per_cycle"] > model["l2_bytes_per_cycle"] > model["l3_bytes_per_cycle"]
+    assert info["measure_seconds"] < 10   # about 1 s on an idle machine
+    text = subprocess.run([sys.executable, "-m", "convgen.cli", "machine"], env=env,
+                          capture_output=True, text=True, timeout=60).stdout
+    assert "measured" in text and "GFLOP/s" in text
