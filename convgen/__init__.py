@@ -6,6 +6,7 @@ half for every backend, ``backends.py`` maps target names to backends.
 """
 from . import nn
 from ._version import __version__
+from .aot import BuildResult, build
 from .api import compile
 from .core.spec import ConvSpec, Workload
 from .core.toolchain import CompileError
@@ -16,6 +17,7 @@ from .runtime import openmp as _openmp  # noqa: F401  (before any kernel loads l
 from .runtime.cache import CacheError
 
 __all__ = [
+                         "BuildResult",
                          "CacheError",
                          "CompileError",
                          "ConvSpec",
@@ -24,6 +26,7 @@ __all__ = [
                          "Plan",
                          "Workload",
                          "__version__",
+                         "build",
                          "compile",
                          "conv1d",
                          "conv2d",

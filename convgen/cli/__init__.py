@@ -8,9 +8,9 @@ import argparse
 import sys
 
 from .._version import __version__
-from . import bench, cache, compile, machine, plan
+from . import bench, build, cache, compile, machine, plan
 
-COMMANDS = (compile, plan, bench, machine, cache)
+COMMANDS = (compile, build, plan, bench, machine, cache)
 
 
 def parser() -> argparse.ArgumentParser:
