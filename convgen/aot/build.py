@@ -323,7 +323,7 @@ def _report(context: dict, network: Network, made, packed) -> dict:
             "function": entry["function"], "model_name": layer.name, "op": entry["op"],
             "layer": entry["spec"], "input": layer.input, "output": layer.output,
             "input_shape": entry["in_shape"], "output_shape": entry["out_shape"],
-            "fused": entry["fused"], "epilogue": [s["op"] for s in entry["epilogue"]],
+            "fused": entry["fused"], "epilogue": entry["epilogue"],
             "residual": layer.residual, "plan": entry["plan"],
             "plan_source": m["choice"].source, "plan_note": m["choice"].note,
             "packed": pack_of.how, "packed_weight_bytes": entry["packed_bytes"],

@@ -38,6 +38,9 @@ PAD_MODES = {"constant": "zeros", "reflect": "reflect", "edge": "replicate", "wr
 SUPPORTED = ("Conv", "ConvTranspose", "BatchNormalization", "Relu", "Clip", "LeakyRelu",
              "Sigmoid", "Tanh", "Mul", "Add", "Identity", "Pad")
 FLOAT = 1   # TensorProto.FLOAT
+# Nodes never evaluated at build time, even on constant inputs: their values are random.
+NEVER_FOLDED = {"Constant", "RandomNormal", "RandomUniform", "RandomNormalLike",
+                "RandomUniformLike", "Multinomial", "Bernoulli", "Dropout"}
 
 
 class Unsupported(Exception):
@@ -90,6 +93,7 @@ class _Graph:
             for name in dict.fromkeys(i for i in node.input if i):
                 self.readers.setdefault(name, []).append(node)
         self._check_defined()
+        self.folded = self._fold_constants()
 
     # -- tensors ------------------------------------------------------------------------------
     def _check_defined(self) -> None:
@@ -161,13 +165,46 @@ class _Graph:
                               f"{elem}; a build computes in float32")
         return shape
 
+    def _fold_constants(self) -> set[int]:
+        """Evaluate, at build time, every node whose inputs are all constant (and Shape of a
+        tensor of known shape): exporters emit such subgraphs for biases, pads and clip
+        bounds (CastLike, Shape, Concat, Expand ...). ONNX's reference evaluator computes
+        them, so every standard operator folds. The ids of the folded nodes."""
+        from onnx.reference import ReferenceEvaluator
+
+        folded = set()
+        for node in self.nodes:
+            if node.op_type in NEVER_FOLDED or node.domain not in ("", "ai.onnx"):
+                continue
+            names = [i for i in node.input if i]
+            if node.op_type == "Shape" and names and self.shape(names[0]) is not None:
+                feeds = {names[0]: np.zeros(self.shape(names[0]), np.float32)}
+            elif node.op_type == "CastLike" and len(names) == 2 \
+                    and self.constant(names[0], node) is not None \
+                    and self.types.get(names[1], (None,))[0] == FLOAT:   # only its type counts
+                feeds = {names[0]: self.constant(names[0], node),
+                         names[1]: np.zeros(1, np.float32)}
+            elif names and all(self.constant(i, node) is not None for i in names):
+                feeds = {i: self.constant(i, node) for i in names}
+            else:
+                continue
+            try:
+                values = ReferenceEvaluator(node, opsets={"": self.opset or 1}).run(None, feeds)
+            except Exception:   # not evaluable: the node stays, and is judged as any other
+                continue
+            for name, value in zip(node.output, values):
+                if name:
+                    self.values[name] = np.asarray(value)
+            folded.add(id(node))
+        return folded
+
     # -- nodes --------------------------------------------------------------------------------
     def network(self, skip_unsupported: bool, description: str) -> Network:
         pads = self._foldable_pads()
         folded = {id(p) for p in pads.values()}
         raw, shapes = [], {n: s for n in self.types if (s := self.shape(n)) is not None}
         for node in self.nodes:
-            if node.op_type == "Constant" or id(node) in folded:
+            if node.op_type == "Constant" or id(node) in folded or id(node) in self.folded:
                 continue
             try:
                 made = self._raw(node, pads.get(id(node)), shapes)

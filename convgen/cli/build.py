@@ -32,8 +32,8 @@ def run(args) -> int:
     for layer in report["layers"]:
         shapes_text = (f"{'x'.join(map(str, layer['input_shape']))} -> "
                        f"{'x'.join(map(str, layer['output_shape']))}")
-        fused = ", ".join(layer["fused"] + ([" -> ".join(layer["epilogue"])]
-                                            if layer["epilogue"] else []))
+        steps = " -> ".join(step["op"] for step in layer["epilogue"])
+        fused = ", ".join(layer["fused"] + ([steps] if steps else []))
         print(f"  {layer['function']}: {layer['op']} {shapes_text}"
               f"{'  [' + fused + ']' if fused else ''}")
         print(f"      plan ({layer['plan_source']}): {layer['plan']}")
