@@ -19,6 +19,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from .._version import __version__
 from ..core.limits import check_workload_limits
 from ..core.names import MAX_LENGTH, c_identifier, check_c_identifier, unique_c_identifiers
@@ -87,6 +89,7 @@ def build(model, out_dir, target: str = "native", name: str | None = None, *,
     layers = network.layers
     if not layers:
         raise ModelError("the model has no convolution to build")
+    layers = [_with_zero_bias(layer) for layer in layers]
     ids = layer_ids([layer.name for layer in layers], name)
     made = [_layer_build(i, layer, ids[i], name, chosen, accuracy, database)
             for i, layer in enumerate(layers)]
@@ -161,6 +164,8 @@ def layer_ids(names: list[str], name: str) -> list[str]:
     result = []
     for unique in unique_c_identifiers(names):
         base = _shortened(unique, budget)
+        if _RESERVED_PATTERN.fullmatch(base):   # "INPUT0_SHAPE", "x_OUT_ELEMS": API-like
+            base = _shortened(f"layer_{base}_0", budget)
         candidate, count = base, 1
         while candidate in taken or _RESERVED_PATTERN.fullmatch(candidate):
             count += 1
@@ -178,6 +183,16 @@ def _shortened(identifier: str, budget: int) -> str:
 
 
 # -- one layer -----------------------------------------------------------------------------------
+def _with_zero_bias(layer: ConvLayer) -> ConvLayer:
+    """A layer without bias gets a bias of zeros: the CPU kernels of a bias-less layer leave
+    their bias parameter unused, which -Wextra -Werror refuses (templates/cpu; remove this
+    once they mark it unused). The sum is the same (x + 0.0; only -0.0 becomes +0.0)."""
+    if layer.spec.bias:
+        return layer
+    return dataclasses.replace(layer, spec=dataclasses.replace(layer.spec, bias=True),
+                               bias=np.zeros(layer.spec.out_channels, np.float32))
+
+
 def _layer_build(index: int, layer: ConvLayer, layer_id: str, name: str, chosen, accuracy,
                  database) -> dict:
     try:

@@ -167,7 +167,8 @@ def _place(plan, shapes, inputs, homes, groups: _Groups) -> Schedule:
         operations.append(Operation(kind, node, places[source], target, elements,
                                     places[residual] if residual else None, note))
     arena = max((offsets[g] + _aligned(s) for g, s in sizes.items()), default=0)
-    naive = sum(_aligned(s) for g, s in sizes.items())
+    naive = sum(_aligned(_elements(shapes[t]) * ITEM) for t, p in places.items()
+                if p.kind == "arena")   # every intermediate in a buffer of its own
     return Schedule(tuple(operations), arena, naive, places)
 
 

@@ -155,9 +155,9 @@ class _Graph:
         shape = self.shape(name)
         if shape is None:
             dims = self.types.get(name, (None, None))[1]
-            shown = "unknown" if dims is None else "[" + ", ".join(map(str, dims)) + "]"
+            stated = "unknown" if dims is None else "[" + ", ".join(map(str, dims)) + "]"
             raise Unsupported(f"the shape of its input {shown(name)} is dynamic or "
-                              f"unknown ({shown}); fix it with input_shapes "
+                              f"unknown ({stated}); fix it with input_shapes "
                               f"(--input-shape NAME=N,C,H,W) for the graph input(s)")
         elem = self.types.get(name, (None, None))[0]
         if elem not in (None, FLOAT):
