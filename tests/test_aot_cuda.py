@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import torch
 
 import convgen
 import test_aot
@@ -39,6 +40,17 @@ def cuda_build(zoo_files, tmp_path_factory) -> Path:
                       arch=ARCH)
 
     return shared(tmp_path_factory, "zoo-cuda", build) / "zoo"
+
+
+def test_a_cuda_build_needs_no_nvcc_on_the_build_machine(tmp_path, monkeypatch):
+    """Sources only: nvcc is needed where make runs, not where convgen build runs."""
+    monkeypatch.setenv("CONVGEN_NVCC", str(tmp_path / "no-nvcc-here"))
+    assert nvcc_path() is None
+    module = torch.nn.Conv2d(3, 4, 3, padding=1)
+    result = convgen.build([(module, (1, 3, 8, 8))], tmp_path / "out", target="cuda",
+                           name="alone")
+    assert result.functions == ("alone_layer0",)
+    assert (tmp_path / "out" / "kernels" / "layer0" / "kernel.cu").exists()
 
 
 def test_the_cuda_build_says_what_it_is(cuda_build):

@@ -202,9 +202,19 @@ def _layer_build(index: int, layer: ConvLayer, layer_id: str, name: str, chosen,
     workload = plans.plan_workload(layer.workload, chosen)
     choice = plans.choose(workload, chosen, accuracy, database)
     prefix = f"{name}_{index}"
-    _, sources, _ = pipeline.generate(chosen.backend, workload, choice.plan, chosen.target, prefix)
     return {"layer": layer, "id": layer_id, "function": f"{name}_{layer_id}", "prefix": prefix,
-            "workload": workload, "plan": choice.plan, "choice": choice, "sources": sources}
+            "workload": workload, "plan": choice.plan, "choice": choice,
+            "sources": _sources(chosen, workload, choice.plan, prefix)}
+
+
+def _sources(chosen, workload, plan, prefix: str):
+    """A kernel's sources under ``prefix``. The CPU kernels go through the pipeline (they are
+    compiled here anyway, to pack the weights); a CUDA build renders without the pipeline's
+    cache key, whose parts name nvcc's version: the sources need no nvcc on the build
+    machine, only on the one that runs make."""
+    if not chosen.cuda:
+        return pipeline.generate(chosen.backend, workload, plan, chosen.target, prefix)[1]
+    return chosen.backend.render(workload, plan, chosen.target, check_c_identifier(prefix))
 
 
 def _kernel_files(made: list[dict]) -> list[tuple[str, str]]:

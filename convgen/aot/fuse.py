@@ -102,7 +102,9 @@ class _Fuser:
         while True:
             nxt = self.only_reader(tensor)
             node = self.nodes[nxt] if nxt is not None else None
-            if node is not None and node.op in UNARY:
+            if node is not None and node.op == "identity":
+                pass   # the same values under another name
+            elif node is not None and node.op in UNARY:
                 steps.append(step_of(node))
             elif node is not None and node.op == "add" and residual is None \
                     and self._residual_of(node, tensor) is not None:
