@@ -56,7 +56,7 @@ class BuildResult:
 
     def __repr__(self) -> str:
         return (f"<convgen.BuildResult {self.name} for {self.target}: {len(self.functions)} "
-                f"layer(s){', NAME_run' if self.has_run else ''} in {str(self.out_dir)!r}>")
+                f"layer(s){', ' + self.name + '_run' if self.has_run else ''} in {str(self.out_dir)!r}>")
 
 
 def build(model, out_dir, target: str = "native", name: str | None = None, *,
