@@ -55,8 +55,9 @@ class BuildResult:
     report: dict
 
     def __repr__(self) -> str:
+        run = f", {self.name}_run" if self.has_run else ""
         return (f"<convgen.BuildResult {self.name} for {self.target}: {len(self.functions)} "
-                f"layer(s){', ' + self.name + '_run' if self.has_run else ''} in {str(self.out_dir)!r}>")
+                f"layer(s){run} in {str(self.out_dir)!r}>")
 
 
 def build(model, out_dir, target: str = "native", name: str | None = None, *,
