@@ -248,9 +248,14 @@ def test_conv_modules_build_and_match_torch(tmp_path):
     torch.manual_seed(7)
     second = torch.nn.ConvTranspose2d(4, 6, (3, 2), stride=(2, 1), padding=(1, 0),
                                       output_padding=(1, 0), groups=2)
-    result = build([(first, (1, 3, 20)), ("up", second, (2, 4, 5, 5))], tmp_path / "out",
-                   target="generic", name="mods")
-    assert result.functions == ("mods_layer0", "mods_up") and not result.has_run
+    third = torch.nn.ConvTranspose2d(4, 6, (3, 2), stride=(2, 1), padding=(1, 0),
+                                     output_padding=(1, 0), groups=2)   # same layer, new weights
+    result = build([(first, (1, 3, 20)), ("up", second, (2, 4, 5, 5)),
+                    ("up2", third, (2, 4, 5, 5))], tmp_path / "out", target="generic",
+                   name="mods")
+    assert result.functions == ("mods_layer0", "mods_up", "mods_up2") and not result.has_run
+    assert sorted(p.name for p in (tmp_path / "out" / "kernels").iterdir()) == ["layer0", "up"]
+    assert result.report["layers"][2]["kernel"] == "kernels/up"   # one kernel, two layers
     make(tmp_path / "out")
     rng = np.random.default_rng(8)
     x0 = rng.standard_normal((1, 3, 20)).astype(np.float32)
@@ -259,12 +264,14 @@ def test_conv_modules_build_and_match_torch(tmp_path):
     (tmp_path / "res").mkdir()
     x0.tofile(tmp_path / "in" / "layer0.in.bin")
     x1.tofile(tmp_path / "in" / "up.in.bin")
+    x1.tofile(tmp_path / "in" / "up2.in.bin")
     run_example(tmp_path / "out" / "example", tmp_path / "in", tmp_path / "res")
     with torch.no_grad():
         ref0 = F.conv1d(torch.from_numpy(x0).double(), torch.from_numpy(first.weight).double(),
                         None, 2, 3, 2).numpy()
         ref1 = second.double()(torch.from_numpy(x1).double()).numpy()
-    for name, ref in (("layer0", ref0), ("up", ref1)):
+        ref2 = third.double()(torch.from_numpy(x1).double()).numpy()
+    for name, ref in (("layer0", ref0), ("up", ref1), ("up2", ref2)):
         ours = np.fromfile(tmp_path / "res" / f"{name}.out.bin", np.float32).reshape(ref.shape)
         assert rel_l2(ours, ref) < 2e-5, name
 

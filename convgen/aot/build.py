@@ -92,8 +92,8 @@ def build(model, out_dir, target: str = "native", name: str | None = None, *,
         raise ModelError("the model has no convolution to build")
     layers = [_with_zero_bias(layer) for layer in layers]
     ids = layer_ids([layer.name for layer in layers], name)
-    made = [_layer_build(i, layer, ids[i], name, chosen, accuracy, database)
-            for i, layer in enumerate(layers)]
+    made = _share_kernels([_layer_build(i, layer, ids[i], name, chosen, accuracy, database)
+                           for i, layer in enumerate(layers)])
     packed = pack.pack_all(layers, [m["workload"] for m in made], [m["plan"] for m in made],
                            chosen)
     payload, slots = pack.layout(layers, packed)
@@ -218,6 +218,19 @@ def _sources(chosen, workload, plan, prefix: str):
     return chosen.backend.render(workload, plan, chosen.target, check_c_identifier(prefix))
 
 
+def _share_kernels(made: list[dict]) -> list[dict]:
+    """Layers of one workload and plan (a network's repeated blocks) share the first one's
+    kernel: its prefix, and no sources of their own."""
+    first: dict = {}
+    for m in made:
+        key = (m["workload"], str(m["plan"]))
+        if key in first:
+            m.update(prefix=first[key]["prefix"], sources=(), shares=first[key]["id"])
+        else:
+            first[key] = m
+    return made
+
+
 def _kernel_files(made: list[dict]) -> list[tuple[str, str]]:
     return [(f"kernels/{m['id']}/{file_name}", text)
             for m in made for file_name, text in m["sources"]]
@@ -303,6 +316,8 @@ def _context(name, network: Network, chosen, made, packed, slots, payload, sched
         "uses_math": any(s["op"] in ("sigmoid", "tanh", "silu")
                          for e in elementwise for s in e["steps"]),
         "kernel_sources": [f"kernels/{m['id']}/{f}" for m in made for f, _ in m["sources"]],
+        "kernels": [{"prefix": e["prefix"], "packed_bytes": e["packed_bytes"]}
+                    for e, m in zip(layers, made) if "shares" not in m],
         "workspace_bytes": workspace, "activations_offset": activations,
         "arena_bytes": activations + (schedule.arena_bytes if schedule else 0),
         "weights": {"external": external, "bytes": len(data), "floats": payload.size,
@@ -352,6 +367,7 @@ def _report(context: dict, network: Network, made, packed) -> dict:
             "fused": entry["fused"], "epilogue": entry["epilogue"],
             "residual": layer.residual, "plan": entry["plan"],
             "plan_source": m["choice"].source, "plan_note": m["choice"].note,
+            "kernel": f"kernels/{m.get('shares', m['id'])}",
             "packed": pack_of.how, "packed_weight_bytes": entry["packed_bytes"],
             "workspace_bytes": entry["workspace_bytes"], "source": layer.source})
     graph_part = {"run": context["graph"] is not None, "reason": context["graph_reason"] or None}
