@@ -63,9 +63,12 @@ class _Fuser:
     def __init__(self, nodes: list[RawNode], outputs: list[str], shapes: dict):
         self.nodes, self.outputs, self.shapes = nodes, set(outputs), shapes
         self.readers: dict[str, list[int]] = {}
+        self.producers: dict[str, int] = {}
         for i, node in enumerate(nodes):
             for tensor in dict.fromkeys(node.inputs):
                 self.readers.setdefault(tensor, []).append(i)
+            for tensor in node.outputs:
+                self.producers.setdefault(tensor, i)
         self.used: set[int] = set()
 
     def only_reader(self, tensor: str) -> int | None:
@@ -192,16 +195,13 @@ class _Fuser:
         if len(node.inputs) != 2:
             return None
         for gate, x in (node.inputs, node.inputs[::-1]):
-            producer = self._producer(gate)
+            producer = self.producers.get(gate)
             if producer is not None and producer not in self.used \
                     and self.nodes[producer].op == "sigmoid" \
                     and self.nodes[producer].inputs == (x,) \
                     and self.only_reader(gate) == index:
                 return x, producer
         return None
-
-    def _producer(self, tensor: str) -> int | None:
-        return next((i for i, n in enumerate(self.nodes) if tensor in n.outputs), None)
 
 
 def _with_bias(spec):
