@@ -340,6 +340,12 @@ def test_bad_onnx_models_name_the_node_and_write_nothing(tmp_path, private_cache
     assert not list(private_cache.glob("kernels/*/*"))   # nothing compiled either
 
 
+def test_unnamed_onnx_nodes_are_named_by_op_and_position():
+    model = _single_conv("", extra_nodes=[helper.make_node("Relu", ["y"], ["r"])])
+    network, _ = load_model(model)
+    assert [(n.name, n.fused) for n in network.nodes] == [("conv_0", ("Relu 'relu_1'",))]
+
+
 def test_dynamic_shapes_are_fixed_by_input_shapes():
     model = _single_conv("conv1", x_dims=("N", 3, "H", 8))
     network, _ = load_model(model, input_shapes={"x": (2, 3, 9, 8)})
@@ -476,8 +482,20 @@ def test_the_tuning_database_gives_plans_where_it_has_them(tmp_path):
     assert layers["enc"]["plan_source"] == "planner"      # an illegal plan: the planner's
     assert "refused" in layers["enc"]["plan_note"]
     assert {target for _, target in db.asked} == {"c"}
-    with pytest.raises((ValueError, TypeError)):
+    with pytest.raises(TypeError, match="tuning_db must be a path"):
         build(path, tmp_path / "x", target="generic", tuning_db=42)
+
+
+def test_a_tuning_database_path_opens_convgen_tuning(tmp_path):
+    """A path goes to convgen.tuning.db.TuningDB (the tuning package, merged separately):
+    without it, a clear error; with it, an object that answers best(workload, target)."""
+    try:
+        import convgen.tuning.db  # noqa: F401
+    except ImportError:
+        with pytest.raises(ValueError, match="no tuning database"):
+            plans.open_tuning_db(tmp_path / "tuning.jsonl")
+    else:
+        assert hasattr(plans.open_tuning_db(tmp_path / "tuning.jsonl"), "best")
 
 
 def test_layer_ids_are_unique_short_and_never_the_apis_names():

@@ -86,6 +86,8 @@ class _Graph:
         proto = _with_input_shapes(onnx, proto, self.inputs, input_shapes)
         self.types = _value_types(onnx, proto)
         self.nodes = list(proto.graph.node)
+        # ONNX node names are optional: an unnamed node is called by its op and position
+        self.names = {id(n): n.name or f"{n.op_type.lower()}_{i}" for i, n in enumerate(self.nodes)}
         self.values: dict[str, np.ndarray] = {}
         self.produced = {out: node for node in self.nodes for out in node.output if out}
         self.readers: dict[str, list] = {}
@@ -95,6 +97,9 @@ class _Graph:
         self._check_defined()
         self.folded = self._fold_constants()
 
+    def name(self, node) -> str:
+        return self.names[id(node)]
+
     # -- tensors ------------------------------------------------------------------------------
     def _check_defined(self) -> None:
         known = set(self.constants) | set(self.inputs) | set(self.produced)
@@ -102,7 +107,7 @@ class _Graph:
             for name in node.input:
                 if name and name not in known:
                     raise ModelError(
-                        f"{where('node', node.name, node.op_type)}: its input "
+                        f"{where('node', self.name(node), node.op_type)}: its input "
                         f"{shown(name)} is neither an initializer, a graph input "
                         f"nor any node's output (a missing initializer?)")
         for name in self.outputs:
@@ -130,7 +135,7 @@ class _Graph:
                 return self.onnx.numpy_helper.to_array(value)
             if attr.name in ("value_float", "value_int", "value_floats", "value_ints"):
                 return np.asarray(value)
-        raise ModelError(f"{where('node', node.name, 'Constant')}: only numeric tensor "
+        raise ModelError(f"{where('node', self.name(node), 'Constant')}: only numeric tensor "
                          f"constants are supported")
 
     def weight(self, node, index: int, what: str) -> np.ndarray | None:
@@ -209,7 +214,7 @@ class _Graph:
             try:
                 made = self._raw(node, pads.get(id(node)), shapes)
             except Unsupported as exc:
-                made = RawNode(node.name, "unsupported", node.op_type,
+                made = RawNode(self.name(node), "unsupported", node.op_type,
                                tuple(i for i in node.input if i), tuple(node.output),
                                {"reason": str(exc)})
             raw.append(made)
@@ -241,7 +246,7 @@ class _Graph:
             raise Unsupported(f"operator {op} is not supported (a build takes "
                               f"{', '.join(SUPPORTED)})")
         if op == "BatchNormalization":
-            return RawNode(node.name, "batch_norm", op, runtime[:1], outputs,
+            return RawNode(self.name(node), "batch_norm", op, runtime[:1], outputs,
                            self._batch_norm(node, attrs))
         if op == "Pad":
             raise Unsupported("Pad is supported only in front of a Conv that alone reads it "
@@ -265,7 +270,7 @@ class _Graph:
             shapes.setdefault(outputs[0], shapes[runtime[0]])
         kind = {"Relu": "relu", "Clip": "clip", "LeakyRelu": "leaky_relu", "Sigmoid": "sigmoid",
                 "Tanh": "tanh", "Mul": "mul", "Add": "add", "Identity": "identity"}[op]
-        return RawNode(node.name, kind, op, runtime, outputs, params)
+        return RawNode(self.name(node), kind, op, runtime, outputs, params)
 
     def _clip(self, node, attrs) -> dict:
         if self.opset is not None and self.opset < 11:
@@ -292,8 +297,8 @@ class _Graph:
         values = [self.weight(node, i, what) for i, what in
                   ((1, "scale"), (2, "bias"), (3, "mean"), (4, "variance"))]
         if any(v is None for v in values):
-            raise ModelError(f"{where('node', node.name, node.op_type)}: it needs scale, bias, "
-                             f"mean and variance")
+            raise ModelError(f"{where('node', self.name(node), node.op_type)}: it needs "
+                             f"scale, bias, mean and variance")
         scale, shift, mean, var = (np.asarray(v, np.float64).reshape(-1) for v in values)
         return {"scale": scale, "shift": shift, "mean": mean, "var": var,
                 "eps": float(np.float32(attrs.get("epsilon", 1e-5)))}
@@ -349,11 +354,12 @@ class _Graph:
     # -- convolutions -------------------------------------------------------------------------
     def _conv(self, node, attrs: dict, pad, shapes: dict) -> RawNode:
         op = node.op_type
+        here = where("node", self.name(node), op)
         transposed = op == "ConvTranspose"
         _no_other_attributes(node, attrs, TRANSPOSE_ATTRIBUTES if transposed else
                              CONV_ATTRIBUTES)
         if len(node.input) < 2 or not node.input[1]:
-            raise ModelError(f"{where('node', node.name, op)}: it has no weight input")
+            raise ModelError(f"{here}: it has no weight input")
         weight = self.weight(node, 1, "weight")
         bias = self.weight(node, 2, "bias")
         source = pad.input[0] if pad is not None else node.input[0]
@@ -363,25 +369,25 @@ class _Graph:
             spec = (_transpose_spec if transposed else _conv_spec)(
                 attrs, tuple(weight.shape), x_shape, bias is not None, folded)
         except (ValueError, TypeError) as exc:
-            raise ModelError(f"{where('node', node.name, op)}: {exc}") from exc
-        weight = as_float32(weight, f"{where('node', node.name, op)}")
+            raise ModelError(f"{here}: {exc}") from exc
+        weight = as_float32(weight, f"{here}")
         if bias is not None:
-            bias = as_float32(bias, f"{where('node', node.name, op)}").reshape(-1)
+            bias = as_float32(bias, f"{here}").reshape(-1)
             if bias.shape != (spec.out_channels,):
-                raise ModelError(f"{where('node', node.name, op)}: bias has {bias.size} values, "
+                raise ModelError(f"{here}: bias has {bias.size} values, "
                                  f"the layer has {spec.out_channels} output channels")
         try:
             out_shape = Workload(spec, x_shape, DTYPE).output_shape
         except ValueError as exc:
-            raise ModelError(f"{where('node', node.name, op)}: {exc}") from exc
+            raise ModelError(f"{here}: {exc}") from exc
         inferred = self.shape(node.output[0])
         if inferred is not None and inferred != out_shape:
-            raise ModelError(f"{where('node', node.name, op)}: its attributes give an output of "
+            raise ModelError(f"{here}: its attributes give an output of "
                              f"shape {list(out_shape)}, but the model says "
                              f"{list(inferred)}")
         shapes[node.output[0]] = out_shape
-        fused = (f"Pad {shown(pad.name)} ({folded[3]})",) if pad is not None else ()
-        return RawNode(node.name, "conv", op, (source,), tuple(node.output[:1]), {
+        fused = (f"Pad {shown(self.name(pad))} ({folded[3]})",) if pad is not None else ()
+        return RawNode(self.name(node), "conv", op, (source,), tuple(node.output[:1]), {
             "spec": spec, "input_shape": x_shape, "weight": weight, "bias": bias,
             "fused": fused, "source": {"weight": node.input[1]}})
 
