@@ -27,7 +27,7 @@ def run(args) -> int:
     print(f"wrote {result.out_dir}: {result.name}.h, {len(result.functions)} layer(s) for "
           f"{report['target']['description']}")
     if report["target"]["threads"] is not None:
-        print(f"threads: {report['target']['threads']} per layer "
+        print(f"threads: at most {report['target']['threads']} per layer "
               f"({report['target']['threads_from']})")
     for layer in report["layers"]:
         shapes_text = (f"{'x'.join(map(str, layer['input_shape']))} -> "
