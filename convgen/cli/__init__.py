@@ -8,9 +8,9 @@ import argparse
 import sys
 
 from .._version import __version__
-from . import bench, cache, compile, plan
+from . import bench, cache, compile, plan, tune
 
-COMMANDS = (compile, plan, bench, cache)
+COMMANDS = (compile, plan, bench, cache, tune)
 
 
 def parser() -> argparse.ArgumentParser:
