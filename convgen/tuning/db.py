@@ -41,6 +41,7 @@ from .records import SCHEMA, STATUSES
 ENV = "CONVGEN_TUNING_DB"
 OFF = ("off", "none", "0")
 KINDS = ("trial", "decision")
+GENERATION = 0   # appends made by this process (the lookup memo drops older answers)
 
 
 def default_path() -> Path:
@@ -220,11 +221,16 @@ class TuningDB:
                 continue
             try:
                 plan = backend.plan_type.parse(record["plan"])
-                return backend.resolve(plan, workload, target, accuracy)
+                backend.resolve(plan, workload, target)    # legal at all?
             except (ValueError, TypeError) as exc:
                 self._warn_once(snapshot, ("illegal", record["id"]),
                                 f"convgen: tuning database {self.path}: ignoring the tuned "
                                 f"plan {record['plan']!r} for {workload.spec.describe()}: {exc}")
+                continue
+            try:   # legal, but not for this accuracy (a Winograd plan under "strict")
+                return backend.resolve(plan, workload, target, accuracy)
+            except ValueError:
+                continue
         return None
 
     def _warn_foreign(self, snapshot: Snapshot, target: str, klass: str, space: str) -> None:
@@ -275,8 +281,8 @@ class TuningDB:
             with contextlib.suppress(OSError):
                 fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
-        from . import lookup
-        lookup.forget()
+        global GENERATION
+        GENERATION += 1    # lookup.py: this process's memo of tuned plans is stale
 
     def _prepare_directory(self) -> None:
         parent = self.path.parent

@@ -57,11 +57,10 @@ def _layer(entry, index: int, path: Path) -> tuple:
 
 
 def _onnx_layers(path: Path) -> list[tuple]:
-    try:
-        from .. import aot
+    try:   # convgen.aot.conv_layers(path) -> [(name, spec, input_shape, dtype)], once it exists
+        from ..aot import conv_layers as loader
     except ImportError:
-        aot = None
-    loader = getattr(aot, "conv_layers", None) if aot is not None else None
+        loader = None
     if loader is None:
         raise ValueError(f"model file {path}: reading ONNX models needs the ahead-of-time "
                          f"build's loader (convgen.aot), which this convgen lacks; give the "

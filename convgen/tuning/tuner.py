@@ -63,7 +63,8 @@ class Session:
         self.backend = backend_for(target)
         self.threads = default_threads()
         self.default = self.backend.choose(workload, target, None, accuracy)
-        self.space = Space(self.backend.candidates(workload, target, accuracy))
+        self.space = Space([c for c in self.backend.candidates(workload, target, accuracy)
+                            if _arithmetic_allowed(c.plan, self.default)])
         user = [self._user_plan(p) for p in plans]
         self.search = Search(self.space, self.default, user, seed=seed, trials=trials)
         self.trials: list[Trial] = []
@@ -89,7 +90,11 @@ class Session:
             return False
         if self.trial_budget is not None and len(self.trials) >= self.trial_budget:
             return False
-        return self.seconds is None or self.elapsed() < self.seconds
+        return self.time_remains()
+
+    def time_remains(self) -> bool:
+        """Within the seconds budget (the default plan is measured whatever the budget)."""
+        return self.seconds is None or not self.trials or self.elapsed() < self.seconds
 
     def next_batch(self, size: int) -> list:
         if not self.has_budget():
@@ -208,6 +213,16 @@ class Session:
         return MEASURE_TIMEOUT_S + 20 * self.min_time + 2000 * predicted
 
 
+def _arithmetic_allowed(plan, default) -> bool:
+    """CUDA plans carry their arithmetic (``math``): the space keeps what "auto" may use,
+    the default's own, and fp32 besides TF32 where TF32 is allowed (CONVGEN_CUDA_TF32).
+    (The CUDA backend's ``candidates`` lists every arithmetic; ``choose`` filters.)"""
+    math_ = getattr(plan, "math", None)
+    if math_ is None:
+        return True
+    return math_ == default.math or (default.math == "tf32" and math_ == "fp32")
+
+
 def _finite(value):
     return value if value is None or math.isfinite(value) else None
 
@@ -285,7 +300,7 @@ class LocalEngine:
             for future in sorted(done, key=lambda f: list(pending).index(f)):
                 remaining.discard(future)
                 plan, source = pending[future]
-                if session.seconds is not None and session.elapsed() >= session.seconds:
+                if not session.time_remains():
                     for left in remaining:
                         left.cancel()
                     return
