@@ -4,10 +4,10 @@ The samples are the database's measured trials for one target on this machine cl
 (median of the medians where a plan was measured more than once). The fit adjusts the
 constants of ``target.machine.Machine`` (FMA and load throughputs, FMA latency, clock,
 L2/L3/DRAM bandwidths) by coordinate descent on a log grid, within a factor of 4 of the
-defaults, minimising the mean |log(predicted / measured)| plus a rank term (1 - the
-Spearman correlation within each workload: the model's first job is to rank a layer's
-plans). ``runtime.machine.save_fit`` stores the result for this machine class; the planner
-uses it from then on (``convgen tune fit --clear`` removes it).
+defaults, minimising the mean |log(predicted / measured)| plus two ranking terms (1 - the
+Spearman correlation within each workload, and the log of the regret below: the model's
+first job is to pick a layer's best plan). ``runtime.machine.save_fit`` stores the result
+for this machine class; the planner uses it from then on (``convgen tune fit --clear`` removes it).
 
 The report gives both errors before and after, over the same samples, and the *regret*:
 how much slower the model's favourite among the measured plans is than the fastest one
@@ -152,7 +152,7 @@ def errors(samples: list[Sample], target, machine: Machine) -> Errors:
 def _objective(samples, target, machine) -> float:
     found = errors(samples, target, machine)
     rank = 0.0 if math.isnan(found.spearman) else 1.0 - found.spearman
-    return found.mean_abs_log + 0.25 * rank
+    return found.mean_abs_log + 0.25 * rank + math.log(found.regret)
 
 
 # -- the fit -------------------------------------------------------------------------------

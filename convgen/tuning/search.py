@@ -6,8 +6,8 @@ only reads its fields.
 
 1. **Planner phase.** The default plan (the planner's choice) is always measured first,
    then plans the user named, then the top of the ranking interleaved with the best
-   ranked plan of each algorithm and loop order (so a model that is wrong about a whole
-   family does not hide it).
+   ranked plan of each algorithm and loop order that the model prices within 8x of its
+   favourite (so a model that is wrong about a whole family does not hide it).
 2. **Evolutionary phase.** Parents are the fastest plans measured so far; children are
    their neighbours in the space (plans that differ in one or two fields: another tile,
    vector width, loop order, thread count, algorithm). Children are ranked by a
@@ -133,11 +133,16 @@ class Search:
         order = [default, *user_plans]
         ranking = self.space.plans
         diverse = []
+        # the best plan of each algorithm (loop order, arithmetic ...) that the model does not
+        # think hopeless: within a factor of 8 of its favourite
+        limit = 8 * self.space.predicted[ranking[0]] if ranking else 0.0
         for name in self.space.field_names:
             values = {getattr(p, name) for p in ranking}
             if all(isinstance(v, str) for v in values) and len(values) > 1:
                 for value in sorted(values):
-                    diverse.append(next(p for p in ranking if getattr(p, name) == value))
+                    first = next(p for p in ranking if getattr(p, name) == value)
+                    if self.space.predicted[first] <= limit:
+                        diverse.append(first)
         picks = []
         for top, other in zip(ranking, diverse + [None] * len(ranking)):
             picks += [top] + ([other] if other is not None else [])

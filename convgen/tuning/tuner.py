@@ -197,8 +197,12 @@ class Session:
 
     # -- jobs -------------------------------------------------------------------------------
     def measure_job(self, plan) -> dict:
+        settings = self.settings()
+        best = self.best_time()
+        if best is not None:   # a plan 10x slower than the best is timed 3 times, not for long
+            settings["cutoff_s"] = 10 * best
         return {"op": "measure", "workload": self.workload, "plan": plan, "target": self.target,
-                "data": self.data_dir, "settings": self.settings()}
+                "data": self.data_dir, "settings": settings}
 
     def confirm_job(self, plans: list) -> dict:
         return {"op": "confirm", "workload": self.workload, "plans": plans,
