@@ -49,9 +49,16 @@ Everything measured is already in the database.
 
 def add_parser(sub) -> None:
     p = sub.add_parser("tune", help="measure plans and record the fastest (autotuning)",
-                       add_help=False, usage="convgen tune ... (convgen tune --help)")
+                       add_help=False, usage="convgen tune OP|MODEL|db|fit ... (--help)")
+    p.add_argument("-h", "--help", action=_Usage, nargs=0)
     p.add_argument("words", nargs=argparse.REMAINDER)
     p.set_defaults(run=run)
+
+
+class _Usage(argparse.Action):
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(USAGE)
+        parser.exit(0)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -77,7 +84,7 @@ def _budget_arguments(p) -> None:
 def run(args) -> int:
     words = list(args.words)
     debug = "--debug" in words
-    if not words or words[0] in ("-h", "--help", "help"):
+    if not words or words[0] == "help" or "-h" in words or "--help" in words:
         print(USAGE)
         return 0
     try:
