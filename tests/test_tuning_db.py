@@ -103,6 +103,8 @@ def test_a_foreign_machine_record_is_ignored_with_a_warning(tmp_path):
     database.append(foreign)
     with pytest.warns(RuntimeWarning, match="other machine classes"):
         assert database.best(workload(), "cpu") is None
+    # an ahead-of-time build for that machine names its class
+    assert database.best(workload(), "cpu", machine_class=foreign["machine_class"]) == others[0]
     database.append(make_record(plan=others[1], median=1e-3))
     with pytest.warns(RuntimeWarning, match="other machine classes"):
         assert TuningDB(database.path).best(workload(), "cpu") == others[1]

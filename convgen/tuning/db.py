@@ -203,17 +203,22 @@ class TuningDB:
         return list(self.snapshot().records)
 
     def best(self, workload: Workload, target="cpu", accuracy: str = "fast",
-             threads: int | None = None):
-        """The tuned plan for ``workload`` on ``target`` (a name or a Target) on this machine
-        class, as a plan object; None where the database has no trusted decision."""
+             threads: int | None = None, machine_class: str | None = None):
+        """The tuned plan for ``workload`` on ``target`` (a name or a Target) as a plan
+        object; None where the database has no trusted decision. ``threads`` defaults to
+        this process's thread count, ``machine_class`` to this machine's: an ahead-of-time
+        build for another machine names the class its records were measured on
+        (``convgen tune db show --all`` lists them)."""
         from ..backends import backend_for, get_target
         from ..runtime.threads import default_threads
         target = get_target(target)
         backend = backend_for(target)
         threads = threads if threads is not None else default_threads()
         snapshot = self.snapshot()
-        klass, space = rec.machine_class(target, backend), rec.plan_space(backend)
-        self._warn_foreign(snapshot, target.name, klass, space)
+        space = rec.plan_space(backend)
+        klass = machine_class or rec.machine_class(target, backend)
+        if machine_class is None:
+            self._warn_foreign(snapshot, target.name, klass, space)
         found = snapshot.decisions.get((rec.workload_key(workload), target.name, klass, threads),
                                        [])
         for record in found:
