@@ -36,7 +36,8 @@ def test_tune_records_every_trial_and_the_next_compile_uses_the_best(private_cac
     result = tune(SPEC, SHAPE, trials=5, **FAST)
     assert len(result.trials) == 5
     assert result.trials[0].plan == result.default and result.trials[0].source == "default"
-    assert all(t.ok and t.time.median_s > 0 and t.time.runs >= 5 for t in result.trials)
+    # at least 5 timed runs, 3 for a plan 10x slower than the best so far
+    assert all(t.ok and t.time.median_s > 0 and t.time.runs >= 3 for t in result.trials)
     assert len({t.plan for t in result.trials}) == 5
     assert result.confirmed and result.best in {t.plan for t in result.trials}
     assert result.best_time is not None and result.speedup >= 1.0

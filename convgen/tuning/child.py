@@ -106,18 +106,23 @@ class Runner:
                                       stderr=self._stderr, env=self._env)
         return self._proc
 
-    def call(self, job: dict, timeout_s: float) -> dict:
-        """The child's reply to ``job``, or a crash/timeout reply if it died or hung."""
+    def call(self, job: dict, timeout_s: float, cancelled=None) -> dict:
+        """The child's reply to ``job``, or a crash/timeout reply if it died or hung.
+        ``cancelled()`` (checked five times a second) abandons the job: the child is
+        killed and the reply's status is "cancelled"."""
         proc = self._proc if self._proc is not None and self._proc.poll() is None \
             else self._start()
         try:
             _write(proc.stdin, job)
-            reply = self._reply(proc, timeout_s)
+            reply = self._reply(proc, timeout_s, cancelled)
         except BrokenPipeError:
             reply = None
         except KeyboardInterrupt:
             self.kill()
             raise
+        if reply == "cancelled":
+            self.kill()
+            return {"status": "cancelled", "error": "interrupted"}
         if reply is None:
             return self._died(proc)
         if reply == "timeout":
@@ -126,7 +131,7 @@ class Runner:
                     "error": f"no result after {timeout_s:.0f} s; the child was killed"}
         return reply
 
-    def _reply(self, proc, timeout_s: float):
+    def _reply(self, proc, timeout_s: float, cancelled=None):
         fd = proc.stdout.fileno()
         deadline = time.monotonic() + timeout_s
         data = b""
@@ -137,9 +142,11 @@ class Runner:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return "timeout"
-                ready, _, _ = select.select([fd], [], [], left)
+                if cancelled is not None and cancelled():
+                    return "cancelled"
+                ready, _, _ = select.select([fd], [], [], min(left, 0.2))
                 if not ready:
-                    return "timeout"
+                    continue
                 chunk = os.read(fd, max(need - len(data), 1 << 16))
                 if not chunk:
                     return None

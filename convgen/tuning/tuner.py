@@ -16,10 +16,11 @@ the database the moment it is measured, so an interrupted run loses nothing meas
 from __future__ import annotations
 
 import math
+import signal
 import tempfile
 import threading
 import uuid
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, ThreadPoolExecutor, wait
 
 from ..api import as_spec, layer_dtype
 from ..backends import backend_for, get_target
@@ -231,6 +232,35 @@ def _finite(value):
     return value if value is None or math.isfinite(value) else None
 
 
+# -- Ctrl-C ----------------------------------------------------------------------------------
+class Interrupts:
+    """SIGINT as flags, read by the loop at safe points: the first sets ``stop`` (end the
+    search, confirm what was measured), the second ``skip`` (skip the confirmation), a
+    third raises KeyboardInterrupt. Outside the main thread nothing is installed."""
+
+    def __init__(self):
+        self.count = 0
+        self._previous = None
+
+    stop = property(lambda self: self.count >= 1)
+    skip = property(lambda self: self.count >= 2)
+
+    def _handler(self, signum, frame):
+        self.count += 1
+        if self.count >= 3:
+            raise KeyboardInterrupt
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+        return False
+
+
 # -- the local engine ----------------------------------------------------------------------------
 class LocalEngine:
     """Compile workers (child processes, one per core) and one measurement child."""
@@ -245,6 +275,7 @@ class LocalEngine:
         self._lock = threading.Lock()
         self.pool = ThreadPoolExecutor(self.workers, thread_name_prefix="convgen-build")
         self.runner = Runner()
+        self.interrupts = Interrupts()
         self._tmp = tempfile.TemporaryDirectory(prefix="convgen-tune-")
 
     def _worker_call(self, job: dict, timeout_s: float) -> dict:
@@ -267,8 +298,9 @@ class LocalEngine:
                                                     "seed": session.seed,
                                                     "directory": directory}, BUILD_TIMEOUT_S)
         pending: dict = {}
-        try:
-            while session.has_budget():
+        with Interrupts() as interrupts:
+            self.interrupts = interrupts
+            while session.has_budget() and not interrupts.stop:
                 batch = session.next_batch(self.batch)
                 if not batch:
                     break
@@ -276,44 +308,57 @@ class LocalEngine:
                     "op": "build", "workload": session.workload, "plan": plan,
                     "target": session.target}, BUILD_TIMEOUT_S): (plan, source)
                     for plan, source in batch}
-                self._ensure_data(session, data)
-                self._measure_batch(session, pending, progress)
-                pending = {}
-        except KeyboardInterrupt:
-            session.interrupted = True
-            for future in pending:
-                future.cancel()
-            progress.note(session, "interrupted: confirming the best plan so far "
-                                   "(Ctrl-C again to skip)")
-        return self._finish(session, progress)
+                if self._ensure_data(session, data):
+                    self._measure_batch(session, pending, progress)
+                for future in pending:
+                    future.cancel()
+            if interrupts.stop:
+                session.interrupted = True
+                progress.note(session, "interrupted: confirming the best plan so far "
+                                       "(Ctrl-C again to skip)")
+            return self._finish(session, progress)
 
-    def _ensure_data(self, session: Session, data) -> None:
+    def _wait(self, futures, return_when=FIRST_COMPLETED):
+        """``concurrent.futures.wait`` in short slices, so Ctrl-C is seen (a signal must never
+        interrupt the futures' own locking: a KeyboardInterrupt raised inside ``wait`` can
+        leave a future's lock held, and the pool's shutdown waits on it for ever)."""
+        while not self.interrupts.stop:
+            done, _ = wait(futures, timeout=0.2, return_when=return_when)
+            if done and (return_when == FIRST_COMPLETED or len(done) == len(futures)):
+                return done
+        return set()
+
+    def _ensure_data(self, session: Session, data) -> bool:
         if session.data_dir is None:
+            if not self._wait({data}):
+                return False
             reply = data.result()
             if reply.get("status") != "ok":
                 raise RuntimeError(f"could not make the reference output for "
                                    f"{session.name}: {reply.get('error')}")
             session.data_dir = reply["data"]
+        return True
 
     def _measure_batch(self, session: Session, pending: dict, progress: Progress) -> None:
         remaining = set(pending)
         if not self.overlap:
-            wait(remaining)
-        while remaining:
-            done, _ = wait(remaining, return_when=FIRST_COMPLETED)
+            self._wait(remaining, ALL_COMPLETED)
+        while remaining and not self.interrupts.stop:
+            done = self._wait(remaining)
             for future in sorted(done, key=lambda f: list(pending).index(f)):
                 remaining.discard(future)
                 plan, source = pending[future]
-                if not session.time_remains():
-                    for left in remaining:
-                        left.cancel()
+                if not session.time_remains() or self.interrupts.stop:
                     return
                 built = future.result()
                 if built.get("status") != "ok":
                     result = built
                 else:
                     result = self.runner.call(session.measure_job(plan),
-                                              session.measure_timeout(plan))
+                                              session.measure_timeout(plan),
+                                              lambda: self.interrupts.stop)
+                    if result.get("status") == "cancelled":
+                        return     # Ctrl-C during the measurement: it does not count
                     result.setdefault("compile_s", built.get("compile_s"))
                 progress.trial(session, session.record(plan, source, result))
 
@@ -321,15 +366,15 @@ class LocalEngine:
         finalists = session.finalists()
         times = None
         if finalists:
-            try:
-                reply = self.runner.call(session.confirm_job(finalists),
-                                         MEASURE_TIMEOUT_S * len(finalists))
-                times = reply.get("times") if reply.get("status") == "ok" else None
-                if times is None:
-                    progress.note(session, f"the confirmation failed: {reply.get('error')}")
-            except KeyboardInterrupt:
+            reply = self.runner.call(session.confirm_job(finalists),
+                                     MEASURE_TIMEOUT_S * len(finalists),
+                                     lambda: self.interrupts.skip)
+            times = reply.get("times") if reply.get("status") == "ok" else None
+            if reply.get("status") == "cancelled":
                 session.interrupted = True
                 progress.note(session, "confirmation skipped")
+            elif times is None:
+                progress.note(session, f"the confirmation failed: {reply.get('error')}")
         result = session.decide(finalists, times)
         progress.done(session, result)
         return result
