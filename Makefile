@@ -10,7 +10,7 @@ TEST_WORKERS ?= auto
 
 BENCH_STAMP   := $(VENV)/.bench-installed
 
-.PHONY: demo test lint fuzz bench bench-pytest clean-cache clean
+.PHONY: demo test lint fuzz bench bench-pytest bench-tune clean-cache clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,11 @@ bench: $(BENCH_STAMP)
 # The same layers through pytest-benchmark (statistics, history, --benchmark-compare).
 bench-pytest: $(BENCH_STAMP)
 	$(PY) -m pytest -q bench/test_bench.py -p no:xdist --benchmark-columns=median,iqr,rounds
+
+# Tuned vs untuned convgen vs torch on the public suite, with the tuning time per layer
+# (bench/tune_compare.py; TUNE_ARGS passes options through, e.g. --trials 32 --seconds 120).
+bench-tune: $(TEST_STAMP)
+	$(PY) bench/tune_compare.py $(TUNE_ARGS)
 
 clean-cache: $(RUNTIME_STAMP)
 	$(VENV)/bin/convgen cache clear

@@ -10,6 +10,7 @@ from .core.dtypes import dtype_name
 from .core.limits import check_workload_limits
 from .core.planning import check_accuracy
 from .core.spec import ConvSpec, Workload, workload_of
+from .tuning.lookup import tuned_plan
 
 
 def as_spec(layer) -> ConvSpec:
@@ -62,10 +63,14 @@ def _refuse_lazy(module) -> None:
 
 
 def compile(layer, input_shape, dtype=None, target="cpu", plan="auto",
-            accuracy="fast"):
+            accuracy="fast", db=None):
     """A kernel for ``layer`` on inputs of ``input_shape``: compiled, cached and loaded.
 
     ``dtype`` defaults to the layer's (a module's; float32 for a ConvSpec).
+    ``plan="auto"`` takes the tuned plan where the tuning database has one for this
+    workload, target and machine class (``convgen.tune``), else the planner's choice;
+    ``db`` names the database (default: ``CONVGEN_TUNING_DB``, else the one under the
+    cache directory; ``CONVGEN_TUNING_DB=off`` ignores tuning).
     ``accuracy="strict"`` keeps the planner to exact algorithms: no Winograd, whose float32
     results differ from a direct sum by a few more units in the last place.
     """
@@ -76,7 +81,11 @@ def compile(layer, input_shape, dtype=None, target="cpu", plan="auto",
     check_workload_limits(workload)
     resolved = get_target(target)
     backend = backend_for(resolved)
-    chosen = backend.resolve(plan, workload, resolved, accuracy)
+    chosen = None
+    if isinstance(plan, str) and plan == "auto":
+        chosen = tuned_plan(workload, resolved, backend, accuracy, db)
+    if chosen is None:
+        chosen = backend.resolve(plan, workload, resolved, accuracy)
     return backend.kernel(workload, chosen, resolved, unbatched)
 
 

@@ -8,9 +8,9 @@ import argparse
 import sys
 
 from .._version import __version__
-from . import bench, cache, compile, machine, plan
+from . import bench, cache, compile, machine, plan, tune
 
-COMMANDS = (compile, plan, bench, machine, cache)
+COMMANDS = (compile, plan, bench, tune, machine, cache)
 
 
 def parser() -> argparse.ArgumentParser:
