@@ -14,6 +14,7 @@ from .cpu.plan import Plan
 from .functional import conv1d, conv2d, conv3d, conv_transpose1d, conv_transpose2d, conv_transpose3d
 from .runtime import openmp as _openmp  # noqa: F401  (before any kernel loads libgomp)
 from .runtime.cache import CacheError
+from .runtime.threads import ThreadingStatus, threading_status
 
 __all__ = [
                          "CacheError",
@@ -22,6 +23,7 @@ __all__ = [
                          "Kernel",
                          "PackedWeights",
                          "Plan",
+                         "ThreadingStatus",
                          "Workload",
                          "__version__",
                          "compile",
@@ -32,4 +34,5 @@ __all__ = [
                          "conv_transpose2d",
                          "conv_transpose3d",
                          "nn",
+                         "threading_status",
 ]

@@ -91,9 +91,16 @@ def choose_plan(spec, input_shape=None, dtype="float32", target="cpu", threads=N
 
 
 def explain(spec, input_shape=None, dtype="float32", target="cpu", top=5,
-            accuracy="fast") -> str:
-    """The planner's ranked candidates for a layer and input shape, as text."""
+            accuracy="fast", plan="auto") -> str:
+    """The planner's ranked candidates for a layer and input shape, as text; ``*`` marks
+    the plan ``compile`` would use with the same ``plan=`` (the planner's choice for
+    "auto"; the one named otherwise, checked as ``compile`` checks it)."""
     workload = spec if isinstance(spec, Workload) else workload_of(spec, input_shape, dtype)[0]
     resolved = get_target(target)
-    return backend_for(resolved).explain(workload, resolved, top=top,
-                                         accuracy=check_accuracy(accuracy))
+    backend = backend_for(resolved)
+    accuracy = check_accuracy(accuracy)
+    chosen = backend.resolve(plan, workload, resolved, accuracy)
+    text = backend.explain(workload, resolved, top=top, accuracy=accuracy, chosen=chosen)
+    if all(c.plan != chosen for c in backend.candidates(workload, resolved, accuracy)):
+        text += f"\n  * (the requested plan, not one the planner lists) {chosen}"
+    return text

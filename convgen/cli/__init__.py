@@ -1,33 +1,54 @@
 """The ``convgen`` command line: one module per subcommand, each with ``add_parser(sub)``.
 
-A new subcommand is a module here and a line in ``COMMANDS``.
+A new subcommand is a module here and a line in ``COMMANDS``. ``main`` reports whatever a
+subcommand raises as one line on stderr with a non-zero exit (``errors.py``), so a
+subcommand only raises: ``--debug`` (any subcommand) or ``CONVGEN_DEBUG=1`` adds the
+traceback.
 """
 from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 
 from .._version import __version__
-from . import bench, cache, compile, plan
+from . import bench, cache, compile, errors, plan
 
 COMMANDS = (compile, plan, bench, cache)
 
+_DEBUG_HELP = "on an error, print the traceback too (also: CONVGEN_DEBUG=1)"
+
 
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(
+    top = errors.Parser(
         prog="convgen", description="Generate, compile and cache convolution kernels "
         "specialised to one layer and input shape (PyTorch semantics).")
     top.add_argument("--version", action="version", version=f"convgen {__version__}")
+    top.add_argument("--debug", action="store_true", help=_DEBUG_HELP)
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in COMMANDS:
         command.add_parser(sub)
+    for command_parser in sub.choices.values():   # `convgen plan ... --debug` works as well
+        command_parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                                    help=_DEBUG_HELP)
     return top
 
 
 def main(argv=None) -> int:
-    args = parser().parse_args(argv)
+    """Run one command; the exit status (0, or errors.REFUSED / FAILED / INTERRUPTED)."""
     try:
-        return args.run(args)
-    except (ValueError, TypeError) as exc:
-        print(f"convgen {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        args = parser().parse_args(argv)
+    except SystemExit as done:    # --help, --version, or a refused argument (already printed)
+        return done.code if isinstance(done.code, int) else 0
+    debug = args.debug or errors.debug_requested()
+    with warnings.catch_warnings():
+        warnings.showwarning = _one_line_warning
+        try:
+            return args.run(args)
+        except (Exception, KeyboardInterrupt) as exc:
+            return errors.report(args.command, exc, debug)
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings (an oversubscribed CONVGEN_NUM_THREADS, a discarded cache entry) as one line."""
+    print(f"convgen: warning: {errors.joined(str(message))}", file=sys.stderr)
