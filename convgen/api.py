@@ -56,9 +56,10 @@ def spec_of_torch(module) -> ConvSpec:
 def _refuse_lazy(module) -> None:
     weight = getattr(module, "weight", None)
     if type(weight).__name__ == "UninitializedParameter" or "Lazy" in type(module).__name__:
+        plain = type(module).__name__.replace("Lazy", "")
         raise ValueError(f"{type(module).__name__} has uninitialised (lazy) parameters: run it "
                          f"once on an input first (torch then knows in_channels and turns it "
-                         f"into a {type(module).__name__.replace('Lazy', '')}), then compile it")
+                         f"into a {plain}), then hand it to convgen")
 
 
 def compile(layer, input_shape, dtype=None, target="cpu", plan="auto",

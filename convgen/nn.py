@@ -242,9 +242,7 @@ class _ConvNd:
         if not isinstance(module, torch_class):
             raise TypeError(f"{cls.__name__}.from_torch needs a torch.nn.{cls.__name__}, "
                             f"got {type(module).__name__}")
-        if isinstance(module.weight, torch.nn.parameter.UninitializedParameter):
-            raise ValueError(f"{type(module).__name__} has uninitialised (lazy) parameters; "
-                             f"run it once before converting it")
+        spec = api.spec_of_torch(module)   # refuses a lazy module that has not run yet
         if module.weight.device.type == "cuda":   # stays on the GPU: torch CUDA tensors
             weight = module.weight.detach().clone().contiguous()
             bias = None if module.bias is None else module.bias.detach().clone().contiguous()
@@ -255,7 +253,7 @@ class _ConvNd:
             device = "cpu"
         dtype = _dtype_of(weight.dtype)
         self = cls.__new__(cls)
-        self._configure(api.spec_of_torch(module), module.padding, dtype, device)
+        self._configure(spec, module.padding, dtype, device)
         self.weight, self.bias = weight, bias
         return self
 

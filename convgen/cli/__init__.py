@@ -42,13 +42,25 @@ def main(argv=None) -> int:
         return done.code if isinstance(done.code, int) else 0
     debug = args.debug or errors.debug_requested()
     with warnings.catch_warnings():
-        warnings.showwarning = _one_line_warning
+        warnings.showwarning = _one_line_warnings()
         try:
-            return args.run(args)
+            status = args.run(args)
+            sys.stdout.flush()   # a closed pipe surfaces here, not at exit
+            return status
+        except BrokenPipeError:   # `convgen plan ... | head`: the reader has gone, say nothing
+            return errors.closed_stdout()
         except (Exception, KeyboardInterrupt) as exc:
             return errors.report(args.command, exc, debug)
 
 
-def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    """Warnings (an oversubscribed CONVGEN_NUM_THREADS, a discarded cache entry) as one line."""
-    print(f"convgen: warning: {errors.joined(str(message))}", file=sys.stderr)
+def _one_line_warnings():
+    """A ``warnings.showwarning`` that prints each warning (an oversubscribed
+    CONVGEN_NUM_THREADS, a discarded cache entry) once, as one line."""
+    shown = set()
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        text = errors.joined(str(message))
+        if text not in shown:
+            shown.add(text)
+            print(f"convgen: warning: {text}", file=sys.stderr)
+    return show

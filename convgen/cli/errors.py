@@ -3,7 +3,8 @@ traceback unless asked for (``--debug`` or ``CONVGEN_DEBUG=1``).
 
 Exit statuses: 2 when convgen refused what it was given (an argument, a layer, the
 environment, the cache directory), 1 when something failed while doing the work (a
-compiler, loading a kernel, the GPU, or a bug in convgen), 130 on Ctrl-C.
+compiler, loading a kernel, the GPU, or a bug in convgen), 130 on Ctrl-C, 141 (as for
+SIGPIPE) when the reader of its output went away (``convgen plan ... | head``).
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import sys
 from ..core.toolchain import CompileError
 from ..runtime.loader import LoadError
 
-REFUSED, FAILED, INTERRUPTED = 2, 1, 130
+REFUSED, FAILED, INTERRUPTED, BROKEN_PIPE = 2, 1, 130, 141
 _OFF = ("", "0", "false", "no", "off")
 
 
@@ -69,7 +70,9 @@ def _compile_error(exc: CompileError) -> str:
 
 
 def joined(text: str) -> str:
-    return "; ".join(line.strip() for line in text.splitlines() if line.strip())
+    """``text`` on one line, without a leading "convgen: " (the line names convgen already)."""
+    return "; ".join(line.strip() for line in text.splitlines()
+                     if line.strip()).removeprefix("convgen: ")
 
 
 def report(command: str | None, exc: BaseException, debug: bool) -> int:
@@ -80,3 +83,16 @@ def report(command: str | None, exc: BaseException, debug: bool) -> int:
     where = f"convgen {command}" if command else "convgen"
     print(f"{where}: error: {one_line(exc)}", file=sys.stderr)
     return status_of(exc)
+
+
+def closed_stdout() -> int:
+    """The reader of stdout went away: point stdout at /dev/null so that the interpreter's
+    flush at exit does not fail again, and exit as a SIGPIPE'd program would."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):   # stdout without a file descriptor (captured in tests)
+        pass
+    finally:
+        os.close(devnull)
+    return BROKEN_PIPE
