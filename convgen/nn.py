@@ -98,8 +98,8 @@ class _ConvNd:
 
     # -- parameters ------------------------------------------------------------------
     def _parameter(self, name: str, value):
-        """What ``self.<name> = value`` stores: a read-only copy in the module's dtype and
-        the parameter's shape (device memory for "cuda"); None for no bias."""
+        """What ``self.<name> = value`` stores: a read-only copy, once its dtype (the
+        module's) and shape are checked; device memory for "cuda"; None for no bias."""
         if value is None:
             if name == "weight":
                 raise TypeError(f"{type(self).__name__}.weight cannot be None")

@@ -12,7 +12,8 @@ import sys
 import warnings
 
 from .._version import __version__
-from . import bench, cache, compile, errors, plan
+from . import bench, cache, compile, plan
+from .errors import Parser, closed_stdout, debug_requested, joined, report
 
 COMMANDS = (compile, plan, bench, cache)
 
@@ -20,7 +21,7 @@ _DEBUG_HELP = "on an error, print the traceback too (also: CONVGEN_DEBUG=1)"
 
 
 def parser() -> argparse.ArgumentParser:
-    top = errors.Parser(
+    top = Parser(
         prog="convgen", description="Generate, compile and cache convolution kernels "
         "specialised to one layer and input shape (PyTorch semantics).")
     top.add_argument("--version", action="version", version=f"convgen {__version__}")
@@ -35,12 +36,12 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    """Run one command; the exit status (0, or errors.REFUSED / FAILED / INTERRUPTED)."""
+    """Run one command; the exit status (0, or one of errors.py's)."""
     try:
         args = parser().parse_args(argv)
     except SystemExit as done:    # --help, --version, or a refused argument (already printed)
         return done.code if isinstance(done.code, int) else 0
-    debug = args.debug or errors.debug_requested()
+    debug = args.debug or debug_requested()
     with warnings.catch_warnings():
         warnings.showwarning = _one_line_warnings()
         try:
@@ -48,9 +49,9 @@ def main(argv=None) -> int:
             sys.stdout.flush()   # a closed pipe surfaces here, not at exit
             return status
         except BrokenPipeError:   # `convgen plan ... | head`: the reader has gone, say nothing
-            return errors.closed_stdout()
+            return closed_stdout()
         except (Exception, KeyboardInterrupt) as exc:
-            return errors.report(args.command, exc, debug)
+            return report(args.command, exc, debug)
 
 
 def _one_line_warnings():
@@ -59,7 +60,7 @@ def _one_line_warnings():
     shown = set()
 
     def show(message, category, filename, lineno, file=None, line=None) -> None:
-        text = errors.joined(str(message))
+        text = joined(str(message))
         if text not in shown:
             shown.add(text)
             print(f"convgen: warning: {text}", file=sys.stderr)
