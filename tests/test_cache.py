@@ -363,6 +363,7 @@ def test_cache_owned_by_another_user_is_refused(private_cache, monkeypatch, wher
     assert str(path) in str(info.value)
 
 
+@pytest.mark.filterwarnings("ignore:convgen. ignoring the fitted machine model")
 @pytest.mark.parametrize("under", ["", "sub", "sub/deeper"])
 def test_root_at_or_under_a_file_is_refused_with_the_fix(tmp_path, monkeypatch, under):
     (tmp_path / "file").write_text("")

@@ -104,11 +104,13 @@ def _check_not_a_file(root: Path) -> None:
     """Refuse a root that is, or lies under, something other than a directory, saying so
     (pathlib would raise a bare FileExistsError / NotADirectoryError)."""
     for path in (root, *root.parents):
-        if path.is_dir():
-            return
-        if not path.exists():
+        try:
+            mode = os.stat(path).st_mode   # one stat: another thread may be creating it
+        except (FileNotFoundError, NotADirectoryError):   # (a file above: found further up)
             continue
-        what = "a file" if path.is_file() else "not a directory"
+        if stat.S_ISDIR(mode):
+            return
+        what = "a file" if stat.S_ISREG(mode) else "not a directory"
         where = f"is {what}" if path == root else f"lies under {path}, which is {what}"
         raise CacheError(f"convgen: cannot use the cache directory {root}: it {where}; set "
                          f"CONVGEN_CACHE_DIR to a directory of your own (convgen creates it "
