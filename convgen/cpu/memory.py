@@ -43,6 +43,7 @@ def read_cycles(nbytes: float, level: str, machine: Machine, scattered: bool = F
     streamed = nbytes / rate
     if not scattered:
         return streamed
+    # Scattered lines: each waits for its own miss, a core keeping several in flight.
     latency = {"l2": machine.l2_latency, "l3": machine.l3_latency,
                "dram": machine.dram_latency}[level]
     return max(streamed, nbytes / LINE * latency / machine.misses_in_flight)

@@ -91,6 +91,7 @@ def _gather_context(workload: Workload, plan: Plan) -> dict:
     order = (("n", "oc_block", *names) if plan.loop_order == "oc_outer"
              else ("n", *names, "oc_block"))
     return {"axes": axes, "oc_block": plan.oc_tile, "parallel_loops": 2,
+            "gather_k_block": max(1, 256 // math.prod(spec.kernel_size)),
             "loops": [{"var": variables[a], "extent": extents[a]} for a in order]}
 
 
