@@ -43,6 +43,8 @@ PANEL_CASES = [
                stride=2, padding=1, output_padding=1), "implicit_gemm", 48, 5, 1),
     (make_case("one_pixel", "conv2d", cin=32, cout=32, spatial=(3, 3), kernel=3),
      "implicit_gemm", 32, 4, 1),
+    (make_case("phases_without_taps", "conv_transpose1d", cin=8, cout=16, spatial=(10,),
+               kernel=2, stride=3), "implicit_gemm", 16, 3, 2),
 ]
 
 
