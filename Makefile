@@ -10,7 +10,7 @@ TEST_WORKERS ?= auto
 
 BENCH_STAMP   := $(VENV)/.bench-installed
 
-.PHONY: demo test lint fuzz bench bench-pytest clean-cache clean
+.PHONY: demo examples test lint fuzz bench bench-pytest bench-tune clean-cache clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,12 +27,16 @@ $(TEST_STAMP): pyproject.toml $(RUNTIME_STAMP)
 demo: $(RUNTIME_STAMP)
 	$(PY) -m convgen.demo
 
+# Every script in examples/, one use each (tests/test_examples.py runs them in `make test`).
+examples: $(RUNTIME_STAMP)
+	@for script in examples/*.py; do echo "== $$script"; $(PY) $$script || exit 1; done
+
 test: lint
 	$(PY) -m pytest -q -n $(TEST_WORKERS) tests
 
 # ruff with the rule set of pyproject.toml; `make test` runs it first.
 lint: $(TEST_STAMP)
-	$(VENV)/bin/ruff check convgen tests bench
+	$(VENV)/bin/ruff check convgen tests bench examples
 
 # The property fuzz of tests/test_fuzz.py with a large budget (the suite runs 60 examples).
 fuzz: $(TEST_STAMP)
@@ -52,6 +56,11 @@ bench: $(BENCH_STAMP)
 # The same layers through pytest-benchmark (statistics, history, --benchmark-compare).
 bench-pytest: $(BENCH_STAMP)
 	$(PY) -m pytest -q bench/test_bench.py -p no:xdist --benchmark-columns=median,iqr,rounds
+
+# Tuned vs untuned convgen vs torch on the public suite, with the tuning time per layer
+# (bench/tune_compare.py; TUNE_ARGS passes options through, e.g. --trials 32 --seconds 120).
+bench-tune: $(TEST_STAMP)
+	$(PY) bench/tune_compare.py $(TUNE_ARGS)
 
 clean-cache: $(RUNTIME_STAMP)
 	$(VENV)/bin/convgen cache clear

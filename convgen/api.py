@@ -10,6 +10,7 @@ from .core.dtypes import dtype_name
 from .core.limits import check_workload_limits
 from .core.planning import check_accuracy
 from .core.spec import ConvSpec, Workload, workload_of
+from .tuning.lookup import tuned_plan
 
 
 def as_spec(layer) -> ConvSpec:
@@ -56,16 +57,21 @@ def spec_of_torch(module) -> ConvSpec:
 def _refuse_lazy(module) -> None:
     weight = getattr(module, "weight", None)
     if type(weight).__name__ == "UninitializedParameter" or "Lazy" in type(module).__name__:
+        plain = type(module).__name__.replace("Lazy", "")
         raise ValueError(f"{type(module).__name__} has uninitialised (lazy) parameters: run it "
                          f"once on an input first (torch then knows in_channels and turns it "
-                         f"into a {type(module).__name__.replace('Lazy', '')}), then compile it")
+                         f"into a {plain}), then hand it to convgen")
 
 
 def compile(layer, input_shape, dtype=None, target="cpu", plan="auto",
-            accuracy="fast"):
+            accuracy="fast", db=None):
     """A kernel for ``layer`` on inputs of ``input_shape``: compiled, cached and loaded.
 
     ``dtype`` defaults to the layer's (a module's; float32 for a ConvSpec).
+    ``plan="auto"`` takes the tuned plan where the tuning database has one for this
+    workload, target and machine class (``convgen.tune``), else the planner's choice;
+    ``db`` names the database (default: ``CONVGEN_TUNING_DB``, else the one under the
+    cache directory; ``CONVGEN_TUNING_DB=off`` ignores tuning).
     ``accuracy="strict"`` keeps the planner to exact algorithms: no Winograd, whose float32
     results differ from a direct sum by a few more units in the last place.
     """
@@ -76,7 +82,11 @@ def compile(layer, input_shape, dtype=None, target="cpu", plan="auto",
     check_workload_limits(workload)
     resolved = get_target(target)
     backend = backend_for(resolved)
-    chosen = backend.resolve(plan, workload, resolved, accuracy)
+    chosen = None
+    if isinstance(plan, str) and plan == "auto":
+        chosen = tuned_plan(workload, resolved, backend, accuracy, db)
+    if chosen is None:
+        chosen = backend.resolve(plan, workload, resolved, accuracy)
     return backend.kernel(workload, chosen, resolved, unbatched)
 
 
@@ -91,9 +101,16 @@ def choose_plan(spec, input_shape=None, dtype="float32", target="cpu", threads=N
 
 
 def explain(spec, input_shape=None, dtype="float32", target="cpu", top=5,
-            accuracy="fast") -> str:
-    """The planner's ranked candidates for a layer and input shape, as text."""
+            accuracy="fast", plan="auto") -> str:
+    """The planner's ranked candidates for a layer and input shape, as text; ``*`` marks
+    the plan ``compile`` would use with the same ``plan=`` (the planner's choice for
+    "auto"; the one named otherwise, checked as ``compile`` checks it)."""
     workload = spec if isinstance(spec, Workload) else workload_of(spec, input_shape, dtype)[0]
     resolved = get_target(target)
-    return backend_for(resolved).explain(workload, resolved, top=top,
-                                         accuracy=check_accuracy(accuracy))
+    backend = backend_for(resolved)
+    accuracy = check_accuracy(accuracy)
+    chosen = backend.resolve(plan, workload, resolved, accuracy)
+    text = backend.explain(workload, resolved, top=top, accuracy=accuracy, chosen=chosen)
+    if all(c.plan != chosen for c in backend.candidates(workload, resolved, accuracy)):
+        text += f"\n  * (the requested plan, not one the planner lists) {chosen}"
+    return text

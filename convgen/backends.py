@@ -73,3 +73,10 @@ def device_dtype(value, name: str):
     anything else."""
     from .cuda.device import device_view
     return device_view(value, name).dtype
+
+
+def synchronize(device: str) -> None:
+    """Wait until the work queued on ``device`` is done ("cpu" and "cuda-emu" run synchronously)."""
+    if device == "cuda":
+        from .cuda.driver import driver
+        driver().synchronize()

@@ -11,14 +11,23 @@ emulator, on numpy arrays).
 
 The configuration attributes (``in_channels``, ``stride``, ``padding`` ...) are read-only
 after construction, so the spec can never disagree with them: build a new module to
-change a layer. ``weight`` and ``bias`` are ordinary attributes, read at every call, so
-they may be modified in place or replaced (``bias`` may even be set to or from ``None``,
-as on a torch module).
+change a layer.
+
+``weight`` and ``bias`` may be replaced (``bias`` even set to or from ``None``, as on a
+torch module) but not edited in place: assigning one stores a read-only copy, so
+``m.weight[...] = v`` raises numpy's read-only error instead of computing with weights
+packed before the edit. A CPU module packs its weights into each kernel's order once, on
+the first call of that kernel, and reuses the packs until ``weight`` or ``bias`` is
+assigned (or ``load_state_dict`` runs). ``state_dict()`` and ``load_state_dict()`` use
+torch's keys, "weight" and "bias", and torch's ``strict=`` rules. On ``device="cuda"``
+the parameters are device arrays, read by the CUDA kernels as they are (nothing is packed).
 """
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections import OrderedDict, namedtuple
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -28,11 +37,21 @@ from .core.spec import ConvSpec
 from .runtime.arrays import as_array
 
 __all__ = ["Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d",
-           "ConvTranspose3d", "manual_seed"]
+           "ConvTranspose3d", "IncompatibleKeys", "StateDictError", "manual_seed"]
 
 _CONFIG = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation",
            "transposed", "output_padding", "groups", "padding_mode", "dtype", "spec")
+_PARAMETERS = ("weight", "bias")
 _RNG = np.random.default_rng()
+
+# What load_state_dict returns with strict=False, as torch's ``_IncompatibleKeys``.
+IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
+
+
+class StateDictError(ValueError, RuntimeError):
+    """``load_state_dict`` refused a state dict (missing or unexpected keys under
+    ``strict=True``, a shape that differs): torch raises RuntimeError with the same text,
+    convgen's rule is ValueError, so this is both."""
 
 
 def manual_seed(seed) -> None:
@@ -63,7 +82,8 @@ class _ConvNd:
                   "dilation": spec.dilation, "transposed": spec.transposed,
                   "output_padding": spec.output_padding, "groups": spec.groups,
                   "padding_mode": spec.padding_mode, "dtype": dtype, "_spec": spec,
-                  "_kernels": {}, "_device": device, "weight": None, "bias": None}
+                  "_kernels": {}, "_packs": {}, "_device": device, "weight": None,
+                  "bias": None}
         for name, value in config.items():
             object.__setattr__(self, name, value)
 
@@ -71,7 +91,91 @@ class _ConvNd:
         if name in _CONFIG:
             raise AttributeError(f"{type(self).__name__}.{name} is read-only after construction "
                                  f"(the compiled kernels depend on it); build a new module")
+        if name in _PARAMETERS:
+            value = self._parameter(name, value)
+            self._packs.clear()   # packed from the old weights: pack again on the next call
         object.__setattr__(self, name, value)
+
+    # -- parameters ------------------------------------------------------------------
+    def _parameter(self, name: str, value):
+        """What ``self.<name> = value`` stores: a read-only copy, once its dtype (the
+        module's) and shape are checked; device memory for "cuda"; None for no bias."""
+        if value is None:
+            if name == "weight":
+                raise TypeError(f"{type(self).__name__}.weight cannot be None")
+            return None
+        shape = self._spec.weight_shape if name == "weight" else (self.out_channels,)
+        if self._device == "cuda" and hasattr(value, "__cuda_array_interface__"):
+            dtype = backends.device_dtype(value, name)   # a device array: kept as given
+            _check_parameter(name, dtype, tuple(value.shape), self.dtype, shape)
+            return value
+        array = as_array(value, name)
+        _check_parameter(name, array.dtype, array.shape, self.dtype, shape)
+        if self._device == "cuda":
+            return backends.to_device(array, self._device)
+        owned = np.array(array, order="C", copy=True)
+        owned.setflags(write=False)
+        return owned[...]   # a view of a read-only array cannot be made writeable again
+
+    def state_dict(self, destination=None, prefix: str = "", keep_vars: bool = False):
+        """torch's ``state_dict``: "weight" and "bias" (when set) under ``prefix``; host
+        values are writeable copies (``keep_vars=True``: the module's own read-only arrays)."""
+        result = OrderedDict() if destination is None else destination
+        for name in _PARAMETERS:
+            value = getattr(self, name)
+            if value is not None:
+                as_is = keep_vars or not isinstance(value, np.ndarray)   # device arrays as is
+                result[prefix + name] = value if as_is else np.array(value)
+        return result
+
+    def load_state_dict(self, state_dict, strict: bool = True):
+        """torch's ``load_state_dict``: values are numpy arrays or CPU torch tensors (any
+        float dtype, cast to the module's, as torch's copy casts). ``strict=True``: a missing
+        or unexpected key is an error; ``strict=False``: they are returned as
+        ``IncompatibleKeys(missing_keys, unexpected_keys)``. A shape mismatch is an error
+        either way. Nothing is changed unless everything loads (torch may load part)."""
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(f"Expected state_dict to be dict-like, got {type(state_dict)}.")
+        expected = [name for name in _PARAMETERS if getattr(self, name) is not None]
+        missing = [name for name in expected if name not in state_dict]
+        unexpected = [key for key in state_dict if key not in expected]
+        errors, loaded = [], {}
+        if strict and missing:
+            errors.append(f"Missing key(s) in state_dict: {_quoted(missing)}. ")
+        if strict and unexpected:
+            errors.append(f"Unexpected key(s) in state_dict: {_quoted(unexpected)}. ")
+        for name in expected:
+            if name in state_dict:
+                loaded[name] = self._loaded_value(name, state_dict[name], errors)
+        if errors:
+            raise StateDictError(f"Error(s) in loading state_dict for {type(self).__name__}:"
+                                 f"\n\t" + "\n\t".join(errors))
+        for name, value in loaded.items():
+            setattr(self, name, value)
+        return IncompatibleKeys(missing, unexpected)
+
+    def _loaded_value(self, name: str, value, errors: list):
+        """``value`` cast to the module's dtype; a shape mismatch is added to ``errors``."""
+        current = self._spec.weight_shape if name == "weight" else (self.out_channels,)
+        if self._device == "cuda" and hasattr(value, "__cuda_array_interface__"):
+            array = value     # a device array: its dtype must match (checked on assignment)
+        else:
+            array = _checkpoint_array(value, name, self.dtype)
+        if tuple(array.shape) != tuple(current):
+            errors.append(f"size mismatch for {name}: copying a param with shape "
+                          f"{tuple(array.shape)} from checkpoint, the shape in current model "
+                          f"is {tuple(current)}.")
+        return array
+
+    def __getstate__(self):
+        # Compiled kernels and packs belong to this process: a copy or an unpickled module
+        # compiles (or loads from the cache) again.
+        return {k: v for k, v in self.__dict__.items() if k not in ("_kernels", "_packs")}
+
+    def __setstate__(self, state):
+        weight, bias = state.pop("weight"), state.pop("bias")
+        self.__dict__.update(state, _kernels={}, _packs={}, weight=None, bias=None)
+        self.weight, self.bias = weight, bias
 
     @property
     def spec(self) -> ConvSpec:
@@ -85,14 +189,9 @@ class _ConvNd:
         """PyTorch's init: kaiming_uniform(a=sqrt(5)) is U(-b, b) with b = 1/sqrt(fan_in)."""
         shape = self._spec.weight_shape
         bound = 1.0 / math.sqrt(shape[1] * math.prod(shape[2:]))
-        self.weight = self._placed(_RNG.uniform(-bound, bound, shape).astype(self.dtype))
+        self.weight = _RNG.uniform(-bound, bound, shape).astype(self.dtype)
         if self._spec.bias:
-            self.bias = self._placed(_RNG.uniform(-bound, bound, self.out_channels)
-                                     .astype(self.dtype))
-
-    def _placed(self, array: np.ndarray):
-        """A parameter where the module computes: host arrays, or device memory for "cuda"."""
-        return backends.to_device(array, self._device)
+            self.bias = _RNG.uniform(-bound, bound, self.out_channels).astype(self.dtype)
 
     # -- calling -----------------------------------------------------------------
     def __call__(self, *args, **kwargs) -> np.ndarray:
@@ -121,7 +220,17 @@ class _ConvNd:
             kernel = api.compile(self if layer is None else layer, shape, dtype=self.dtype,
                                  target=self._device)
             self._kernels[key] = kernel
-        return kernel(x, self.weight, self.bias)
+        return kernel(x, self._weight_for(key, kernel), self.bias)
+
+    def _weight_for(self, key, kernel):
+        """The weights as ``kernel`` reads them: packed once per kernel where it packs
+        (CPU kernels), the array itself where it does not (CUDA kernels)."""
+        if not hasattr(kernel, "prepack"):
+            return self.weight
+        packed = self._packs.get(key)
+        if packed is None:
+            packed = self._packs[key] = kernel.prepack(self.weight)
+        return packed
 
     # -- interop and printing ----------------------------------------------------
     @classmethod
@@ -133,19 +242,18 @@ class _ConvNd:
         if not isinstance(module, torch_class):
             raise TypeError(f"{cls.__name__}.from_torch needs a torch.nn.{cls.__name__}, "
                             f"got {type(module).__name__}")
-        if isinstance(module.weight, torch.nn.parameter.UninitializedParameter):
-            raise ValueError(f"{type(module).__name__} has uninitialised (lazy) parameters; "
-                             f"run it once before converting it")
+        spec = api.spec_of_torch(module)   # refuses a lazy module that has not run yet
         if module.weight.device.type == "cuda":   # stays on the GPU: torch CUDA tensors
             weight = module.weight.detach().clone().contiguous()
             bias = None if module.bias is None else module.bias.detach().clone().contiguous()
-            dtype, device = _dtype_of(str(weight.dtype).replace("torch.", "")), "cuda"
-        else:
-            weight = module.weight.detach().cpu().numpy().copy()
-            bias = None if module.bias is None else module.bias.detach().cpu().numpy().copy()
-            dtype, device = _dtype_of(weight.dtype), "cpu"
+            device = "cuda"
+        else:   # assignment copies
+            weight = module.weight.detach()
+            bias = None if module.bias is None else module.bias.detach()
+            device = "cpu"
+        dtype = _dtype_of(weight.dtype)
         self = cls.__new__(cls)
-        self._configure(api.spec_of_torch(module), module.padding, dtype, device)
+        self._configure(spec, module.padding, dtype, device)
         self.weight, self.bias = weight, bias
         return self
 
@@ -169,6 +277,36 @@ class _ConvNd:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.extra_repr()})"
+
+
+def _check_parameter(name: str, dtype, shape: tuple, module_dtype: str, expected: tuple) -> None:
+    if np.dtype(dtype) != np.dtype(module_dtype):
+        raise TypeError(f"{name} has dtype {np.dtype(dtype)} but the module's dtype is "
+                        f"{module_dtype}; convert it (load_state_dict converts for you)")
+    if tuple(shape) != tuple(expected):
+        raise ValueError(f"{name} must have shape {tuple(expected)}, got {tuple(shape)}")
+
+
+def _checkpoint_array(value, name: str, dtype: str) -> np.ndarray:
+    """A state dict's value (numpy array, CPU torch tensor, nested lists) as a host array
+    of ``dtype``: any real dtype is cast, as torch's ``copy_`` casts."""
+    if hasattr(value, "detach") and hasattr(value, "cpu"):   # a torch tensor
+        import torch
+        if value.device.type != "cpu":
+            raise TypeError(f"{name} is a tensor on {value.device}; load CPU tensors (.cpu()) "
+                            f"or numpy arrays")
+        return value.detach().to(getattr(torch, dtype)).numpy()
+    try:
+        array = np.asarray(value)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{name} could not be read as an array: {exc}") from exc
+    if array.dtype.kind not in "fiu":
+        raise TypeError(f"{name} must hold real numbers, got dtype {array.dtype}")
+    return array.astype(dtype, copy=False)
+
+
+def _quoted(keys) -> str:
+    return ", ".join(f'"{key}"' for key in keys)
 
 
 class _Conv(_ConvNd):

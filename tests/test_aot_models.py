@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 import convgen
 import test_aot
-from convgen.aot import ModelError, build, emit, graph, load_model, pack, plans
+from convgen.aot import conv_layers, ModelError, build, emit, graph, load_model, pack, plans
 from convgen.aot.build import layer_ids
 from convgen.aot.model import Elementwise, Network
 from convgen.core.epilogue import Step
@@ -463,7 +463,7 @@ class FakeTuningDB:
     def __init__(self, plans_by_op):
         self.plans_by_op, self.asked = plans_by_op, []
 
-    def best(self, workload, target):
+    def best(self, workload, target, accuracy="fast", threads=None):
         self.asked.append((workload.spec.op, target.name))
         return self.plans_by_op.get(workload.spec.op)
 
@@ -486,16 +486,33 @@ def test_the_tuning_database_gives_plans_where_it_has_them(tmp_path):
         build(path, tmp_path / "x", target="generic", tuning_db=42)
 
 
-def test_a_tuning_database_path_opens_convgen_tuning(tmp_path):
-    """A path goes to convgen.tuning.db.TuningDB (the tuning package, merged separately):
-    without it, a clear error; with it, an object that answers best(workload, target)."""
-    try:
-        import convgen.tuning.db  # noqa: F401
-    except ImportError:
-        with pytest.raises(ValueError, match="no tuning database"):
-            plans.open_tuning_db(tmp_path / "tuning.jsonl")
-    else:
-        assert hasattr(plans.open_tuning_db(tmp_path / "tuning.jsonl"), "best")
+def test_a_model_tuned_then_built_takes_the_tuned_plans(tmp_path, monkeypatch):
+    """convgen tune MODEL then convgen build MODEL --tuning-db: the tuner measures the
+    workloads the build compiles (conv_layers: BatchNorm folded, at the build's one thread),
+    and the build finds their records by the database's path."""
+    from convgen.tuning import tune_many
+    from convgen.tuning.models import load_layers
+
+    path, _ = _json_model(tmp_path)
+    layers = conv_layers(path)
+    assert [name for name, *_ in layers] == ["enc", "dec", "head"]
+    monkeypatch.setenv("CONVGEN_NUM_THREADS", "1")        # a named target builds for 1
+    db_path = tmp_path / "tuning.jsonl"
+    results = tune_many(layers[:2], target="generic", trials=3, db=db_path, workers=1,
+                        progress=False, min_time=0.002)
+    tuned = {name: str(result.best) for (name, *_), result in zip(layers, results)}
+    monkeypatch.delenv("CONVGEN_NUM_THREADS")
+    result = build(path, tmp_path / "out", target="generic", tuning_db=db_path)
+    by_name = {layer["model_name"]: layer for layer in result.report["layers"]}
+    for name in ("enc", "dec"):
+        assert by_name[name]["plan_source"] == "tuning database", by_name[name]
+        assert by_name[name]["plan"] == tuned[name]
+    assert by_name["head"]["plan_source"] == "planner"     # not tuned
+    onnx_path = tmp_path / "hand.onnx"
+    onnx.save(_hand_model(np.random.default_rng(0))[0], onnx_path)
+    from_onnx = load_layers(onnx_path)     # convgen tune MODEL.onnx reads it the same way
+    assert [name for name, *_ in from_onnx] == [name for name, *_ in conv_layers(onnx_path)]
+    assert len(from_onnx) == 6 and all(dtype == "float32" for *_, dtype in from_onnx)
 
 
 def test_layer_ids_are_unique_short_and_never_the_apis_names():

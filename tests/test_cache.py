@@ -363,12 +363,30 @@ def test_cache_owned_by_another_user_is_refused(private_cache, monkeypatch, wher
     assert str(path) in str(info.value)
 
 
-def test_root_that_is_a_file_is_refused(tmp_path, monkeypatch):
+@pytest.mark.filterwarnings("ignore:convgen. ignoring the fitted machine model")
+@pytest.mark.parametrize("under", ["", "sub", "sub/deeper"])
+def test_root_at_or_under_a_file_is_refused_with_the_fix(tmp_path, monkeypatch, under):
     (tmp_path / "file").write_text("")
-    monkeypatch.setenv("CONVGEN_CACHE_DIR", str(tmp_path / "file"))
+    root = tmp_path / "file" / under if under else tmp_path / "file"
+    monkeypatch.setenv("CONVGEN_CACHE_DIR", str(root))
     forget_loaded_kernels()
-    with pytest.raises(cache.CacheError, match="not a directory"):
+    where = "is a file" if not under else f"lies under {tmp_path / 'file'}, which is a file"
+    with pytest.raises(cache.CacheError) as info:
         convgen.compile(SPEC, SHAPE)
+    message = str(info.value)
+    assert f"cache directory {root}: it {where}" in message
+    assert "set CONVGEN_CACHE_DIR to a directory" in message and "chmod" not in message
+
+
+def test_relative_cache_dir_is_made_absolute_once(tmp_path, monkeypatch):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    monkeypatch.setenv("CONVGEN_CACHE_DIR", "rel-cache-for-test")
+    assert cache.cache_root() == tmp_path / "a" / "rel-cache-for-test"
+    monkeypatch.chdir(tmp_path / "b")        # the cache does not follow the working directory
+    assert cache.checked_root() == tmp_path / "a" / "rel-cache-for-test"
+    assert not (tmp_path / "b" / "rel-cache-for-test").exists()
 
 
 def test_cli_reports_an_unsafe_cache(private_cache, capsys):

@@ -366,3 +366,27 @@ def test_module_on_cuda_keeps_weights_on_the_device(monkeypatch):
         module(FakeDeviceArray((2, 4, 5, 5), dtype="float64"))
     with pytest.raises(ValueError, match="device"):
         convgen.nn.Conv2d(4, 6, 3, device="cuda:1")
+
+
+def test_module_on_cuda_parameters_and_state_dict(monkeypatch):
+    """Host values assigned or loaded go to the device; device arrays are kept as given;
+    state_dict hands back the device arrays under torch's keys."""
+    fake = FakeMemoryDriver()
+    monkeypatch.setattr(driver, "driver", lambda: fake)
+    monkeypatch.setattr(driver, "available", lambda: True)
+    module = convgen.nn.Conv2d(4, 6, 3, device="cuda")
+    host = np.arange(6 * 4 * 9, dtype=np.float64).reshape(6, 4, 3, 3)
+    module.load_state_dict({"weight": host, "bias": np.ones(6)})     # cast to float32, copied
+    assert isinstance(module.weight, DeviceArray)
+    np.testing.assert_array_equal(module.weight.copy_to_host(), host.astype(np.float32))
+    state = module.state_dict()
+    assert list(state) == ["weight", "bias"] and state["weight"] is module.weight
+    given = FakeDeviceArray((6, 4, 3, 3))
+    module.weight = given                                          # a device array: kept
+    assert module.weight is given
+    with pytest.raises(TypeError, match="float64 but the module's dtype is float32"):
+        module.weight = FakeDeviceArray((6, 4, 3, 3), dtype="float64")
+    with pytest.raises(ValueError, match=r"must have shape \(6,\)"):
+        module.bias = FakeDeviceArray((5,))
+    with pytest.raises(convgen.nn.StateDictError, match="size mismatch for bias"):
+        module.load_state_dict({"weight": host, "bias": np.ones(5)})

@@ -625,9 +625,8 @@ def test_modules_on_the_emulator(name, args, kwargs, x_shape):
 
     module = getattr(convgen.nn, name)(*args, **kwargs, device=EMU, dtype="float64")
     torch_module = getattr(torch.nn, name)(*args, **kwargs, dtype=torch.float64)
-    with torch.no_grad():
-        torch_module.weight.copy_(torch.from_numpy(module.weight))
-        torch_module.bias.copy_(torch.from_numpy(module.bias))
+    # state_dict: writeable copies (the module's own arrays are read-only, which torch warns of)
+    torch_module.load_state_dict({k: torch.from_numpy(v) for k, v in module.state_dict().items()})
     x = np.random.default_rng(4).standard_normal(x_shape)
     y = module(x)
     with torch.no_grad():

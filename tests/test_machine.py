@@ -130,3 +130,50 @@ def test_convgen_machine_measures_this_host(private_cache, monkeypatch):
     text = subprocess.run([sys.executable, "-m", "convgen.cli", "machine"], env=env,
                           capture_output=True, text=True, timeout=60).stdout
     assert "measured" in text and "GFLOP/s" in text
+
+
+# Two machine classes as measured: an AVX-512 core with one FMA unit (EPYC-like) and one
+# with two (Sapphire Rapids-like). Same caches, so only what the measurements say differs.
+ONE_FMA = {**FAKE, "fma_per_cycle": 1.0, "broadcast_fma_per_cycle": 1.0, "loads_per_cycle": 2.0,
+           "vector_load_cost": 1.0, "l2_bytes_per_cycle": 32.0, "l2_tile_bytes_per_cycle": 16.0,
+           "l3_bytes_per_cycle": 8.0}
+TWO_FMA = {**FAKE, "fma_per_cycle": 2.0, "broadcast_fma_per_cycle": 1.9, "loads_per_cycle": 3.0,
+           "vector_load_cost": 1.5, "l2_bytes_per_cycle": 46.0, "l2_tile_bytes_per_cycle": 19.5,
+           "l3_bytes_per_cycle": 8.6}
+
+
+@pytest.mark.skipif(TARGET.isa != "avx512", reason="the two classes compared are AVX-512 ones")
+def test_the_planner_plans_by_the_measured_class(measured_here, monkeypatch):
+    """deconv_outpad of the public suite (transposed 64 -> 32, 3x3, stride 2): a tile of one
+    weight vector (16 channels x 28 pixels) takes a broadcast per FMA. On a one-FMA core the
+    FMAs bind every tile alike; on a two-FMA core those broadcasts bind first (the measured
+    rate of FMAs carrying a broadcast is below the plain FMA rate), so the planner moves to
+    32 channels x 14 pixels: the same FMAs for half the broadcasts."""
+
+    from convgen.core.spec import ConvSpec, workload_of
+    from convgen.cpu.cost import estimate
+    from convgen.cpu.planner import choose
+    from convgen.target import host
+    from convgen.target import machine as target_machine
+
+    workload, _ = workload_of(ConvSpec.conv_transpose(2, 64, 32, 3, stride=2, padding=1,
+                                                      output_padding=1),
+                              (1, 64, 28, 28), "float32")
+    # the same caches for both classes: only the measured throughputs differ
+    monkeypatch.setattr(host, "caches", lambda: host.Caches(48 << 10, 2 << 20, 32 << 20))
+    target_machine.default_machine.cache_clear()
+    chosen, models = {}, {}
+    for name, fields in (("one", ONE_FMA), ("two", TWO_FMA)):
+        identity = {**host.identity(), "cpu_model": f"test CPU with {name} FMA unit(s)"}
+        monkeypatch.setattr(host, "identity", lambda identity=identity: identity)
+        machine.forget()
+        models[name] = machine.current(TARGET, lambda isa, fields=fields: dict(fields))
+        assert models[name].fma_per_cycle == fields["fma_per_cycle"]
+        chosen[name] = choose(workload, TARGET, threads=2)
+    target_machine.default_machine.cache_clear()
+    vector = TARGET.vector_bytes // 4
+    assert chosen["one"].oc_tile == vector and chosen["two"].oc_tile == 2 * vector
+    # each class's choice is the cheaper one under its own measurements
+    for mine, other in (("one", "two"), ("two", "one")):
+        assert estimate(chosen[mine], workload, TARGET, models[mine])[0] < \
+            estimate(chosen[other], workload, TARGET, models[mine])[0]

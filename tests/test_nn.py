@@ -240,12 +240,14 @@ def test_dtype_and_device_spellings():
     assert cnn.Conv1d(2, 2, 3, device=torch.device("cpu")).dtype == "float32"
 
 
-def test_config_is_read_only_weights_are_not():
+def test_config_is_read_only_weights_are_replaced_not_edited():
     m = cnn.Conv2d(2, 2, 3)
     for attr in ("stride", "padding", "in_channels", "spec", "dtype"):
         with pytest.raises(AttributeError):
             setattr(m, attr, getattr(m, attr))
     m.weight = m.weight * 2
+    with pytest.raises(ValueError, match="read-only"):
+        m.weight[0] = 1.0
 
 
 def test_changed_weights_are_used_by_the_next_call():
@@ -256,11 +258,14 @@ def test_changed_weights_are_used_by_the_next_call():
     ours = getattr(cnn, name).from_torch(theirs)
     x = random(rng, shape)
     assert_matches(ours(x), torch_output(theirs, x), "float64")
-    ours.weight *= -1.5                                    # in place
-    ours.bias = random(rng, ours.bias.shape)               # replaced
+    with pytest.raises(ValueError, match="read-only"):
+        ours.weight *= -1.5                                # in place: refused, not stale
+    ours.weight = ours.weight * -1.5                       # replaced: packed again
+    bias = random(rng, ours.bias.shape)
+    ours.bias = bias
     with torch.no_grad():
         theirs.weight.mul_(-1.5)
-        theirs.bias.copy_(torch.as_tensor(ours.bias))
+        theirs.bias.copy_(torch.as_tensor(bias))
     assert_matches(ours(x), torch_output(theirs, x), "float64")
     ours.bias, theirs.bias = None, None                    # as torch allows
     assert_matches(ours(x), torch_output(theirs, x), "float64")

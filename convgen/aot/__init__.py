@@ -6,7 +6,7 @@ OUT_DIR`` write a directory with one header (``NAME.h``: a context, one function
 for static and shared libraries, an example program and a README. See ``build.py`` for the
 stages, ``json.py`` for the JSON model schema, ``onnx.py`` for the ONNX attribute mapping.
 """
-from .build import BuildResult, build, load_model
+from .build import BuildResult, build, conv_layers, load_model
 from .model import ModelError
 
-__all__ = ["BuildResult", "ModelError", "build", "load_model"]
+__all__ = ["BuildResult", "ModelError", "build", "conv_layers", "load_model"]

@@ -142,6 +142,15 @@ def load_model(model, example_input=None, input_shapes=None,
                     f"example_input; got {type(model).__name__}")
 
 
+def conv_layers(model, input_shapes=None) -> list[tuple]:
+    """``(name, spec, input_shape, dtype)`` of every convolution a build of ``model`` would
+    compile (BatchNorm folded, what it fuses left out): what ``convgen tune MODEL`` tunes, so
+    that ``convgen build MODEL --tuning-db`` finds the plans under the same workloads."""
+    network, _ = load_model(model, input_shapes=input_shapes, skip_unsupported=True)
+    return [(layer.name, layer.spec, layer.input_shape, DTYPE)
+            for layer in map(_with_zero_bias, network.layers)]
+
+
 def _stem(path: Path) -> str | None:
     try:
         return c_identifier(path.stem)[:MAX_NAME]

@@ -114,7 +114,10 @@ def choose(workload: Workload, build: BuildTarget, accuracy: str, database=None)
     backend, target = build.backend, build.target
     note = ""
     if database is not None:
-        tuned = database.best(dataclasses.replace(workload, epilogue=()), target)
+        # Records are keyed by thread count: ask for the team this build compiles in.
+        options = {} if build.threads is None else {"threads": build.threads}
+        tuned = database.best(dataclasses.replace(workload, epilogue=()), target,
+                              accuracy=accuracy, **options)
         if tuned is not None:
             if build.threads is not None and hasattr(tuned, "threads"):
                 tuned = dataclasses.replace(tuned, threads=build.threads)
@@ -131,7 +134,7 @@ def choose(workload: Workload, build: BuildTarget, accuracy: str, database=None)
 def open_tuning_db(db):
     """The tuning database a build asks for plans: ``db`` is a path, opened with
     ``convgen.tuning.db.TuningDB`` (imported here, lazily: the tuning package is optional to
-    this module), or any object with ``best(workload, target) -> plan | None``."""
+    this module), or any object with ``best(workload, target, accuracy=, threads=) -> plan | None``."""
     if db is None or hasattr(db, "best"):
         return db
     if not isinstance(db, (str, Path)):

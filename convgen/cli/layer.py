@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import argparse
 
+from ..backends import TARGET_NAMES
 from ..core.layers import OPS, spec_from_op
+from ..target import CPU_ALIASES
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -17,6 +19,17 @@ def _ints(text: str) -> tuple[int, ...]:
 def _int_or_ints(text: str):
     values = _ints(text)
     return values[0] if len(values) == 1 else values
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
 
 
 def _padding(text: str):
@@ -42,10 +55,13 @@ def add_layer_arguments(parser: argparse.ArgumentParser) -> None:
                         help="transposed convs only")
     parser.add_argument("--no-bias", action="store_true", help="the layer has no bias")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    parser.add_argument("--target", default="cpu", help="cpu (native), cpu-avx2, c (portable), "
-                        "cuda (nvcc) or cuda-emu (CUDA run on the CPU)")
+    parser.add_argument("--target", default="cpu", choices=TARGET_NAMES + tuple(CPU_ALIASES),
+                        metavar="TARGET", help="cpu (this machine's ISA; alias native), "
+                        "x86-64-v3 (AVX2), x86-64-v4 (AVX-512), c (portable C; alias generic), "
+                        "cuda (nvcc) or cuda-emu (the CUDA kernel run on the CPU)")
     parser.add_argument("--plan", default="auto",
-                        help="auto, an algorithm name, or a complete plan string")
+                        help="auto (the planner's choice), an algorithm name, or a complete "
+                        "plan string as `convgen plan` prints it")
     parser.add_argument("--accuracy", default="fast", choices=["fast", "strict"],
                         help="strict: exact algorithms only (no Winograd)")
 

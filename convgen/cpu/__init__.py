@@ -17,7 +17,7 @@ from ..runtime import machine as machine_model
 from ..runtime.kernel import kernel_for
 from ..target import Target
 from . import compile as compiler
-from . import kernel, measure, planner, render
+from . import cost, kernel, measure, peak, planner, render
 from .plan import Plan
 
 
@@ -53,6 +53,18 @@ class CpuBackend:
     def explain(self, workload: Workload, target: Target, top: int = 5, accuracy: str = "fast",
                 chosen=None) -> str:
         return planner.explain(workload, target, top, accuracy, chosen)
+
+    def machine_model(self, target: Target):
+        """The Machine the cost model prices plans for on ``target``."""
+        return planner.model(target)
+
+    def estimate(self, plan: Plan, workload: Workload, target: Target, machine) -> tuple:
+        """The cost model's (seconds, why) for one plan on ``machine``."""
+        return cost.estimate(plan, workload, target, machine)
+
+    def peak_gflops(self, threads: int) -> float:
+        """The measured float32 FMA peak of this machine on ``threads`` threads."""
+        return peak.fma_peak_gflops(threads)
 
     def machine(self, target: Target, remeasure: bool = False) -> dict:
         """The machine model the planner prices plans with, and where it came from."""

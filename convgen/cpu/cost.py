@@ -9,6 +9,7 @@ rank plans, and ``explain`` shows its numbers next to each candidate.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 from ..core.dtypes import itemsize
 from ..core.spec import Workload
@@ -16,6 +17,7 @@ from ..target import Target
 from ..target.machine import Machine
 from .derived import Derived, derive
 from .layout import Lowering
+from .memory import level_of, read_cycles
 from .plan import GATHER_ALGORITHMS, WINOGRAD_ALGORITHMS, Plan, native_vector
 
 _PARALLEL_OVERHEAD_S = 4e-6      # one OpenMP fork/join with warm (spinning) workers
@@ -37,25 +39,14 @@ def estimate(plan: Plan, workload: Workload, target: Target, machine: Machine) -
     if plan.algorithm == "depthwise":
         return _depthwise_cost(plan, workload, facts, machine, width)
     low = facts.lowering
-    tile_cost = _gemm_phase_cost if plan.algorithm == "implicit_gemm" else _simd_phase_cost
-    compute, items_total, useful, issued = 0.0, 0, 0, 0
-    for phase in low.phases:
-        items, item_cycles, lanes_used, lanes_issued = tile_cost(plan, workload, facts, phase,
-                                                                 machine, width)
-        compute += math.ceil(items / plan.threads) * item_cycles
-        items_total += items
-        useful, issued = useful + lanes_used, issued + lanes_issued
-    stream = _stream_cycles(plan, workload, facts, machine) / plan.threads
-    # prefetching hides part of the streaming behind the FMAs
-    cycles = max(compute, stream) + 0.5 * min(compute, stream)
+    cycles, items, lanes, core, memory = _gemm_like_cost(plan, workload, facts, machine, width)
     seconds = (cycles / machine.clock_hz + _setup_seconds(plan, workload, low, machine)
                + _CALL_OVERHEAD_S)
     if plan.threads > 1:
         seconds += _PARALLEL_OVERHEAD_S
-    why = (f"{items_total} parallel items over {plan.threads} threads, "
-           f"{useful / max(issued, 1):.0%} of vector lanes useful, "
-           f"compute {compute / machine.clock_hz * 1e3:.3f} ms/thread, "
-           f"streaming {stream / machine.clock_hz * 1e3:.3f} ms/thread")
+    why = (f"{items} parallel items over {plan.threads} threads, {lanes:.0%} of vector lanes "
+           f"useful, in-core {core / machine.clock_hz * 1e3:.3f} ms/thread, reading "
+           f"{memory / machine.clock_hz * 1e3:.3f} ms/thread")
     return seconds, why
 
 
@@ -66,10 +57,20 @@ def _winograd_cost(plan: Plan, workload: Workload, facts: Derived, machine: Mach
     spec, size = workload.spec, itemsize(workload.dtype)
     geo = facts.winograd
     points, nv = geo.alpha ** spec.ndim, plan.pixel_tile // plan.vector
-    fma = plan.oc_tile * nv / (machine.fma_per_cycle * width)
-    loads = (plan.oc_tile + nv * machine.vector_load_cost / width) / machine.loads_per_cycle
-    gemm = points * (spec.cout_per_group // plan.oc_tile) * (
-        spec.cin_per_group * max(fma, loads) + plan.oc_tile * nv + 20)
+    # the products of one point and one channel tile: a register tile of OC_TILE x NV over
+    # the group's input channels, reading that point's transformed inputs (V) and weights
+    fmas = plan.oc_tile * nv
+    step = max(fmas / (machine.fma_per_cycle * width),
+               (plan.oc_tile + nv * machine.vector_load_cost / width) / machine.loads_per_cycle,
+               machine.fma_latency if fmas < machine.fma_latency * machine.fma_per_cycle
+               else 0.0)
+    core = spec.cin_per_group * step + fmas + 20
+    v_point = spec.cin_per_group * plan.pixel_tile * size
+    weights = points * spec.out_channels * spec.cin_per_group * size
+    memory = (read_cycles(v_point, level_of(v_point, machine), machine, tile=True)
+              + read_cycles(spec.cin_per_group * plan.oc_tile * size, level_of(weights, machine),
+                            machine, tile=True))
+    gemm = points * (spec.cout_per_group // plan.oc_tile) * _overlap(core, memory)
     vector_ops = 6 * geo.alpha * points / width   # adds per transformed tile, roughly
     transforms = nv * (spec.cin_per_group + spec.cout_per_group) * vector_ops / 2
     stores = spec.cout_per_group * plan.pixel_tile * geo.m ** spec.ndim
@@ -156,89 +157,173 @@ def _level_bandwidth(working_set: int, machine: Machine) -> float:
     return machine.dram_bytes_per_s / machine.clock_hz
 
 
-def _stream_cycles(plan: Plan, workload: Workload, facts: Derived, machine: Machine) -> float:
-    """Cycles spent streaming the operand that the loop order does not keep in cache.
-
-    oc_outer keeps a channel tile's weights and walks the whole input once per tile;
-    pixel_outer keeps a row's input window and walks all the weights once per row.
-    """
+def _gemm_like_cost(plan: Plan, workload: Workload, facts: Derived, machine: Machine,
+                    width: float) -> tuple[float, int, float, float, float]:
+    """implicit_gemm and direct_simd: (cycles of the busiest thread, parallel items, the
+    share of vector lanes that compute outputs, in-core and reading cycles per thread)."""
     spec, size = workload.spec, itemsize(workload.dtype)
-    batch, low = workload.input_shape[0], facts.lowering
+    low, batch = facts.lowering, workload.input_shape[0]
     inputs = batch * spec.in_channels * (low.padded_spatial if low.copy_input
                                          else math.prod(workload.in_spatial)) * size
-    weights = facts.own_packed * size
-    if plan.loop_order == "oc_outer":
-        traffic, working_set = inputs * facts.oc_blocks, inputs
-    else:
-        rows = sum(p.outputs // max(p.axes[-1].count, 1) for p in low.phases) * batch
-        traffic, working_set = weights * rows, weights
-    if working_set <= machine.l2_bytes // 2:
-        return (inputs + weights) / machine.l2_bytes_per_cycle
-    if plan.loop_order == "pixel_outer" and working_set <= machine.l2_bytes * 3 // 4:
-        # every row walks the same weights in the same order: the L2 keeps them
-        return traffic / machine.l2_bytes_per_cycle
-    return traffic / _level_bandwidth(working_set, machine)
+    # A tile walks the input channels of its group: far apart for the prefetchers, unless
+    # the padded copy keeps a row of every channel together.
+    channel_bytes = (low.row_pitch if low.rows_outside_channels else
+                     low.padded_spatial) * size
+    reads = _Reads(inputs, facts.own_packed * size,
+                   spec.cin_per_group >= 8 and channel_bytes > 2048)
+    busiest, items_total, used, issued, core_total, memory_total = 0.0, 0, 0, 0, 0.0, 0.0
+    for phase in low.phases:
+        k_steps = spec.cin_per_group * phase.taps
+        count = phase.axes[-1].count
+        rows = batch * spec.groups * (phase.outputs // max(count, 1))
+        if plan.loop_order == "panel":
+            chunks = -(-count // plan.chunk)
+            items, core, memory, pack = rows * chunks, 0.0, 0.0, 0.0
+            for width_px, share in ((min(plan.chunk, count), chunks - 1), (
+                    count - (chunks - 1) * plan.chunk, 1)):
+                if share:
+                    c, m, p = _panel_chunk(plan, workload, facts, machine, width, k_steps,
+                                           width_px, rows * chunks, reads)
+                    core, memory, pack = (core + share * c / chunks, memory + share * m / chunks,
+                                          pack + share * p / chunks)
+            item = pack + facts.oc_blocks * _overlap(core, memory)
+            core, memory = facts.oc_blocks * core, pack + facts.oc_blocks * memory
+        else:
+            tiles = _row_tiles(plan, count)
+            items = rows * facts.oc_blocks
+            core = sum(n * _tile_core(plan, machine, width, k_steps, px,
+                                      _vector_store(plan, workload, phase, width))
+                       for n, px in tiles)
+            memory = _row_memory(plan, workload, facts, machine, phase, k_steps, tiles, reads)
+            item = _overlap(core, memory)
+        busiest += math.ceil(items / plan.threads) * item
+        core_total += items * core / plan.threads
+        memory_total += items * memory / plan.threads
+        items_total += items
+        used += phase.outputs * spec.out_channels * batch
+        issued += (rows * facts.oc_blocks * plan.oc_tile
+                   * sum(n * px for n, px in _row_tiles(plan, count, padded=True)))
+    return busiest, items_total, used / max(issued, 1), core_total, memory_total
 
 
-def _gemm_phase_cost(plan: Plan, workload: Workload, facts: Derived, phase, machine: Machine,
-                     width: float):
-    """implicit_gemm: per K step, V weight vectors loaded, R pixels broadcast, R*V FMAs."""
-    spec, size = workload.spec, itemsize(workload.dtype)
-    v, r = plan.oc_tile // plan.vector, plan.pixel_tile
-    k_steps = spec.cin_per_group * phase.taps
-    block = plan.oc_tile * k_steps * size      # the weights one tile walks through
-    bandwidth = _level_bandwidth(block, machine)
-
-    def tile(pixels: int) -> float:
-        fma = pixels * v / (machine.fma_per_cycle * width)
-        loads = (pixels + v * machine.vector_load_cost / width) / machine.loads_per_cycle
-        weights = v * plan.vector * size / bandwidth
-        store = pixels * plan.oc_tile * 0.5
-        return k_steps * max(fma, loads, weights) + store + 20
-
-    inner = phase.axes[-1]
-    full, tail = divmod(inner.count, r)
-    row_cycles = full * tile(r) + (tile(tail) if tail else 0)
-    rows = phase.outputs // max(inner.count, 1)
-    items = workload.input_shape[0] * spec.groups * facts.oc_blocks * rows
-    used = phase.outputs * spec.out_channels * workload.input_shape[0]
-    issued = items * inner.count * plan.oc_tile
-    return items, row_cycles, used, issued
+@dataclass(frozen=True)
+class _Reads:
+    inputs: int        # bytes of the (padded) input
+    weights: int       # bytes of the packed weights
+    scattered: bool    # a tile's walk over the input channels defeats the prefetchers
 
 
-def _simd_phase_cost(plan: Plan, workload: Workload, facts: Derived, phase, machine: Machine,
-                     width: float):
-    """direct_simd: per K step, NV input vectors loaded, OCB weights broadcast, OCB*NV FMAs."""
-    spec, size = workload.spec, itemsize(workload.dtype)
-    ocb, nv = plan.oc_tile, plan.pixel_tile // plan.vector
-    k_steps = spec.cin_per_group * phase.taps
-    inner = phase.axes[-1]
-    rows_in_window = math.prod(len(a.taps) for a in phase.axes[:-1])
-    window = spec.cin_per_group * rows_in_window * (plan.pixel_tile + len(inner.taps)) * size
-    # The next work item reuses this window from cache if it reads the same rows: the next
-    # row of the same channels (oc_outer), or the same rows for the next channel tile
-    # (pixel_outer), unless that tile belongs to another group and reads other channels.
-    reuse = window if plan.loop_order == "oc_outer" or spec.groups == 1 else window * spec.groups
-    bandwidth = _level_bandwidth(reuse, machine)
+def _overlap(core: float, memory: float) -> float:
+    """Prefetched reads overlap the FMAs, nearly perfectly."""
+    return max(core, memory) + 0.1 * min(core, memory)
 
-    def tile(vectors: int) -> float:
-        fma = ocb * vectors / (machine.fma_per_cycle * width)
-        loads = (ocb + vectors * machine.vector_load_cost / width) / machine.loads_per_cycle
-        inputs = vectors * plan.vector * size / bandwidth
-        return k_steps * max(fma, loads, inputs) + ocb * vectors + 20
 
-    vectors = -(-inner.count // plan.vector)
+def _broadcasts_weights(plan: Plan) -> bool:
+    """direct_simd broadcasts its weights and loads the inputs as vectors; implicit_gemm
+    the other way round. Broadcast operands arrive from L2 at the measured tile rate, whole
+    vectors at the L2's read rate."""
+    return plan.algorithm != "implicit_gemm"
+
+
+def _vector_store(plan: Plan, workload: Workload, phase, width: float) -> bool:
+    """Does implicit_gemm store its tiles transposed in registers (cpu/render.py)?"""
+    return (plan.algorithm == "implicit_gemm" and width == 1 and workload.dtype == "float32"
+            and plan.vector == 16 and phase.axes[-1].out_step == 1)
+
+
+def _row_tiles(plan: Plan, count: int, padded: bool = False) -> list[tuple[int, int]]:
+    """(how many, outputs each) register tiles of a row of ``count`` outputs; ``padded``
+    counts the lanes a tile computes whether or not they are stored."""
+    if plan.algorithm == "implicit_gemm":
+        full, tail = divmod(count, plan.pixel_tile)
+        return [(full, plan.pixel_tile)] + ([(1, tail)] if tail else [])
+    vectors = -(-count // plan.vector)
+    nv = plan.pixel_tile // plan.vector
     full, tail = divmod(vectors, nv)
-    row_cycles = full * tile(nv) + (tile(tail) if tail else 0)
-    if plan.loop_order == "pixel_outer" and spec.groups > 1:
-        # the next item is another group's channels: its window comes from L2, not L1, and
-        # such short reads wait on latency (measured: depthwise rows ran 2x slower so)
-        row_cycles += 4 * window / machine.l2_bytes_per_cycle
-    rows = phase.outputs // max(inner.count, 1)
-    items = workload.input_shape[0] * spec.groups * facts.oc_blocks * rows
-    used = phase.outputs * spec.out_channels * workload.input_shape[0]
-    issued = items * vectors * plan.vector * plan.oc_tile
-    return items, row_cycles, used, issued
+    last = tail * plan.vector if padded else count - full * nv * plan.vector
+    return [(full, nv * plan.vector)] + ([(1, last)] if tail else [])
+
+
+def _tile_core(plan: Plan, machine: Machine, width: float, k_steps: int, pixels: int,
+               vector_store: bool = False) -> float:
+    """In-core cycles of one register tile: per step of the reduction its FMAs, its load
+    slots or its FMA latency (too few accumulator chains), whichever binds; then adding up
+    the blocks of the blocked accumulation, the store, and a fixed cost. ``vector_store``:
+    implicit_gemm's tile is stored transposed in registers (render's transpose_store)."""
+    if plan.algorithm == "implicit_gemm":
+        vectors = plan.oc_tile // plan.vector
+        fmas = accumulators = pixels * vectors
+        loads = pixels + vectors * machine.vector_load_cost / width
+        if vector_store:                       # 16 x 16 blocks transposed in registers
+            stores = vectors * -(-pixels // 16) * 90.0
+        else:                                  # one scalar store each
+            stores = pixels * plan.oc_tile * 1.0
+    else:
+        vectors = -(-pixels // plan.vector)
+        fmas = plan.oc_tile * vectors
+        accumulators = fmas * max(1, min(4, 16 // fmas))   # several chains for small tiles
+        loads = plan.oc_tile + vectors * machine.vector_load_cost / width
+        stores = fmas * 1.0
+    broadcasts = pixels if plan.algorithm == "implicit_gemm" else plan.oc_tile
+    broadcast_rate = machine.broadcast_fma_per_cycle or machine.fma_per_cycle
+    step = max(fmas / (machine.fma_per_cycle * width), loads / machine.loads_per_cycle,
+               min(broadcasts, fmas) / (broadcast_rate * width),
+               machine.fma_latency * fmas / accumulators
+               if accumulators < machine.fma_latency * machine.fma_per_cycle else 0.0)
+    if broadcasts >= fmas:
+        # a broadcast per FMA: measured 10-20% below the FMA rate once the operands come
+        # from L2 (AVX-512, two FMA units), where half as many broadcasts per FMA held 99%
+        step *= 1.15
+    blocks = -(-k_steps // 256)
+    return k_steps * step + (blocks - 1) * fmas * 3 + stores + 30
+
+
+def _row_memory(plan: Plan, workload: Workload, facts: Derived, machine: Machine, phase,
+                k_steps: int, tiles, reads: _Reads) -> float:
+    """Reading cycles of one (row, channel tile) item of the oc_outer and pixel_outer orders."""
+    spec, size = workload.spec, itemsize(workload.dtype)
+    rows = workload.input_shape[0] * sum(p.outputs // max(p.axes[-1].count, 1)
+                                         for p in facts.lowering.phases)
+    # the input rows one output row reads: its share of the input, times the kernel rows
+    row_inputs = reads.inputs / spec.groups / max(rows, 1) * max(
+        1, math.prod(len(a.taps) for a in phase.axes[:-1]))
+    tile_weights = k_steps * plan.oc_tile * size
+    tiles_in_row = sum(n for n, _ in tiles)
+    input_level = level_of(reads.inputs, machine)
+    if plan.loop_order == "oc_outer":
+        # a channel tile's weights stay while every row's inputs stream past, once per tile
+        return (tiles_in_row * read_cycles(tile_weights, level_of(tile_weights, machine),
+                                           machine, tile=_broadcasts_weights(plan))
+                + read_cycles(row_inputs, input_level, machine, reads.scattered))
+    # pixel_outer: a row's inputs stay (where they fit) while every channel tile's weights
+    # stream past, once per row
+    row_level = level_of(row_inputs, machine)
+    first = read_cycles(row_inputs, input_level, machine, reads.scattered)
+    again = read_cycles(row_inputs, row_level, machine, reads.scattered)
+    return (tiles_in_row * read_cycles(tile_weights, level_of(reads.weights, machine), machine,
+                                       tile=_broadcasts_weights(plan))
+            + (first + again * (facts.oc_blocks - 1)) / facts.oc_blocks)
+
+
+def _panel_chunk(plan: Plan, workload: Workload, facts: Derived, machine: Machine,
+                 width: float, k_steps: int, pixels: int, items: int, reads: _Reads):
+    """One chunk of the panel order: (in-core and reading cycles of one channel tile over
+    it, cycles packing it). The packing reads the chunk's inputs from wherever the input
+    lives and writes the panel; every channel tile then reads the panel from L1/L2 and
+    its weights from wherever all the weights live."""
+    size = itemsize(workload.dtype)
+    tiles = _row_tiles(plan, pixels)
+    panel = k_steps * plan.chunk * size
+    pack = (panel / machine.l2_bytes_per_cycle
+            + read_cycles(reads.inputs / max(items, 1), level_of(reads.inputs, machine),
+                          machine, reads.scattered))
+    store = _vector_store(plan, workload, facts.lowering.phases[0], width)
+    core = sum(n * _tile_core(plan, machine, width, k_steps, px, store) for n, px in tiles)
+    per_tile = (read_cycles(k_steps * plan.pixel_tile * size, level_of(panel, machine), machine,
+                            tile=not _broadcasts_weights(plan))
+                + read_cycles(k_steps * plan.oc_tile * size, level_of(reads.weights, machine),
+                              machine, tile=_broadcasts_weights(plan)))
+    return core, sum(n for n, _ in tiles) * per_tile, pack
 
 
 def _setup_seconds(plan: Plan, workload: Workload, low: Lowering, machine: Machine) -> float:

@@ -29,6 +29,7 @@ class Derived:
     own_workspace: int                   # elements of its own scratch (the padded input ...)
     exact_plan: Plan | None = None       # Winograd: the exact kernel for non-finite operands
     exact: Derived | None = None       # ... and its facts
+    panel: int = 0                       # loop_order "panel": elements of one thread's panel
 
     @property
     def packed_weights(self) -> int:
@@ -73,7 +74,11 @@ def _derive(workload: Workload, plan: Plan, target: Target) -> Derived:
         return Derived(low, None, blocks, spec.groups * per_group, planes)
     padded = (workload.input_shape[0] * spec.in_channels * low.padded_spatial
               if low.copy_input else 0)
-    return Derived(low, None, blocks, spec.groups * per_group, padded)
+    # a panel: one chunk's inputs for every (input channel, tap) of a group, per thread
+    panel = (max(spec.cin_per_group * p.taps for p in low.phases) * plan.chunk
+             if plan.loop_order == "panel" else 0)
+    return Derived(low, None, blocks, spec.groups * per_group, padded + plan.threads * panel,
+                   panel=panel)
 
 
 def exact_plan_for(plan: Plan) -> Plan:
@@ -92,7 +97,10 @@ def winograd_geometry(workload: Workload, plan: Plan) -> winograd.Geometry:
 
 def lowering_for(workload: Workload, plan: Plan) -> Lowering:
     """The lowering a plan's kernel computes (direct_simd reads whole vectors past a row's
-    end, and stores a strided row as its column phases)."""
+    end, and stores a strided row as its column phases; a panel copies whole runs of a
+    row, so strided rows are stored as their column phases there too)."""
+    if plan.loop_order == "panel":
+        return lower(workload, 1, split_rows=True)
     if plan.algorithm in ("direct_simd", "depthwise"):
         return lower(workload, plan.vector, split_rows=True)
     return lower(workload, 1)

@@ -4,7 +4,8 @@
 kernel cache, like any kernel) and times, on one core: the clock (a chain of dependent
 integer adds: one per cycle on every x86-64 core), full-width FMA throughput and latency,
 broadcast and vector load throughput from L1, and the bytes per cycle one core streams
-from L1, L2, L3 and DRAM, plus DRAM with every core reading. About a second in all.
+from L1, L2, L3 and DRAM, plus DRAM with every core reading, and the latency of a load no
+prefetcher saw coming from L2, L3 and DRAM (a pointer chase). About a second in all.
 Returns None where it cannot measure (not x86-64, no compiler): the model then keeps the
 ISA row's defaults.
 """
@@ -24,11 +25,14 @@ from .compile import compile_shared, compiler_identity, flags
 
 loader.declare_type("cg_rate_fn", "typedef double (*cg_rate_fn)(long iterations);")
 loader.declare_type("cg_load_fn", "typedef double (*cg_load_fn)(long iterations, int b);")
+loader.declare_type("cg_tile_fn", "typedef double (*cg_tile_fn)(long n, size_t steps);")
+loader.declare_type("cg_latency_fn", "typedef double (*cg_latency_fn)(size_t bytes, long n);")
 loader.declare_type("cg_stream_fn",
                     "typedef double (*cg_stream_fn)(size_t bytes, int sweeps, int threads);")
 _FUNCTIONS = {"cg_clock_hz": "cg_rate_fn", "cg_fma_rate": "cg_rate_fn",
+              "cg_broadcast_fma_rate": "cg_rate_fn", "cg_l2_tile_rate": "cg_tile_fn",
               "cg_fma_chain_seconds": "cg_rate_fn", "cg_load_rate": "cg_load_fn",
-              "cg_stream_rate": "cg_stream_fn"}
+              "cg_stream_rate": "cg_stream_fn", "cg_load_latency": "cg_latency_fn"}
 
 
 def _library(isa: Isa) -> dict:
@@ -63,6 +67,7 @@ def measure(isa: Isa) -> dict | None:
     started = time.perf_counter()
     clock = _best(lambda: f["cg_clock_hz"](2_000_000))
     fma = _best(lambda: f["cg_fma_rate"](400_000)) / clock
+    broadcast_fma = _best(lambda: f["cg_broadcast_fma_rate"](4_000)) / clock
     latency = min(f["cg_fma_chain_seconds"](500_000) for _ in range(3)) * clock
     broadcasts = _best(lambda: f["cg_load_rate"](400_000, 1)) / clock
     vectors = _best(lambda: f["cg_load_rate"](400_000, 0)) / clock
@@ -73,13 +78,23 @@ def measure(isa: Isa) -> dict | None:
               "l3": max(caches.l2_bytes * 2, min(caches.l3_bytes // 8, 16 << 20)),
               "dram": 128 << 20}
     sweeps = {"l1": 4000, "l2": 100, "l3": 6, "dram": 1}
+    # a tile's operands from L2 (x 8 pixels and w one vector per step, ~1/4 of L2 together)
+    tile_steps = max(256, caches.l2_bytes // 4 // ((8 + isa.vector_bytes // 4) * 4))
+    l2_tile = _best(lambda: f["cg_l2_tile_rate"](max(1, 2_000_000 // tile_steps), tile_steps), 2)
     rates = {level: _best(lambda b=size, s=sweeps[level]: f["cg_stream_rate"](b, s, 1),
                           1 if level == "dram" else 2)
              for level, size in levels.items()}
     all_cores = f["cg_stream_rate"](levels["dram"], 1, host.usable_cores())
+    # latency buffers small enough that TLB misses do not dominate (L3: a few MB past L2)
+    chase_bytes = {"l2": levels["l2"], "l3": max(2 * caches.l2_bytes, 4 << 20),
+                   "dram": 64 << 20}
+    chase = {level: min(f["cg_load_latency"](size, 30_000) for _ in range(2)) * clock
+             for level, size in chase_bytes.items()}
     return {"clock_hz": clock, "fma_per_cycle": fma, "fma_latency": latency,
+            "broadcast_fma_per_cycle": broadcast_fma, "l2_tile_bytes_per_cycle": l2_tile / clock,
             "loads_per_cycle": broadcasts, "vector_load_cost": broadcasts / vectors,
             "l1_bytes_per_cycle": rates["l1"] / clock, "l2_bytes_per_cycle": rates["l2"] / clock,
             "l3_bytes_per_cycle": rates["l3"] / clock, "dram_bytes_per_s": rates["dram"],
             "dram_total_bytes_per_s": all_cores,
+            "l2_latency": chase["l2"], "l3_latency": chase["l3"], "dram_latency": chase["dram"],
             "measure_seconds": time.perf_counter() - started}

@@ -62,6 +62,15 @@ def _common(workload: Workload, plan: Plan, target: Target, facts: Derived, pref
     }
 
 
+def _k_block(workload: Workload, plan: Plan, low) -> int:
+    """Input channels per accumulation block: partial sums of about 256 products each are
+    added up at the end (float32 error grows with the length of one chain of additions:
+    blocks keep long reductions within about twice torch's error); 0: one block."""
+    taps = max(p.taps for p in low.phases)
+    block = max(1, 256 // max(taps, 1))
+    return block if block < workload.spec.cin_per_group else 0
+
+
 def _c_number(value):
     """A float as a C literal that round-trips (repr), or None."""
     return None if value is None else repr(float(value))
@@ -82,6 +91,7 @@ def _gather_context(workload: Workload, plan: Plan) -> dict:
     order = (("n", "oc_block", *names) if plan.loop_order == "oc_outer"
              else ("n", *names, "oc_block"))
     return {"axes": axes, "oc_block": plan.oc_tile, "parallel_loops": 2,
+            "gather_k_block": max(1, 256 // math.prod(spec.kernel_size)),
             "loops": [{"var": variables[a], "extent": extents[a]} for a in order]}
 
 
@@ -115,6 +125,13 @@ def _simd_context(workload: Workload, plan: Plan, target: Target, facts: Derived
         "phases": phases,
         "tiles": tiles,
         "loop_order": plan.loop_order,
+        "chunk": plan.chunk, "panel_size": facts.panel, "pixel_tile": plan.pixel_tile,
+        # implicit_gemm stores 16 x 16 blocks transposed in registers where a row's outputs
+        # are consecutive and the ISA has 512-bit float shuffles and masked stores
+        "transpose_store": (plan.algorithm == "implicit_gemm" and vector_bytes == 64
+                            and workload.dtype == "float32" and low.phases[0].axes[-1].out_step == 1
+                            and masked_store(target.isa_row, target.cpu_features, 64) == "avx512"),
+        "k_block": _k_block(workload, plan, low),
         # depthwise unrolls its taps with constant offsets: no table of them
         "tap_table": plan.algorithm != "depthwise",
         **(_depthwise_rows(workload, plan, low, axes) if plan.algorithm == "depthwise" else {}),
@@ -201,10 +218,25 @@ def _phases(workload: Workload, plan: Plan, facts: Derived, axes: list[dict]):
             "counts": [a.count for a in phase.axes], "starts": [a.start for a in phase.axes],
             "out_steps": [a.out_step for a in phase.axes], "outer": outer,
             "inner_start": inner.start, "rows": phase.outputs // max(inner.count, 1),
-            "pack_offset": pack_offset, "runs": _runs(plan, inner.count, tiles),
+            "pack_offset": pack_offset,
+            **(_panel(plan, inner.count, len(flat_offsets), tiles) if plan.chunk else
+               {"runs": _runs(plan, inner.count, tiles)}),
         })
         pack_offset += facts.oc_blocks * spec.cin_per_group * len(flat_offsets) * plan.oc_tile
     return phases, list(tiles.values())
+
+
+def _panel(plan: Plan, count: int, ntaps: int, tiles: dict) -> dict:
+    """A row of ``count`` outputs in chunks of plan.chunk: the full chunks' tiles, the last
+    chunk's, and where each tap's inputs sit in a tile's run of the panel (PIXEL_TILE
+    inputs per input channel and tap)."""
+    chunks = -(-count // plan.chunk)
+    tail = count - (chunks - 1) * plan.chunk
+    return {"chunks": chunks, "tail": tail,
+            "chunk_runs": _runs(plan, plan.chunk, tiles) if chunks > 1 else [],
+            "tail_runs": _runs(plan, tail, tiles),
+            "panel_taps": [t * plan.pixel_tile for t in range(ntaps)],
+            "panel_cstride": ntaps * plan.pixel_tile}
 
 
 def _tap_combos(phase):

@@ -71,32 +71,65 @@ STATS = Stats()
 
 # -- where the cache is, and whether it is safe ----------------------------------------------
 def cache_root() -> Path:
+    """The cache root: CONVGEN_CACHE_DIR (a relative one made absolute the first time it is
+    seen, so a later ``os.chdir`` does not move the cache), else the user cache dir."""
     env = os.environ.get("CONVGEN_CACHE_DIR")
     if env:
-        return Path(env).expanduser()
+        return _absolute(env)
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "convgen"
+    return _absolute(os.path.join(base, "convgen"))
+
+
+_ABSOLUTE: dict[str, Path] = {}   # the setting as written -> where it pointed when first seen
+
+
+def _absolute(text: str) -> Path:
+    found = _ABSOLUTE.get(text)
+    if found is None:
+        found = _ABSOLUTE[text] = Path(os.path.abspath(os.path.expanduser(text)))
+    return found
 
 
 def checked_root() -> Path:
     """The cache root with its subdirectories, created 0700 where missing, checked private."""
     root = cache_root()
+    _check_not_a_file(root)
     _private_dir(root, follow_symlinks=True)   # the root itself may be a link to elsewhere
     for sub in PRIVATE_SUBDIRS:
         _private_dir(root / sub, follow_symlinks=False)
     return root
 
 
+def _check_not_a_file(root: Path) -> None:
+    """Refuse a root that is, or lies under, something other than a directory, saying so
+    (pathlib would raise a bare FileExistsError / NotADirectoryError)."""
+    for path in (root, *root.parents):
+        try:
+            mode = os.stat(path).st_mode   # one stat: another thread may be creating it
+        except (FileNotFoundError, NotADirectoryError):   # (a file above: found further up)
+            continue
+        if stat.S_ISDIR(mode):
+            return
+        what = "a file" if stat.S_ISREG(mode) else "not a directory"
+        where = f"is {what}" if path == root else f"lies under {path}, which is {what}"
+        raise CacheError(f"convgen: cannot use the cache directory {root}: it {where}; set "
+                         f"CONVGEN_CACHE_DIR to a directory of your own (convgen creates it "
+                         f"if missing), or move {path} out of the way")
+
+
 def _private_dir(path: Path, follow_symlinks: bool) -> None:
     """Create ``path`` as 0700, or check that the existing one is ours and not shared."""
     if not path.exists() and not path.is_symlink():
-        path.parent.mkdir(parents=True, exist_ok=True)
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
             path.mkdir(mode=0o700)
             os.chmod(path, 0o700)    # ours, just made: the umask may have left it narrower
             return
         except FileExistsError:      # another process made it first: check theirs
             pass
+        except PermissionError as exc:
+            raise CacheError(f"convgen: cannot create the cache directory {path}: {exc.strerror}"
+                             f"; set CONVGEN_CACHE_DIR to a directory you may write") from exc
     check_private(path, follow_symlinks)
 
 
@@ -107,7 +140,8 @@ def check_private(path: Path, follow_symlinks: bool = True) -> None:
            f"to a directory of your own")
     if not stat.S_ISDIR(info.st_mode):
         raise CacheError(f"convgen: refusing the cache directory {path}: it is not a directory "
-                         f"(a cache subdirectory must not be a symlink); {fix}")
+                         f"(a cache subdirectory must not be a symlink); remove it (convgen "
+                         f"makes a new one) or set CONVGEN_CACHE_DIR to a directory of your own")
     if info.st_uid != os.geteuid():
         raise CacheError(f"convgen: refusing the cache directory {path}: it is owned by uid "
                          f"{info.st_uid}, not by this user (uid {os.geteuid()}), and convgen "

@@ -10,7 +10,8 @@ machine must not be planned by this one's numbers.
 Stored as ``<cache>/machine/<class>.json`` (written atomically; measuring holds
 ``<class>.lock``, so processes starting together measure once). A stored model that is
 unreadable, from another model version or malformed is measured again, with a warning.
-``CONVGEN_MACHINE=defaults`` skips measuring and uses the ISA row's constants.
+``CONVGEN_MACHINE=defaults`` skips the measurement and uses the ISA row's constants (with
+any fitted ones laid over them).
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ from ..target.isa import Isa
 from ..target.machine import Machine, default_machine
 from . import cache
 
-MODEL_VERSION = 1
+MODEL_VERSION = 4
 _SIZES = {"l1d_bytes", "l2_bytes", "l3_bytes"}
 FIELDS = {f.name for f in dataclasses.fields(Machine)} - _SIZES
 LOCK_TIMEOUT_S = 120.0
@@ -56,15 +57,16 @@ def _path(isa: Isa, kind: str) -> Path:
 def current(target: Target, measure=None) -> Machine:
     """The model of the machine ``target``'s code runs on (memoised; ``forget`` drops it).
     ``measure(isa) -> dict | None`` measures this host when nothing is stored yet."""
-    if target.name != "cpu" or os.environ.get("CONVGEN_MACHINE", "").strip() == "defaults":
+    if target.name != "cpu":
         return default_machine(target.isa_row)
-    return _current(target.isa_row, measure)
+    measured = os.environ.get("CONVGEN_MACHINE", "").strip() != "defaults"
+    return _current(target.isa_row, measure if measured else None, measured)
 
 
 @functools.cache
-def _current(isa: Isa, measure) -> Machine:
+def _current(isa: Isa, measure, use_measured: bool) -> Machine:
     machine = default_machine(isa)
-    measured = measured_fields(isa, measure)
+    measured = measured_fields(isa, measure) if use_measured else {}
     if measured:
         machine = dataclasses.replace(machine, **measured)
     fitted = load_fit(isa)

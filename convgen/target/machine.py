@@ -21,12 +21,19 @@ class Machine:
     loads_per_cycle: float            # load slots per cycle; a broadcast takes one
     vector_load_cost: float           # slots a full-width vector load takes
     fma_latency: float = 4.0          # cycles before an FMA's result feeds the next one
+    broadcast_fma_per_cycle: float = 0.0   # FMAs each with a broadcast from memory (0: as
+                                           # fma_per_cycle)
     clock_hz: float = 3.3e9
     dram_bytes_per_s: float = 12e9    # one core reading
     l1_bytes_per_cycle: float = 128.0
     l2_bytes_per_cycle: float = 32.0
+    l2_tile_bytes_per_cycle: float = 12.0   # a register tile's operand streams from L2
     l3_bytes_per_cycle: float = 8.0   # one core streaming from L3
     dram_total_bytes_per_s: float = 25e9   # every core reading at once
+    l2_latency: float = 16.0          # cycles for a load no prefetcher saw coming, from L2
+    l3_latency: float = 70.0          # ... from L3
+    dram_latency: float = 250.0       # ... from DRAM
+    misses_in_flight: float = 10.0    # L1 misses one core keeps outstanding
 
 
 @functools.cache

@@ -1,0 +1,126 @@
+"""The cost model's regret on the public suite: the planner's choice against the best of
+its top candidates, measured.
+
+    python bench/regret.py [--threads N] [--candidates 8] [--layers NAME,...] [--json F]
+
+For every layer the planner ranks its candidates; the top N are compiled and timed (each
+layer in a process of its own, candidates interleaved rep by rep so machine noise hits
+them alike, weights packed once, preallocated outputs, warm threads, medians). The regret
+is time(planner's first choice) / time(fastest measured) - 1. On one thread the timing is
+the thread's CPU time, so a machine shared with other work does not skew it; on more, wall
+time. The table names the CPU model and the machine model the planner used (measured on
+first use: `convgen machine`).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_SUITE = ROOT.parent / "shared" / "bench" / "suite_public.json"
+
+
+def medians(runners, clock, min_time: float, min_reps: int = 5) -> list[float]:
+    for run in runners:
+        run()
+    samples = [[] for _ in runners]
+    start = time.perf_counter()
+    while time.perf_counter() - start < min_time or len(samples[0]) < min_reps:
+        for run, times in zip(runners, samples):
+            t0 = clock()
+            run()
+            times.append(clock() - t0)
+    return [statistics.median(times) for times in samples]
+
+
+def layer_regret(layer: dict, threads: int, candidates: int, min_time: float) -> dict:
+    """In this process: rank, compile the top candidates, time them."""
+    import convgen
+    from convgen.backends import backend_for, get_target
+    from convgen.core.layers import spec_from_op
+    from convgen.core.spec import workload_of
+
+    spec = spec_from_op(layer["op"], layer["w"], True, layer["x"], **layer["args"])
+    workload, _ = workload_of(spec, tuple(layer["x"]), "float32")
+    target = get_target("cpu")
+    backend = backend_for(target)
+    from convgen.cpu.planner import candidates as ranked_candidates
+    ranked = ranked_candidates(workload, target, threads=threads)[:candidates]
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(layer["x"]).astype(np.float32)
+    w = rng.standard_normal(layer["w"]).astype(np.float32)
+    b = rng.standard_normal(spec.out_channels).astype(np.float32)
+    runners = []
+    for cand in ranked:
+        kernel = backend.kernel(workload, cand.plan, target)
+        packed, out = kernel.prepack(w), np.empty(kernel.output_shape, np.float32)
+        runners.append(lambda k=kernel, p=packed, o=out: k(x, p, b, out=o))
+    clock = time.thread_time if threads == 1 else time.perf_counter
+    times = medians(runners, clock, min_time)
+    best = min(range(len(times)), key=times.__getitem__)
+    return {"name": layer["name"], "gflop": workload.flops / 1e9,
+            "chosen": str(ranked[0].plan), "chosen_s": times[0],
+            "best": str(ranked[best].plan), "best_s": times[best],
+            "best_rank": best + 1, "regret": times[0] / times[best] - 1,
+            "predicted_s": [c.cost_s for c in ranked], "measured_s": times,
+            "convgen": convgen.__version__}
+
+
+def run_child(layer: dict, args) -> dict:
+    code = (f"import json, sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+            f"import regret; print(json.dumps(regret.layer_regret({layer!r}, {args.threads}, "
+            f"{args.candidates}, {args.min_time})))")
+    env = {**__import__('os').environ, "CONVGEN_NUM_THREADS": str(args.threads)}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    if done.returncode:
+        raise SystemExit(f"{layer['name']}: {done.stderr.strip()[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def machine_summary() -> str:
+    done = subprocess.run([sys.executable, "-m", "convgen.cli", "machine"], capture_output=True,
+                          text=True)
+    return done.stdout.strip()
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--candidates", type=int, default=8)
+    parser.add_argument("--layers", default="", help="comma-separated names (default: all)")
+    parser.add_argument("--suite", type=Path, default=DEFAULT_SUITE)
+    parser.add_argument("--min-time", type=float, default=0.3)
+    parser.add_argument("--json", type=Path, help="also write the rows here")
+    args = parser.parse_args(argv)
+    names = {n for n in args.layers.split(",") if n}
+    layers = [lay for lay in json.loads(args.suite.read_text())["layers"]
+              if not names or lay["name"] in names]
+    print(machine_summary())
+    print(f"\nregret of the planner's first choice against the fastest of its top "
+          f"{args.candidates}, {args.threads} thread(s), float32, "
+          f"{'thread CPU time' if args.threads == 1 else 'wall time'} medians\n")
+    print(f"{'layer':<20}{'chosen ms':>10}{'best ms':>9}{'regret':>8}{'rank':>6}  best plan")
+    rows = []
+    for layer in layers:
+        row = run_child(layer, args)
+        rows.append(row)
+        print(f"{row['name']:<20}{row['chosen_s'] * 1e3:>10.3f}{row['best_s'] * 1e3:>9.3f}"
+              f"{row['regret']:>8.1%}{row['best_rank']:>6}  {row['best']}", flush=True)
+    worst = max(rows, key=lambda r: r["regret"])
+    within = sum(r["regret"] <= 0.10 for r in rows)
+    print(f"\n{within} of {len(rows)} layers within 10% of the best measured candidate; "
+          f"the worst: {worst['name']} {worst['regret']:.1%}")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,122 @@
+"""The GEMM-like kernels' newer variants against torch: the panel loop order (chunks of a
+row packed once, every channel tile over them), the 16 x 16 stores transposed in registers,
+and the blocked accumulation that keeps long reductions within twice torch's float32 error.
+Every case runs with poisoned outputs, in float32 and float64, at one and two threads."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import convgen
+from convgen.backends import get_target
+from convgen.cpu.plan import Plan, native_vector
+from convgen.cpu.planner import candidates
+from helpers import assert_matches, poisoned_call, random, rel_l2, torch_reference
+from test_correctness import make_case, operands, seed_of, spec_of
+
+TARGET = get_target("cpu")
+# (case, algorithm, oc_tile, pixel_tile in vectors or pixels, chunk in tiles): rows that
+# are and are not a whole number of chunks and tiles, strided and dilated rows, every
+# padding mode, groups, 1-D to 3-D, transposed phases with their strided outputs, batch
+# above and below the thread count, channel tiles with a partial last one
+PANEL_CASES = [
+    (make_case("3x3", "conv2d", cin=20, cout=40, spatial=(9, 23), kernel=3, padding=1,
+               batch=3), "implicit_gemm", 32, 7, 2),
+    (make_case("3x3_whole_row", "conv2d", cin=20, cout=40, spatial=(9, 23), kernel=3,
+               padding=1), "direct_simd", 8, 1, 4),
+    (make_case("strided", "conv2d", cin=16, cout=32, spatial=(15, 17), kernel=3, stride=2,
+               padding=1, padding_mode="reflect"), "implicit_gemm", 32, 5, 1),
+    (make_case("strided_ds", "conv2d", cin=16, cout=32, spatial=(15, 37), kernel=3, stride=2,
+               padding=1, padding_mode="replicate"), "direct_simd", 8, 1, 1),
+    (make_case("dilated_1d", "conv1d", cin=24, cout=16, spatial=(101,), kernel=5, dilation=3,
+               padding=4, padding_mode="circular"), "direct_simd", 4, 2, 3),
+    (make_case("pointwise", "conv2d", cin=300, cout=48, spatial=(7, 9), kernel=1),
+     "implicit_gemm", 48, 9, 2),
+    (make_case("grouped", "conv2d", cin=16, cout=32, spatial=(11, 13), kernel=3, padding=1,
+               groups=2), "implicit_gemm", 16, 13, 1),
+    (make_case("3d", "conv3d", cin=8, cout=16, spatial=(3, 5, 21), kernel=3, padding=1),
+     "direct_simd", 16, 1, 1),
+    (make_case("tconv1d", "conv_transpose1d", cin=24, cout=20, spatial=(41,), kernel=16,
+               stride=8, padding=4), "implicit_gemm", 32, 11, 2),
+    (make_case("tconv2d", "conv_transpose2d", cin=16, cout=40, spatial=(5, 7), kernel=4,
+               stride=2, padding=1, output_padding=1), "implicit_gemm", 48, 5, 1),
+    (make_case("one_pixel", "conv2d", cin=32, cout=32, spatial=(3, 3), kernel=3),
+     "implicit_gemm", 32, 4, 1),
+    (make_case("phases_without_taps", "conv_transpose1d", cin=8, cout=16, spatial=(10,),
+               kernel=2, stride=3), "implicit_gemm", 16, 3, 2),
+]
+
+
+def _plan(case, algorithm, oc_tile, width, chunk_tiles, dtype, threads) -> Plan:
+    vector = native_vector(TARGET, dtype)
+    if algorithm == "implicit_gemm":
+        oc_tile = -(-oc_tile // vector) * vector
+        vectors = oc_tile // vector     # float64 has half the lanes: keep within the registers
+        pixel_tile = min(width, (TARGET.isa_row.registers - vectors - 1) // vectors)
+    else:
+        pixel_tile = width * vector
+    return Plan(algorithm, oc_tile, pixel_tile, vector, "panel", threads,
+                chunk=chunk_tiles * pixel_tile)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("case, algorithm, oc_tile, width, chunk", PANEL_CASES,
+                         ids=[c[0].name for c in PANEL_CASES])
+def test_panel_order_matches_torch(case, algorithm, oc_tile, width, chunk, dtype, threads):
+    plan = _plan(case, algorithm, oc_tile, width, chunk, dtype, threads)
+    rng = np.random.default_rng(seed_of(f"{case.name}{dtype}{threads}"))
+    x, w, b = operands(case, rng)
+    x, w = x.astype(dtype), w.astype(dtype)
+    b = None if b is None else b.astype(dtype)
+    kernel = convgen.compile(spec_of(case), case.x_shape, dtype, plan=plan)
+    assert kernel.plan.loop_order == "panel" and kernel.plan.chunk == plan.chunk
+    assert_matches(poisoned_call(kernel, x, w, b),
+                   torch_reference(case.op, x, w, b, **case.kwargs), dtype)
+
+
+# implicit_gemm's float32 stores transposed in registers: rows of 16 pixels and fewer, a
+# partial last channel tile, strided (transposed: scalar stores) and unit-stride rows
+@pytest.mark.parametrize("pixels, cout", [(16, 48), (28, 40), (9, 17), (3, 33)])
+@pytest.mark.parametrize("order", ["oc_outer", "pixel_outer"])
+def test_transposed_stores(pixels, cout, order):
+    case = make_case("stores", "conv2d", cin=8, cout=cout, spatial=(5, 2 * pixels + 1),
+                     kernel=3, padding=1, dtype="float32")
+    vector = native_vector(TARGET, "float32")
+    vectors = 1 if pixels > 14 else 2   # within the 32 registers
+    plan = Plan("implicit_gemm", vectors * vector, pixels, vector, order, 2)
+    kernel = convgen.compile(spec_of(case), case.x_shape, "float32", plan=plan)
+    if vector == 16:
+        assert "transpose16(rows)" in kernel.source
+    rng = np.random.default_rng(pixels * cout)
+    x, w, b = (a.astype(np.float32) for a in operands(case, rng))
+    assert_matches(poisoned_call(kernel, x, w, b),
+                   torch_reference(case.op, x, w, b, **case.kwargs), "float32")
+
+
+@pytest.mark.parametrize("channels", [512, 1024])
+def test_long_reductions_stay_within_twice_torch_error(channels):
+    """Blocked accumulation: a 3x3 layer with 512 or 1024 input channels (4608 and 9216
+    terms per output) against float64, every exact algorithm that applies."""
+    rng = np.random.default_rng(channels)
+    x, w, b = random(rng, (1, channels, 7, 7)), random(rng, (32, channels, 3, 3)), random(rng, 32)
+    exact = torch_reference("conv2d", x, w, b, padding=1)
+    theirs = torch.nn.functional.conv2d(
+        *(torch.from_numpy(a.astype(np.float32)) for a in (x, w, b)), padding=1).numpy()
+    torch_error = rel_l2(theirs, exact)
+    spec = convgen.ConvSpec.conv(2, channels, 32, 3, padding=1)
+    for algorithm in ("implicit_gemm", "direct_simd", "direct"):
+        kernel = convgen.compile(spec, x.shape, "float32", plan=algorithm, accuracy="strict")
+        ours = kernel(*(a.astype(np.float32) for a in (x, w, b)))
+        assert rel_l2(ours, exact) <= 2 * torch_error, (algorithm, rel_l2(ours, exact),
+                                                         torch_error)
+
+
+def test_the_planner_lists_panel_plans_for_gemm_like_layers():
+    workload = convgen.compile(convgen.ConvSpec.conv(1, 64, 64, 7, padding=3),
+                               (1, 64, 1024)).workload
+    ranked = candidates(workload, TARGET, threads=2)
+    assert any(c.plan.loop_order == "panel" for c in ranked)
+    assert all(c.plan.chunk % c.plan.pixel_tile == 0 for c in ranked
+               if c.plan.loop_order == "panel")
