@@ -397,7 +397,7 @@ def test_tf32_tensor_cores(case, algorithm, plan):
     kernel, err = check(case, "float32", f"algorithm={algorithm} {plan}", TF32_TOLERANCE)
     assert kernel.plan.math == "tf32"
     assert err > 1e-5, f"relative error {err:.2e}: TF32 rounding was not applied"
-    assert "wmma::mma_sync" in kernel.source
+    assert "mma.sync.aligned.m16n8k8" in kernel.source and "cg_ldsm_x4(" in kernel.source
 
 
 def test_tf32_is_chosen_only_where_allowed(monkeypatch):
@@ -611,7 +611,7 @@ def test_launch_geometry_of_split_k_and_phases():
     plan = CudaPlan("phase_gemm", (32, 32, 8), (16, 16), 2, 3, "fp32", 128)
     launch = launch_of(plan, workload)
     assert launch.grid[2] == 1 * 4 * 3 and launch.zero_output
-    assert launch.dynamic_smem == 2 * (8 * 36 + 8 * 36) * 4
+    assert launch.dynamic_smem == 2 * (32 + 32) * (8 + 4) * 4   # stages x rows x (BK + 16 B)
 
 
 # -- convgen.nn on the emulator ------------------------------------------------------------

@@ -45,7 +45,6 @@ GEMM_ALGORITHMS = ("implicit_gemm", "phase_gemm")
 STATIC_SMEM_LIMIT = 48 * 1024       # __shared__ arrays (the depthwise halo)
 MAX_THREADS = 1024
 MAX_GRID_X, MAX_GRID_YZ = 2 ** 31 - 1, 65535
-SMEM_PAD = 4                        # reals of padding per shared-memory row (alignment, banks)
 MAX_ACCUMULATORS = 64               # per thread in the SIMT GEMM: more spills registers
 
 
@@ -126,11 +125,24 @@ def real_bytes(workload: Workload) -> int:
     return itemsize(workload.dtype)
 
 
+def vector_reals(real_bytes: int) -> int:
+    """Reals per 16-byte copy: the GEMM loaders move 16 bytes per cp.async."""
+    return 16 // real_bytes
+
+
+def epilogue_pitches(plan: CudaPlan, real_bytes: int) -> tuple[int, int]:
+    """Row pitches (reals) of the epilogue tile, [BN][LDC_N] for NCHW outputs and [BM][LDC_M]
+    for NHWC: chosen so the warps' writes of their fragments hit distinct banks."""
+    bm, bn, _ = plan.tile
+    return (bm + 4 if plan.math == "tf32" else bm + 8), bn + 4
+
+
 def gemm_smem_bytes(plan: CudaPlan, real_bytes: int) -> int:
+    """STAGES slabs of [BM + BN][BK + one 16-byte pad] reals, or the epilogue tile."""
     bm, bn, bk = plan.tile
-    stage = bk * (bm + SMEM_PAD) + bk * (bn + SMEM_PAD)
-    epilogue = bn * (bm + SMEM_PAD) if plan.math == "tf32" else 0
-    return max(plan.stages * stage, epilogue) * real_bytes
+    stage = (bm + bn) * (bk + vector_reals(real_bytes))
+    ldc_n, ldc_m = epilogue_pitches(plan, real_bytes)
+    return max(plan.stages * stage, bn * ldc_n, bm * ldc_m) * real_bytes
 
 
 def depthwise_halo(workload: Workload, tile: tuple[int, ...]) -> tuple[int, ...]:
@@ -253,19 +265,30 @@ def _check_gemm(plan: CudaPlan, workload: Workload, arch: CudaArch) -> None:
                         f"got threads={plan.threads}")
     if plan.math == "tf32":
         if wm % 16 or wn % 16 or bk % 8:
-            raise PlanError(f"plan: math=tf32 (16x16x8 WMMA) needs the warp tile in multiples "
+            raise PlanError(f"plan: math=tf32 (mma.sync m16n8k8, B fragments by pairs) needs the warp tile in multiples "
                             f"of 16 and BK a multiple of 8, got warp={plan.warp} BK={bk}")
     elif wm % 8 or wn % 4 or (wm // 8) * (wn // 4) > MAX_ACCUMULATORS:
         raise PlanError(f"plan: a SIMT warp tile is 8x4 threads of (WM/8)x(WN/4) outputs: WM "
                         f"a multiple of 8, WN of 4, at most {MAX_ACCUMULATORS} per thread; "
                         f"got warp={plan.warp}")
     threads = plan.threads
-    if not (threads % bm == 0 or bm % threads == 0) or bk % max(1, threads // bm):
-        raise PlanError(f"plan: the input-tile loader needs threads ({threads}) and BM ({bm}) "
-                        f"to divide one another, and BK ({bk}) divisible by threads/BM")
-    if threads % bk or (bn * bk) % threads:
-        raise PlanError(f"plan: the weight-tile loader needs BK ({bk}) to divide threads "
-                        f"({threads}) and threads to divide BN*BK ({bn * bk})")
+    chunks_per_row = bk // vector_reals(real_bytes(workload))
+    for rows, what in ((bm, "BM"), (bn, "BN")):
+        if bk % vector_reals(real_bytes(workload)) or threads % chunks_per_row or (
+                rows * chunks_per_row > threads and rows * chunks_per_row % threads) or (
+                threads % rows and rows % threads):
+            raise PlanError(f"plan: the 16-byte slab loaders and the epilogue need BK ({bk}) a "
+                            f"multiple of 16 bytes, threads ({threads}) and {what} ({rows}) "
+                            f"to divide one another, and {what}*BK/16 bytes divisible by "
+                            f"the threads where it exceeds them")
+    longest = max(len(p.taps) for ax in range(workload.spec.ndim)
+                  for p in lowering.axis_phases(workload, ax))
+    if longest > 64:
+        raise PlanError(f"plan: {plan.algorithm} keeps a 64-bit tap mask per axis; this layer "
+                        f"has {longest} taps along one axis: use algorithm=direct")
+    if max(p.m for p in gemm_phases(workload)) >= 2 ** 31 - max(plan.tile):
+        raise PlanError(f"plan: {plan.algorithm} indexes output pixels in 32 bits; this "
+                        f"workload has too many: split the batch")
     if not 1 <= plan.stages <= 4:
         raise PlanError(f"plan: stages must be 1 (no pipelining) to 4, got {plan.stages}")
     if plan.stages > 1 and not arch.async_copy:
