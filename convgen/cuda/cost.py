@@ -12,6 +12,7 @@ from ..core.spec import Workload
 from ..target.cuda_arch import CudaArch
 from .plan import CudaPlan, Launch, depthwise_halo, gemm_phases, launch_of, real_bytes
 
+GEMM_REGISTERS = 128                # the GEMM kernels' register budget (__launch_bounds__)
 REGISTER_LIMIT = 224                # plans estimated to need more are not listed (ptxas: 255)
 _LAUNCH_S = 2.5e-6                  # a kernel launch as seen by back-to-back GPU timing, seconds
 _DRAM_BYTES_PER_S = {75: 0.3e12, 80: 1.6e12, 86: 0.9e12, 87: 0.2e12, 89: 1.0e12, 90: 3.0e12,
@@ -30,20 +31,18 @@ def _fma_per_clock(arch: CudaArch, math_: str) -> float:
 
 def registers(plan: CudaPlan, workload: Workload) -> int:
     """Registers per thread, estimated on the high side (ptxas is held to the occupancy
-    derived from this; an estimate too low would make it spill)."""
+    derived from this; an estimate too low would make it spill). The GEMM's numbers were
+    read from ptxas on the compiled main loop (tests/test_cuda_nvcc.py keeps them honest):
+    its address state is about 56 registers whatever the tile."""
     if plan.is_gemm:
-        if plan.math == "tf32":   # per lane: 8 floats per 16x16 accumulator, 4 per fragment
-            fm, fn = plan.warp[0] // 16, plan.warp[1] // 16
-            need = 8 * fm * fn + 4 * (fm + fn)
-        else:
+        wide = 2 if plan.math == "fp64" else 1
+        if plan.math == "tf32":   # m16n8k8 accumulators; A and B fragments, double-buffered
+            fm, fn = plan.warp[0] // 16, plan.warp[1] // 8
+            need = 4 * fm * fn + 2 * (4 * fm + 2 * fn)
+        else:                     # TM x TN accumulators, TM x 16 bytes of A, 16 bytes of B
             tm, tn = plan.warp[0] // 8, plan.warp[1] // 4
-            need = (2 if plan.math == "fp64" else 1) * (tm * tn + 2 * (tm + tn))
-        ndim = workload.spec.ndim
-        # the loader's per-thread pixel records (an offset and a coordinate per axis each)
-        # and, for stride phases, each axis's phase facts
-        loader = 8 * max(1, plan.tile[0] // plan.threads) * (ndim + 1)
-        phases = 8 * ndim if workload.spec.transposed else 0
-        return min(255, 88 + need + loader + phases)
+            need = wide * tm * tn + 4 * tm + 4
+        return min(255, 56 + need)
     wide = 2 if plan.math == "fp64" else 1
     ndim = workload.spec.ndim
     if plan.algorithm == "direct":
@@ -69,6 +68,9 @@ def _overlapped(*clocks: float) -> float:
 def min_blocks_per_sm(plan: CudaPlan, workload: Workload, arch: CudaArch) -> int:
     """The occupancy the cost model assumes, as ``__launch_bounds__``'s second argument: ptxas
     then keeps each thread within 65536 / (threads x blocks) registers (never below 64)."""
+    if plan.is_gemm:   # 128 registers where the tile fits them, else as many as it needs
+        budget = GEMM_REGISTERS if registers(plan, workload) <= GEMM_REGISTERS else 255
+        return max(1, arch.registers_per_sm // (plan.threads * budget))
     per_sm = _occupancy(plan, launch_of(plan, workload), arch, workload)
     budget = max(64, arch.registers_per_sm // (plan.threads * per_sm) // 8 * 8)
     return max(1, arch.registers_per_sm // (plan.threads * min(255, budget)))
