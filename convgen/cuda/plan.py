@@ -151,6 +151,27 @@ def depthwise_halo(workload: Workload, tile: tuple[int, ...]) -> tuple[int, ...]
                  for t, s, k, d in zip(tile, spec.stride, spec.kernel_size, spec.dilation))
 
 
+def depthwise_run(tile: tuple[int, ...]) -> int:
+    """Outputs per thread along the innermost axis: 4, 2 or 1, dividing the tile's width."""
+    return next(r for r in (4, 2, 1) if tile[-1] % r == 0)
+
+
+def depthwise_vector_rows(workload: Workload) -> bool:
+    """Can the halo's rows load as 16-byte vectors (zero padding, rows of whole vectors)?"""
+    return (workload.spec.padding_mode == "zeros"
+            and workload.in_spatial[-1] % vector_reals(real_bytes(workload)) == 0)
+
+
+def depthwise_smem_reals(workload: Workload, tile: tuple[int, ...]) -> int:
+    """The staged halo: its rows, each padded for the vector loads' alignment shift."""
+    halo = depthwise_halo(workload, tile)
+    row = halo[-1]
+    if depthwise_vector_rows(workload):
+        vec = vector_reals(real_bytes(workload))
+        row = -(-(row + vec - 1) // vec) * vec
+    return math.prod(halo[:-1]) * row
+
+
 def launch_of(plan: CudaPlan, workload: Workload) -> Launch:
     spec, batch = workload.spec, workload.input_shape[0]
     real = real_bytes(workload)
@@ -160,9 +181,8 @@ def launch_of(plan: CudaPlan, workload: Workload) -> Launch:
         return Launch((max(1, -(-items // pixels)), 1, 1), plan.threads, 0, 0, False)
     if plan.algorithm == "depthwise":
         tiles = math.prod(-(-o // t) for o, t in zip(workload.out_spatial, plan.tile))
-        halo = math.prod(depthwise_halo(workload, plan.tile))
         return Launch((max(1, batch * spec.in_channels * tiles), 1, 1), plan.threads, 0,
-                      halo * real, False)
+                      depthwise_smem_reals(workload, plan.tile) * real, False)
     bm, bn, _ = plan.tile
     phases = gemm_phases(workload)
     m_max = max(p.m for p in phases)
@@ -265,8 +285,9 @@ def _check_gemm(plan: CudaPlan, workload: Workload, arch: CudaArch) -> None:
                         f"got threads={plan.threads}")
     if plan.math == "tf32":
         if wm % 16 or wn % 16 or bk % 8:
-            raise PlanError(f"plan: math=tf32 (mma.sync m16n8k8, B fragments by pairs) needs the warp tile in multiples "
-                            f"of 16 and BK a multiple of 8, got warp={plan.warp} BK={bk}")
+            raise PlanError(f"plan: math=tf32 (mma.sync m16n8k8, B fragments by pairs) needs "
+                            f"the warp tile in multiples of 16 and BK a multiple of 8, got "
+                            f"warp={plan.warp} BK={bk}")
     elif wm % 8 or wn % 4 or (wm // 8) * (wn // 4) > MAX_ACCUMULATORS:
         raise PlanError(f"plan: a SIMT warp tile is 8x4 threads of (WM/8)x(WN/4) outputs: WM "
                         f"a multiple of 8, WN of 4, at most {MAX_ACCUMULATORS} per thread; "
@@ -317,8 +338,8 @@ def enumerate_plans(workload: Workload, arch: CudaArch):
                         yield CudaPlan("direct", (pixels, oc_block), (), 1, 1, simt, pixels)
         elif algorithm == "depthwise":
             for tile in _depthwise_tiles(spec.ndim):
-                for threads in (64, 128, 256):
-                    if threads <= 2 * math.prod(tile):
+                for threads in (64, 128, 256):   # a thread per run of outputs, or more
+                    if threads <= 2 * math.prod(tile) // depthwise_run(tile):
                         yield CudaPlan("depthwise", tile, (), 1, 1, simt, threads)
         else:
             yield from _gemm_plans(workload, arch, algorithm, maths)

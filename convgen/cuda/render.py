@@ -6,6 +6,7 @@ with nvcc for a GPU and with the host compiler against the emulator (templates/c
 """
 from __future__ import annotations
 
+import itertools
 import math
 
 from ..core import lowering
@@ -18,6 +19,9 @@ from .cost import min_blocks_per_sm
 from .plan import (
     CudaPlan,
     depthwise_halo,
+    depthwise_run,
+    depthwise_smem_reals,
+    depthwise_vector_rows,
     epilogue_pitches,
     launch_of,
     vector_reals,
@@ -69,17 +73,20 @@ def _depthwise(workload: Workload, plan: CudaPlan, axes: list[dict]) -> dict:
         ax["tile"] = plan.tile[i]
         ax["halo"] = halo[i]
         ax["tiles"] = -(-ax["out_size"] // plan.tile[i])
-        ax["halo_stride"] = math.prod(halo[i + 1:])
-    return {"tile_pixels": math.prod(plan.tile), "halo_pixels": math.prod(halo),
-            "tiles": math.prod(ax["tiles"] for ax in axes)}
+    rows = math.prod(halo[:-1])
+    return {"tiles": math.prod(ax["tiles"] for ax in axes), "run": depthwise_run(plan.tile),
+            "vec": vector_reals(itemsize(workload.dtype)),
+            "vector_rows": depthwise_vector_rows(workload),
+            "halo_row": depthwise_smem_reals(workload, plan.tile) // rows,
+            "taps_in_registers": math.prod(workload.spec.kernel_size) <= 64}
 
 
 def _phase_axis(phase: lowering.AxisPhase, ax: dict, x_pad: int) -> dict:
     """One axis of one phase as the main loop's constants: taps t < NT read input
     q * IS + C0 + t * DC and weight tap K0 + t * DK (the taps of a phase are evenly spaced)."""
     taps, offsets = phase.taps, phase.offsets
-    steps = {b - a for a, b in zip(offsets, offsets[1:])}
-    ksteps = {b - a for a, b in zip(taps, taps[1:])}
+    steps = {b - a for a, b in itertools.pairwise(offsets)}
+    ksteps = {b - a for a, b in itertools.pairwise(taps)}
     if len(steps) > 1 or len(ksteps) > 1:   # (r + pad - k * dil) % s == 0: a progression
         raise AssertionError(f"uneven taps {taps} in a phase")
     return {"name": ax["name"], "NAME": ax["NAME"], "count": phase.count,

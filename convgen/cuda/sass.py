@@ -31,7 +31,7 @@ MULTIPLIES = ("HMMA", "HGMMA", "FFMA", "DFMA")
 def _wheel_bin() -> Path | None:
     """The bin/ folder of the nvidia-cuda-cuobjdump wheel (nvidia/cu13/bin), if installed."""
     try:
-        import nvidia   # a namespace package: the NVIDIA wheels share it
+        import nvidia  # a namespace package: the NVIDIA wheels share it
     except ImportError:
         return None
     for root in getattr(nvidia, "__path__", []):
