@@ -675,23 +675,23 @@ def _channels_last(array: np.ndarray) -> np.ndarray:
 
 
 CHANNELS_LAST = [
-    (forward_cases(2)[0], "float32", "algorithm=implicit_gemm tile=32x32x8 warp=16x16 stages=2 "
-     "split_k=1 math=fp32 threads=128"),
-    (forward_cases(2)[11], "float64", "algorithm=implicit_gemm tile=64x32x16 warp=32x16 "
-     "stages=3 split_k=2 math=fp64 threads=128"),                       # reflect: a copy
-    (forward_cases(3)[6], "float32", "algorithm=implicit_gemm tile=32x64x8 warp=16x32 stages=2 "
-     "split_k=1 math=tf32 threads=128"),
+    (forward_cases(2)[0], "float32", ("algorithm=implicit_gemm tile=32x32x8 warp=16x16 stages=2 "
+     "split_k=1 math=fp32 threads=128")),
+    (forward_cases(2)[11], "float64", ("algorithm=implicit_gemm tile=64x32x16 warp=32x16 "
+     "stages=3 split_k=2 math=fp64 threads=128")),                       # reflect: a copy
+    (forward_cases(3)[6], "float32", ("algorithm=implicit_gemm tile=32x64x8 warp=16x32 stages=2 "
+     "split_k=1 math=tf32 threads=128")),
     (make_case("cl_c8", "conv2d", cin=8, cout=8, spatial=(6, 5), padding=1), "float32",
-     "algorithm=implicit_gemm tile=32x32x16 warp=16x16 stages=3 split_k=1 math=tf32 "
-     "threads=128"),                                                   # read in place, TF32
+     ("algorithm=implicit_gemm tile=32x32x16 warp=16x16 stages=3 split_k=1 math=tf32 "
+     "threads=128")),                                                   # read in place, TF32
     (make_case("cl_1x1", "conv1d", cin=8, cout=4, spatial=(9,), kernel=1), "float32",
-     "algorithm=implicit_gemm tile=32x32x8 warp=16x16 stages=1 split_k=1 math=tf32 "
-     "threads=128"),                                                   # weights in place too
-    (transposed_cases(2)[1], "float32", "algorithm=phase_gemm tile=32x32x16 warp=16x16 "
-     "stages=4 split_k=1 math=fp32 threads=128"),
+     ("algorithm=implicit_gemm tile=32x32x8 warp=16x16 stages=1 split_k=1 math=tf32 "
+     "threads=128")),                                                   # weights in place too
+    (transposed_cases(2)[1], "float32", ("algorithm=phase_gemm tile=32x32x16 warp=16x16 "
+     "stages=4 split_k=1 math=fp32 threads=128")),
     (make_case("cl_t8", "conv_transpose1d", cin=8, cout=4, spatial=(5,), stride=2, padding=1),
-     "float32", "algorithm=phase_gemm tile=32x32x8 warp=16x16 stages=2 split_k=1 math=tf32 "
-     "threads=128"),
+     "float32", ("algorithm=phase_gemm tile=32x32x8 warp=16x16 stages=2 split_k=1 math=tf32 "
+     "threads=128")),
     (forward_cases(2)[1], "float64", "direct"),
     (transposed_cases(1)[2], "float32", "direct"),
     (DEPTHWISE[6][0], "float32", "depthwise"),
