@@ -76,8 +76,10 @@ def measure(plan, arch: str) -> dict:
         (body,) = [ins for name, ins in functions.items() if "ILb0E" in name]
         loop = sass.main_loop(body)
         result = {"registers": kernel.registers, "fits_budget": blocks > 1 and not spills,
-                  "spills": spills, "loop": loop.instructions, "multiplies": loop.multiplies,
-                  "ldgsts": loop.count("LDGSTS"), "min_blocks": blocks}
+                  "spills": spills, "min_blocks": blocks,
+                  "loop": loop.instructions if loop else None,   # None: no loop multiplies
+                  "multiplies": loop.multiplies if loop else None,
+                  "ldgsts": loop.count("LDGSTS") if loop else None}
         if not spills:
             break
     return result
@@ -106,8 +108,13 @@ def main(argv=None) -> int:
     import os
     os.environ["CONVGEN_CUDA_ARCH"] = args.arch
     configs = list(enumerate_configs())
+    def one(plan):
+        result = measure(plan, args.arch)
+        print(key(plan.math, plan.tile, plan.warp), result, flush=True)
+        return result
+
     with ThreadPoolExecutor(args.jobs) as pool:
-        results = list(pool.map(lambda p: measure(p, args.arch), configs))
+        results = list(pool.map(one, configs))
     plans = {key(p.math, p.tile, p.warp): r for p, r in zip(configs, results)}
     TABLE.write_text(json.dumps({"arch": args.arch, "reference": REFERENCE,
                                  "plans": plans}, indent=0, sort_keys=True) + "\n")

@@ -15,7 +15,7 @@ means depends on the algorithm:
                    a time through shared memory; warp = (WM, WN), each warp's part of the
                    block tile. ``stages`` >= 2 pipelines the loads with cp.async (double
                    buffering and deeper); ``split_k`` > 1 splits the reduction across
-                   blocks that add into a zeroed output. ``math=tf32`` runs the products on
+                   blocks that take turns adding into each output tile (serial split-K). ``math=tf32`` runs the products on
                    tensor cores through WMMA (inputs rounded to TF32: 10 mantissa bits).
 ``phase_gemm``     the same kernel for transposed convolutions, by stride-phase
                    decomposition: the outputs of one phase (o mod stride) take a fixed
@@ -118,7 +118,8 @@ class Launch:
     threads: int
     dynamic_smem: int       # bytes (the GEMM pipeline buffers)
     static_smem: int        # bytes (__shared__ arrays)
-    zero_output: bool       # split-K: the output is zeroed, then every split adds its part
+    zero_output: bool       # the output is zeroed before the launch (no kernel needs it now:
+                            # split-K's splits take turns at each tile, see implicit_gemm)
 
 
 def real_bytes(workload: Workload) -> int:
@@ -188,7 +189,7 @@ def launch_of(plan: CudaPlan, workload: Workload) -> Launch:
     m_max = max(p.m for p in phases)
     grid = (max(1, -(-m_max // bm)), -(-spec.cout_per_group // bn),
             spec.groups * len(phases) * plan.split_k)
-    return Launch(grid, plan.threads, gemm_smem_bytes(plan, real), 0, plan.split_k > 1)
+    return Launch(grid, plan.threads, gemm_smem_bytes(plan, real), 0, False)
 
 
 # -- which plans apply --------------------------------------------------------------------------
