@@ -755,3 +755,15 @@ def test_depthwise_vector_halo_rows(dtype, aligned, args, tile):
     kernel = convgen.compile(spec_of(case), case["x"], dtype, target=EMU, plan=plan)
     assert "#define VECTOR_ROWS    1" in kernel.source
     assert_matches(poisoned_call(kernel, x, w, b), ref, dtype)
+
+
+def test_the_hopper_kernel_is_refused_by_the_emulator(monkeypatch):
+    monkeypatch.setenv("CONVGEN_CUDA_ARCH", "sm_90a")
+    case = make_case("wide", "conv2d", cin=32, cout=8, spatial=(6, 5), padding=1)
+    with pytest.raises(ValueError, match="cannot be emulated"):
+        convgen.compile(spec_of(case), case["x"], "float32", target=EMU,
+                        plan="algorithm=wgmma_gemm tile=128x64x32 warp=64x64 stages=3 "
+                             "split_k=1 math=tf32 threads=384")
+    with pytest.raises(ValueError, match="sm_90a"):
+        monkeypatch.setenv("CONVGEN_CUDA_ARCH", "sm_90")
+        convgen.compile(spec_of(case), case["x"], "float32", target=EMU, plan="wgmma_gemm")

@@ -269,3 +269,41 @@ def test_sass_reader_finds_the_main_loop():
     assert name.startswith("_Z11cg_t_kernel")
     assert loop.instructions == 4 and loop.multiplies == 1 and loop.others_per_multiply == 3
     assert loop.count("LDGSTS") == 1 and loop.count("LD") == 0
+
+
+# -- the Hopper path: compiled only (the emulator cannot run TMA or wgmma) ----------------------
+def test_sm90a_kernel_has_hgmma_and_tma_in_sass(monkeypatch):
+    monkeypatch.setenv("CONVGEN_CUDA_ARCH", "sm_90a")
+    monkeypatch.setenv("CONVGEN_CUDA_TF32", "1")
+    target = get_target("cuda")
+    load = workload("conv2d", "float32")
+    chosen = convgen.api.choose_plan(load, target=target)
+    assert chosen.algorithm == "wgmma_gemm", chosen      # the planner takes it on sm_90a
+    for plan in (chosen, CudaPlan("wgmma_gemm", (128, 128, 32), (64, 128), 4, 1, "tf32", 384)):
+        check_plan(plan, load, target.cuda)
+        compiled = compile_checked(render(load, plan, target), "sm_90a", plan)
+        launch = launch_of(plan, load)
+        assert launch.dynamic_smem <= CUDA_ARCHS["sm_90a"].smem_per_block
+        if not HAVE_SASS:
+            pytest.skip("cuobjdump is absent (the test extra installs nvidia-cuda-cuobjdump)")
+        kernels = main_kernels(compiled)
+        assert len(kernels) == 2
+        for name, instructions in kernels.items():
+            bases = {i.base for i in instructions}
+            assert {"HGMMA", "UTMALDG", "SYNCS"} <= bases, (name, sorted(bases))
+            assert not bases & {"LD", "ST", "LDL", "STL", "HMMA"}, (name, sorted(bases))
+            assert all(".TF32" in i.opcode for i in instructions if i.base == "HGMMA")
+
+
+def test_sm90a_is_not_offered_where_it_cannot_run(monkeypatch):
+    monkeypatch.setenv("CONVGEN_CUDA_TF32", "1")
+    for arch in ("sm_80", "sm_90"):
+        monkeypatch.setenv("CONVGEN_CUDA_ARCH", arch)
+        target = get_target("cuda")
+        assert convgen.api.choose_plan(workload("conv2d", "float32"),
+                                       target=target).algorithm != "wgmma_gemm"
+    monkeypatch.setenv("CONVGEN_CUDA_ARCH", "sm_90a")
+    target = get_target("cuda")
+    for layer in ("conv2d_reflect_grouped", "upconv", "conv3d", "depthwise"):
+        assert convgen.api.choose_plan(workload(layer, "float32"),
+                                       target=target).algorithm != "wgmma_gemm"

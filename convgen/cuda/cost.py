@@ -18,6 +18,7 @@ _LAUNCH_S = 2.5e-6                  # a kernel launch as seen by back-to-back GP
 _DRAM_BYTES_PER_S = {75: 0.3e12, 80: 1.6e12, 86: 0.9e12, 87: 0.2e12, 89: 1.0e12, 90: 3.0e12,
                      100: 7.0e12, 120: 1.5e12}
 _CLOCK_HZ = 1.6e9
+_WGMMA_TF32_PER_CLOCK = 1024        # dense TF32 multiply-adds per clock per SM by wgmma (H100)
 
 
 def _fma_per_clock(arch: CudaArch, math_: str) -> float:
@@ -30,6 +31,12 @@ def _fma_per_clock(arch: CudaArch, math_: str) -> float:
 
 
 def registers(plan: CudaPlan, workload: Workload) -> int:
+    if plan.algorithm == "wgmma_gemm":   # 384 threads, one block: 168 (setmaxnreg moves them)
+        return 168
+    return _registers(plan, workload)
+
+
+def _registers(plan: CudaPlan, workload: Workload) -> int:
     """Registers per thread, estimated on the high side (ptxas is held to the occupancy
     derived from this; an estimate too low would make it spill). The GEMM's numbers were
     read from ptxas on the compiled main loop (tests/test_cuda_nvcc.py keeps them honest):
@@ -68,6 +75,8 @@ def _overlapped(*clocks: float) -> float:
 def min_blocks_per_sm(plan: CudaPlan, workload: Workload, arch: CudaArch) -> int:
     """The occupancy the cost model assumes, as ``__launch_bounds__``'s second argument: ptxas
     then keeps each thread within 65536 / (threads x blocks) registers (never below 64)."""
+    if plan.algorithm == "wgmma_gemm":
+        return 1
     if plan.is_gemm:   # 128 registers where the tile fits them, else as many as it needs
         budget = GEMM_REGISTERS if registers(plan, workload) <= GEMM_REGISTERS else 255
         return max(1, arch.registers_per_sm // (plan.threads * budget))
@@ -117,7 +126,16 @@ def cost_of(plan: CudaPlan, workload: Workload, arch: CudaArch) -> tuple[float, 
     unique_bytes = real * (math.prod(workload.input_shape) + math.prod(spec.weight_shape)
                            + math.prod(workload.output_shape))
     l2_bytes = 0.0
-    if plan.is_gemm:
+    if plan.algorithm == "wgmma_gemm":
+        bm, bn, bk = plan.tile
+        m = workload.input_shape[0] * math.prod(workload.out_spatial)
+        k = -(-spec.cin_per_group // bk) * bk * math.prod(spec.kernel_size)
+        block_macs = bm * bn * k
+        rate = _WGMMA_TF32_PER_CLOCK * 0.75     # TMA-fed, warp-specialised: most of the peak
+        hiding = 1.0
+        l2_bytes = real * -(-m // bm) * -(-spec.out_channels // bn) * (bm + bn) * k
+        what = f"wgmma, {rate:.0f} FMA/clk/SM"
+    elif plan.is_gemm:
         bm, bn, bk = plan.tile
         phases = gemm_phases(workload)
         tiles_n = -(-spec.cout_per_group // bn)

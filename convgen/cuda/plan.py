@@ -15,8 +15,15 @@ means depends on the algorithm:
                    a time through shared memory; warp = (WM, WN), each warp's part of the
                    block tile. ``stages`` >= 2 pipelines the loads with cp.async (double
                    buffering and deeper); ``split_k`` > 1 splits the reduction across
-                   blocks that take turns adding into each output tile (serial split-K). ``math=tf32`` runs the products on
-                   tensor cores through WMMA (inputs rounded to TF32: 10 mantissa bits).
+                   blocks that take turns adding into each output tile (serial split-K).
+                   ``math=tf32`` runs the products on tensor cores through mma.sync
+                   m16n8k8 (inputs rounded to TF32: 10 mantissa bits).
+``wgmma_gemm``     Hopper only (sm_90a): the implicit GEMM with TMA loads (im2col for the
+                   input, tiled for the weights), a producer warpgroup and two consumer
+                   warpgroups running wgmma on an mbarrier ring; tile = (128, BN, 32),
+                   warp = (64, BN) (a consumer's part), threads = 384, TF32. 2-d forward
+                   convolutions, one group, input channels a multiple of 32. The emulator
+                   cannot run it: its results are proven on a Hopper GPU only.
 ``phase_gemm``     the same kernel for transposed convolutions, by stride-phase
                    decomposition: the outputs of one phase (o mod stride) take a fixed
                    subset of the kernel taps, so each phase is a dense implicit GEMM that
@@ -39,7 +46,7 @@ from ..core.planning import parse_fields
 from ..core.spec import Workload
 from ..target.cuda_arch import CudaArch
 
-ALGORITHMS = ("direct", "depthwise", "implicit_gemm", "phase_gemm")
+ALGORITHMS = ("direct", "depthwise", "implicit_gemm", "phase_gemm", "wgmma_gemm")
 MATHS = ("fp32", "fp64", "tf32")
 GEMM_ALGORITHMS = ("implicit_gemm", "phase_gemm")
 STATIC_SMEM_LIMIT = 48 * 1024       # __shared__ arrays (the depthwise halo)
@@ -184,6 +191,12 @@ def launch_of(plan: CudaPlan, workload: Workload) -> Launch:
         tiles = math.prod(-(-o // t) for o, t in zip(workload.out_spatial, plan.tile))
         return Launch((max(1, batch * spec.in_channels * tiles), 1, 1), plan.threads, 0,
                       depthwise_smem_reals(workload, plan.tile) * real, False)
+    if plan.algorithm == "wgmma_gemm":
+        bm, bn, bk = plan.tile
+        m = batch * math.prod(workload.out_spatial)
+        smem = plan.stages * (bm + bn) * bk * 4 + 1024 + 16 * plan.stages
+        return Launch((max(1, -(-m // bm)), -(-spec.out_channels // bn), 1), plan.threads,
+                      smem, 0, False)
     bm, bn, _ = plan.tile
     phases = gemm_phases(workload)
     m_max = max(p.m for p in phases)
@@ -199,6 +212,8 @@ def algorithms_for(workload: Workload) -> tuple[str, ...]:
         return ("direct", "phase_gemm")
     if spec.cin_per_group == 1:
         return ("direct", "depthwise", "implicit_gemm")
+    if spec.ndim == 2:
+        return ("direct", "implicit_gemm", "wgmma_gemm")
     return ("direct", "implicit_gemm")
 
 
@@ -224,7 +239,7 @@ def check_plan(plan: CudaPlan, workload: Workload, arch: CudaArch) -> None:
                         f"got {plan.threads}")
     if any(t < 1 for t in plan.tile):
         raise PlanError(f"plan: tile sizes must be positive, got {plan.tile}")
-    {"direct": _check_direct, "depthwise": _check_depthwise}.get(
+    {"direct": _check_direct, "depthwise": _check_depthwise, "wgmma_gemm": _check_wgmma}.get(
         plan.algorithm, _check_gemm)(plan, workload, arch)
     launch = launch_of(plan, workload)
     gx, gy, gz = launch.grid
@@ -269,6 +284,39 @@ def _check_depthwise(plan: CudaPlan, workload: Workload, arch: CudaArch) -> None
     if len(plan.tile) != workload.spec.ndim:
         raise PlanError(f"plan: depthwise takes one tile size per spatial axis "
                         f"({workload.spec.ndim}), got {plan.tile}")
+
+
+WGMMA_N = (64, 128, 256)
+
+
+def wgmma_applies(workload: Workload, arch: CudaArch) -> str | None:
+    """None if the sm_90a kernel can compute this workload here, else why not."""
+    spec = workload.spec
+    if arch.name != "sm_90a":
+        return f"it needs sm_90a (wgmma, TMA), not {arch.name}"
+    if spec.transposed or spec.ndim != 2 or spec.groups != 1:
+        return "it takes 2-d forward convolutions of one group"
+    if workload.dtype != "float32" or spec.cin_per_group % 32:
+        return "it takes float32 inputs with a multiple of 32 input channels"
+    if math.prod(workload.input_shape) >= 2 ** 31:
+        return "it indexes the input in 32 bits"
+    return None
+
+
+def _check_wgmma(plan: CudaPlan, workload: Workload, arch: CudaArch) -> None:
+    why = wgmma_applies(workload, arch)
+    if why:
+        raise PlanError(f"plan: wgmma_gemm does not apply: {why}")
+    if len(plan.tile) != 3 or plan.tile[0] != 128 or plan.tile[2] != 32 \
+            or plan.tile[1] not in WGMMA_N or plan.warp != (64, plan.tile[1]):
+        raise PlanError(f"plan: wgmma_gemm takes tile=128xBNx32 and warp=64xBN with BN in "
+                        f"{WGMMA_N}, got tile={plan.tile} warp={plan.warp or '-'}")
+    if plan.threads != 384 or plan.split_k != 1 or not 2 <= plan.stages <= 6:
+        raise PlanError(f"plan: wgmma_gemm runs 384 threads (a producer and two consumer "
+                        f"warpgroups), split_k=1, stages 2 to 6; got threads={plan.threads} "
+                        f"split_k={plan.split_k} stages={plan.stages}")
+    if plan.math != "tf32":
+        raise PlanError("plan: wgmma_gemm computes in TF32 (math=tf32)")
 
 
 def _check_gemm(plan: CudaPlan, workload: Workload, arch: CudaArch) -> None:
@@ -342,6 +390,12 @@ def enumerate_plans(workload: Workload, arch: CudaArch):
                 for threads in (64, 128, 256):   # a thread per run of outputs, or more
                     if threads <= 2 * math.prod(tile) // depthwise_run(tile):
                         yield CudaPlan("depthwise", tile, (), 1, 1, simt, threads)
+        elif algorithm == "wgmma_gemm":
+            if "tf32" in maths and wgmma_applies(workload, arch) is None:
+                for bn in WGMMA_N[:2]:
+                    for stages in (3, 4):
+                        yield CudaPlan("wgmma_gemm", (128, bn, 32), (64, bn), stages, 1,
+                                       "tf32", 384)
         else:
             yield from _gemm_plans(workload, arch, algorithm, maths)
 

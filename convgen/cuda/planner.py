@@ -21,6 +21,7 @@ from .plan import (
     check_plan,
     enumerate_plans,
     maths_for,
+    wgmma_applies,
 )
 
 
@@ -83,6 +84,11 @@ def resolve(requested, workload: Workload, target: Target) -> CudaPlan:
                             f"{algorithms_for(workload)}")
         if algorithm in ("direct", "depthwise") and math_ == "tf32":
             math_ = "fp32"
+        if algorithm == "wgmma_gemm":   # TF32 tensor cores or nothing
+            math_ = "tf32"
+            why = wgmma_applies(workload, arch)
+            if why:
+                raise PlanError(f"plan: wgmma_gemm does not apply: {why}")
         if math_ not in maths_for(workload, arch):
             raise PlanError(f"plan: math={math_!r} does not apply to {workload.dtype} on "
                             f"{arch.name}; choose one of {maths_for(workload, arch)}")

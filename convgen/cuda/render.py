@@ -18,6 +18,7 @@ from ..target import Target
 from .cost import min_blocks_per_sm
 from .plan import (
     CudaPlan,
+    PlanError,
     depthwise_halo,
     depthwise_run,
     depthwise_smem_reals,
@@ -29,7 +30,7 @@ from .plan import (
 
 TEMPLATES = {"direct": "cuda/direct.cu.j2", "depthwise": "cuda/depthwise.cu.j2",
              "implicit_gemm": "cuda/implicit_gemm.cu.j2",
-             "phase_gemm": "cuda/implicit_gemm.cu.j2"}
+             "phase_gemm": "cuda/implicit_gemm.cu.j2", "wgmma_gemm": "cuda/wgmma_gemm.cu.j2"}
 EMULATOR_HEADER = "cuda/emu/cuda_emu.h"
 
 
@@ -155,11 +156,21 @@ def _gemm(workload: Workload, plan: CudaPlan, axes: list[dict]) -> dict:
         "cl_direct": not padded and cp == spec.cin_per_group,
         "w_direct": (not spec.transposed and math.prod(spec.kernel_size) == 1
                      and cp == spec.cin_per_group),
+        "tma": False,
     }
 
 
+def _wgmma(workload: Workload, plan: CudaPlan, axes: list[dict]) -> dict:
+    """The sm_80 path's layout facts (the prologue is shared), Hopper's tile."""
+    ctx = _gemm(workload, CudaPlan("implicit_gemm", plan.tile, (32, 32), 1, 1, "tf32", 128),
+                axes)
+    ctx.update(bm=plan.tile[0], bn=plan.tile[1], stages=plan.stages, tma=True,
+               w_direct=False)
+    return ctx
+
+
 _SPECIFIC = {"direct": _direct, "depthwise": _depthwise, "implicit_gemm": _gemm,
-             "phase_gemm": _gemm}
+             "phase_gemm": _gemm, "wgmma_gemm": _wgmma}
 
 
 def context(workload: Workload, plan: CudaPlan, target: Target, prefix: str) -> dict:
@@ -197,6 +208,9 @@ def context(workload: Workload, plan: CudaPlan, target: Target, prefix: str) -> 
 
 def render(workload: Workload, plan: CudaPlan, target: Target,
            prefix: str) -> tuple[tuple[str, str], ...]:
+    if plan.algorithm == "wgmma_gemm" and target.emulated:
+        raise PlanError("plan: wgmma_gemm (TMA and wgmma, sm_90a) cannot be emulated; target "
+                        "'cuda-emu' runs implicit_gemm, whose main loop is the same GEMM")
     text = render_template(TEMPLATES[plan.algorithm], context(workload, plan, target, prefix),
                            plan)
     return (("kernel.cu", text),)

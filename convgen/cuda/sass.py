@@ -124,7 +124,7 @@ class Instruction:
 
 _FUNCTION = re.compile(r"\n\s*Function : (\S+)\n")
 _INSTRUCTION = re.compile(
-    r"/\*([0-9a-f]{4,})\*/\s+(@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)([^;]*);")
+    r"/\*([0-9a-f]{4,})\*/\s+(@!?U?P\w+\s+)?([A-Z][A-Za-z0-9_.]*)([^;]*);")
 _TARGET = re.compile(r"0x([0-9a-f]+)")
 
 
