@@ -35,9 +35,10 @@ def key(math_: str, tile: tuple[int, ...], warp: tuple[int, ...]) -> str:
 @functools.cache
 def table() -> dict:
     """The shipped measurements: key -> {registers, fits_budget, loop, multiplies, ...}."""
-    if not TABLE.exists():
+    try:
+        return json.loads(TABLE.read_text())["plans"]
+    except (OSError, ValueError, KeyError):   # absent or unreadable: the estimates serve
         return {}
-    return json.loads(TABLE.read_text())["plans"]
 
 
 def lookup(math_: str, tile: tuple[int, ...], warp: tuple[int, ...]) -> dict | None:
@@ -104,20 +105,32 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="measure the GEMM main loop per plan family")
     parser.add_argument("--arch", default="sm_90")
     parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the table's entries, measure only the missing ones")
     args = parser.parse_args(argv)
     import os
+    import threading
     os.environ["CONVGEN_CUDA_ARCH"] = args.arch
-    configs = list(enumerate_configs())
+    plans = dict(table()) if args.keep else {}
+    configs = [p for p in enumerate_configs() if key(p.math, p.tile, p.warp) not in plans]
+    lock = threading.Lock()
+
+    def save():   # written aside and renamed: a reader never sees half a table
+        part = TABLE.with_suffix(".json.part")
+        part.write_text(json.dumps({"arch": args.arch, "reference": REFERENCE,
+                                    "plans": plans}, indent=0, sort_keys=True) + "\n")
+        part.replace(TABLE)
+
     def one(plan):
         result = measure(plan, args.arch)
+        with lock:   # the table grows as it goes: an interrupted run keeps what it measured
+            plans[key(plan.math, plan.tile, plan.warp)] = result
+            save()
         print(key(plan.math, plan.tile, plan.warp), result, flush=True)
-        return result
 
     with ThreadPoolExecutor(args.jobs) as pool:
-        results = list(pool.map(one, configs))
-    plans = {key(p.math, p.tile, p.warp): r for p, r in zip(configs, results)}
-    TABLE.write_text(json.dumps({"arch": args.arch, "reference": REFERENCE,
-                                 "plans": plans}, indent=0, sort_keys=True) + "\n")
+        list(pool.map(one, configs))
+    save()
     print(f"wrote {len(plans)} plans to {TABLE}")
     return 0
 

@@ -1,8 +1,10 @@
 """The CUDA planner's cost model: predicted seconds for one plan on one architecture.
 
 Analytical: compute on the busiest SM at the rate the inner loop can issue (FMA or tensor
-pipes, shared-memory loads, the loaders' integer work), discounted for latency the resident
-warps cannot hide; DRAM and L2 traffic; launches.
+pipes, shared-memory loads, every other instruction of the loop), discounted for latency the
+resident warps cannot hide; DRAM and L2 traffic; launches. For the GEMM the loop's
+instruction count and the registers come from the compiled kernel: ``calibration.json``
+holds what ptxas and the SASS say of every tile the planner enumerates (calibration.py).
 """
 from __future__ import annotations
 
@@ -10,7 +12,16 @@ import math
 
 from ..core.spec import Workload
 from ..target.cuda_arch import CudaArch
-from .plan import CudaPlan, Launch, depthwise_halo, gemm_phases, launch_of, real_bytes
+from . import calibration
+from .plan import (
+    CudaPlan,
+    Launch,
+    depthwise_halo,
+    gemm_phases,
+    launch_of,
+    real_bytes,
+    vector_reals,
+)
 
 GEMM_REGISTERS = 128                # the GEMM kernels' register budget (__launch_bounds__)
 REGISTER_LIMIT = 224                # plans estimated to need more are not listed (ptxas: 255)
@@ -33,7 +44,19 @@ def _fma_per_clock(arch: CudaArch, math_: str) -> float:
 def registers(plan: CudaPlan, workload: Workload) -> int:
     if plan.algorithm == "wgmma_gemm":   # 384 threads, one block: 168 (setmaxnreg moves them)
         return 168
+    if plan.is_gemm:
+        measured = calibration.lookup(plan.math, plan.tile, plan.warp)
+        if measured:   # what ptxas gave this tile (held to 128 where it fits them)
+            return measured["registers"]
     return _registers(plan, workload)
+
+
+def fits_gemm_budget(plan: CudaPlan, workload: Workload) -> bool:
+    """Does the GEMM tile compile into GEMM_REGISTERS without spilling?"""
+    measured = calibration.lookup(plan.math, plan.tile, plan.warp)
+    if measured:
+        return measured["fits_budget"]
+    return _registers(plan, workload) <= GEMM_REGISTERS
 
 
 def _registers(plan: CudaPlan, workload: Workload) -> int:
@@ -78,37 +101,53 @@ def min_blocks_per_sm(plan: CudaPlan, workload: Workload, arch: CudaArch) -> int
     if plan.algorithm == "wgmma_gemm":
         return 1
     if plan.is_gemm:   # 128 registers where the tile fits them, else as many as it needs
-        budget = GEMM_REGISTERS if registers(plan, workload) <= GEMM_REGISTERS else 255
+        budget = GEMM_REGISTERS if fits_gemm_budget(plan, workload) else 255
         return max(1, arch.registers_per_sm // (plan.threads * budget))
     per_sm = _occupancy(plan, launch_of(plan, workload), arch, workload)
     budget = max(64, arch.registers_per_sm // (plan.threads * per_sm) // 8 * 8)
     return max(1, arch.registers_per_sm // (plan.threads * min(255, budget)))
 
 
-def _gemm_rate(plan: CudaPlan, arch: CudaArch) -> float:
-    """Multiply-adds per clock per SM the GEMM's inner loop can sustain: per warp and step of
-    the reduction, the clocks of the SM's pipes it occupies -- FMA or tensor cores, shared
-    memory loads (one warp-wide 32-bit load per clock), integer work of the tile loaders
-    (about 12 instructions per element, two warp-instructions per clock)."""
+def loop_instructions(plan: CudaPlan, real: int) -> tuple[float, float, float]:
+    """Per warp and k-tile of the main loop: (multiply-adds, multiply instructions, all
+    instructions). The total is read from the compiled loop (calibration.json), scaled to one
+    k-tile; tiles it lacks are estimated the way the measured ones come out: the multiplies,
+    the fragment loads, about 3 instructions per 16-byte copy and 40 of bookkeeping."""
     bm, bn, bk = plan.tile
-    loader = 12 * (bm + bn) * bk / plan.threads / 2 / bk       # per step of k
+    wm, wn = plan.warp
+    vec = vector_reals(real)
     if plan.math == "tf32":
-        fm, fn = plan.warp[0] // 16, plan.warp[1] // 16
-        fmas = fm * fn * 16 * 16 * 8                            # per step of 8
-        tensor = fmas / _fma_per_clock(arch, "tf32")
-        loads = (fm + fn) * 4                                   # 4 loads per fragment
-        converts = (fm + fn) * 4 / 2 + loader * 8
-        return fmas / _overlapped(tensor, loads, converts)
-    tm, tn = plan.warp[0] // 8, plan.warp[1] // 4
-    wide = 2 if plan.math == "fp64" else 1
-    fmas = 32 * tm * tn
-    fma = fmas / _fma_per_clock(arch, plan.math)
-    # vector loads of runs of up to 16 bytes; lanes of a run share them (broadcast), so the
-    # bytes moved per warp are 8 lanes' rows and 4 lanes' columns, at 128 bytes per clock
-    vector = 4 // wide
-    instructions = -(-tm // vector) + -(-tn // vector)
-    loads = max(instructions, (32 * tm + 16 * tn) * wide / 128)
-    return fmas / _overlapped(fma, loads, loader)
+        multiplies = (wm // 16) * (wn // 8) * (bk // 8)       # mma.m16n8k8: 1024 FMA each
+        macs = multiplies * 1024
+        loads = (bk // 8) * (wm // 16 + wn // 16)             # ldmatrix.x4
+    else:
+        multiplies = (wm // 8) * (wn // 4) * bk               # FFMA / DFMA: 32 lanes each
+        macs = multiplies * 32
+        loads = (bk // vec) * (wm // 8 + wn // 4)             # 16-byte LDS
+    measured = calibration.lookup(plan.math, plan.tile, plan.warp)
+    if measured and measured.get("loop") and measured.get("multiplies"):
+        total = measured["loop"] * multiplies / measured["multiplies"]
+    else:
+        chunks = max(1, (bm + bn) * (bk // vec) // plan.threads)
+        total = multiplies + loads + 3 * chunks + 40
+    return macs, multiplies, total
+
+
+def _gemm_rate(plan: CudaPlan, arch: CudaArch, real: int) -> float:
+    """Multiply-adds per clock per SM the GEMM's main loop can sustain: per warp and k-tile,
+    the clocks of the SM's resources it takes -- the FMA or tensor pipe, the issue slots of
+    every instruction of the loop (4 schedulers, one instruction per clock each), shared
+    memory (128 bytes per clock: ldmatrix.x4 and the SIMT tiles' 16-byte loads, which 8 or 4
+    distinct rows of a warp share)."""
+    macs, _, total = loop_instructions(plan, real)
+    _, _, bk = plan.tile
+    pipe = macs / _fma_per_clock(arch, plan.math)
+    issue = total / 4
+    if plan.math == "tf32":
+        smem = (bk // 8) * (plan.warp[0] // 16 + plan.warp[1] // 16) * 512 / 128
+    else:
+        smem = (bk // vector_reals(real)) * (plan.warp[0] // 8 + plan.warp[1] // 4)
+    return macs / _overlapped(pipe, issue, smem)
 
 
 def cost_of(plan: CudaPlan, workload: Workload, arch: CudaArch) -> tuple[float, str]:
@@ -142,7 +181,7 @@ def cost_of(plan: CudaPlan, workload: Workload, arch: CudaArch) -> tuple[float, 
         # the work of the largest phase's blocks, every tile computed whole
         k_split = max(-(-((p.k + bk - 1) // bk) // plan.split_k) for p in phases) * bk
         block_macs = bm * bn * k_split
-        rate = _gemm_rate(plan, arch) * {1: 0.6, 2: 0.85, 3: 0.95, 4: 1.0}[plan.stages]
+        rate = _gemm_rate(plan, arch, real) * {1: 0.6, 2: 0.85, 3: 0.95, 4: 1.0}[plan.stages]
         hiding = 0.3 + 0.7 * min(1.0, warps / 4)     # register tiles give ILP: 4 warps suffice
         l2_bytes = real * sum(-(-p.m // bm) * tiles_n * (bm + bn) * -(-p.k // bk) * bk
                               for p in phases) * spec.groups
