@@ -54,8 +54,10 @@ def registers(plan: CudaPlan, workload: Workload) -> int:
 def fits_gemm_budget(plan: CudaPlan, workload: Workload) -> bool:
     """Does the GEMM tile compile into GEMM_REGISTERS without spilling?"""
     measured = calibration.lookup(plan.math, plan.tile, plan.warp)
-    if measured:
-        return measured["fits_budget"]
+    if measured:   # measured on a 2-d layer: a 3-d one keeps a third tap mask per copied row
+        extra = max(0, workload.spec.ndim - 2) * (8 + plan.tile[0] * plan.tile[2] // 4
+                                                  // plan.threads)
+        return measured["fits_budget"] and measured["registers"] + extra <= GEMM_REGISTERS
     return _registers(plan, workload) <= GEMM_REGISTERS
 
 
@@ -69,10 +71,11 @@ def _registers(plan: CudaPlan, workload: Workload) -> int:
         if plan.math == "tf32":   # m16n8k8 accumulators; A and B fragments, double-buffered
             fm, fn = plan.warp[0] // 16, plan.warp[1] // 8
             need = 4 * fm * fn + 2 * (4 * fm + 2 * fn)
-        else:                     # TM x TN accumulators, TM x 16 bytes of A, 16 bytes of B
-            tm, tn = plan.warp[0] // 8, plan.warp[1] // 4
-            need = wide * tm * tn + 4 * tm + 4
-        return min(255, 56 + need)
+        else:                     # TM x TN accumulators, TM x 16 bytes of A, 16 bytes of B,
+            tm, tn = plan.warp[0] // 8, plan.warp[1] // 4   # more in flight as BK grows
+            need = wide * (tm * tn + 4 * tm + 4) + plan.tile[2]
+        extra = max(0, workload.spec.ndim - 2) * 16   # a third tap mask per copied row
+        return min(255, 56 + need + extra)
     wide = 2 if plan.math == "fp64" else 1
     ndim = workload.spec.ndim
     if plan.algorithm == "direct":

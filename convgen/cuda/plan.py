@@ -421,6 +421,9 @@ def _gemm_plans(workload: Workload, arch: CudaArch, algorithm: str, maths: tuple
                 if not 64 <= threads <= 256:
                     continue
                 for bk in (8, 16, 32):
+                    if math_ == "tf32" and not _busy_enough(wm, wn, bk, workload,
+                                                            (bm + bn) * bk // 4 // threads):
+                        continue
                     k_tiles = -(-k_max // bk)
                     for stages in stages_options:
                         if stages > 1 and k_tiles < 2:
@@ -428,6 +431,18 @@ def _gemm_plans(workload: Workload, arch: CudaArch, algorithm: str, maths: tuple
                         for split in _splits(k_tiles):
                             yield CudaPlan(algorithm, (bm, bn, bk), (wm, wn), stages, split,
                                            math_, threads)
+
+
+def _busy_enough(wm: int, wn: int, bk: int, workload: Workload, copies: int) -> bool:
+    """A TF32 tile worth its k-tile's cost: at least 32 mma.m16n8k8 per warp (16 where the
+    channels per group are too few to fill a deeper k-tile) against the fixed part
+    (barrier, waits, the tap odometer), and at most one 16-byte copy per thread for every 4
+    of them (each copy costs about 3 instructions: its offset, address and predicate). This
+    keeps the main loop near 4 other instructions per HMMA in SASS."""
+    hmma = (wm // 16) * (wn // 8) * (bk // 8)
+    cp = -(-workload.spec.cin_per_group // vector_reals(real_bytes(workload))) * 4
+    deep = hmma >= 32 or (cp <= bk // 2 and hmma >= 16 and bk == 8)
+    return deep and copies * 4 <= hmma
 
 
 def _splits(k_tiles: int):

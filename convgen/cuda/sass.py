@@ -140,11 +140,17 @@ def parse_sass(text: str) -> dict[str, list[Instruction]]:
 
 @dataclass(frozen=True)
 class LoopStats:
-    """The instructions of one loop body, as issued once per iteration."""
+    """The instructions of one loop body. ``instructions`` counts each once (static; the
+    branches that advance the tap counted together although an iteration takes one at most);
+    ``longest`` and ``shortest`` are the most and fewest one iteration can issue, following
+    the body's branches (the longest is the sound bound per iteration; the shortest is what
+    an iteration that stays within a tap issues)."""
 
     instructions: int
     counts: dict = field(default_factory=dict)      # base opcode -> count
     opcodes: dict = field(default_factory=dict)     # full opcode -> count
+    longest: int = 0
+    shortest: int = 0
 
     @property
     def multiplies(self) -> int:
@@ -152,7 +158,13 @@ class LoopStats:
 
     @property
     def others_per_multiply(self) -> float:
+        """Static: every instruction of the body once, per multiply."""
         return (self.instructions - self.multiplies) / max(1, self.multiplies)
+
+    @property
+    def issued_per_multiply(self) -> float:
+        """Other instructions per multiply on the longest path through one iteration."""
+        return (self.longest - self.multiplies) / max(1, self.multiplies)
 
     def count(self, prefix: str) -> int:
         """Instructions whose full opcode starts with ``prefix`` ("LDGSTS", "LD.E", "LDS")."""
@@ -171,20 +183,57 @@ def loops(instructions: list[Instruction]) -> list[tuple[int, int]]:
     return found
 
 
+COPIES = ("LDGSTS", "UTMALDG")
+
+
 def main_loop(instructions: list[Instruction]) -> LoopStats | None:
-    """The loop with the most multiply instructions (the smallest such on a tie); None if
-    no loop multiplies."""
+    """The loop with the most multiply instructions, among those that also load the next
+    operands if any does (the compiler may peel the pipeline's last iterations into a loop
+    of their own); the smallest such on a tie. None if no loop multiplies."""
     best = None
     for first, last in loops(instructions):
         body = [i for i in instructions if first <= i.address <= last and i.base != "NOP"]
         multiplies = sum(i.base in MULTIPLIES for i in body)
-        if multiplies and (best is None or (multiplies, -len(body)) > (best[0], -len(best[1]))):
-            best = (multiplies, body)
+        copies = any(i.base in COPIES for i in body)
+        rank = (copies, multiplies, -len(body))
+        if multiplies and (best is None or rank > best[0]):
+            best = (rank, body)
     if best is None:
         return None
     body = best[1]
+    longest, shortest = _paths(body)
     return LoopStats(len(body), dict(collections.Counter(i.base for i in body)),
-                     dict(collections.Counter(i.opcode for i in body)))
+                     dict(collections.Counter(i.opcode for i in body)), longest, shortest)
+
+
+def _paths(body: list[Instruction]) -> tuple[int, int]:
+    """Most and fewest instructions from the body's first to its last (the backward branch),
+    over its forward branches: a predicated BRA may fall through or jump, an unpredicated one
+    jumps; instructions are counted when issued, predicated or not."""
+    index = {ins.address: k for k, ins in enumerate(body)}
+    n = len(body)
+    most, fewest = [None] * n, [None] * n
+    most[0] = fewest[0] = 1
+    for k, ins in enumerate(body[:-1]):
+        if most[k] is None:
+            continue
+        successors = []
+        if ins.base == "BRA":
+            m = _TARGET.search(ins.operands)
+            target = index.get(int(m[1], 16)) if m else None
+            if target is not None and target > k:
+                successors.append(target)
+            elif target is None and m:   # leaves the loop: not an iteration's path
+                pass
+            if ins.predicate:
+                successors.append(k + 1)
+        else:
+            successors.append(k + 1)
+        for nxt in successors:
+            a, b = most[k] + 1, fewest[k] + 1
+            most[nxt] = a if most[nxt] is None else max(most[nxt], a)
+            fewest[nxt] = b if fewest[nxt] is None else min(fewest[nxt], b)
+    return most[-1] or n, fewest[-1] or n
 
 
 def kernel_functions(functions: dict[str, list[Instruction]], name: str) -> dict:
