@@ -25,8 +25,8 @@ PREPARE_ONLY=0
 if [ "${1:-}" = "--prepare-only" ]; then PREPARE_ONLY=1; shift; fi
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OUTDIR="${1:-${OUT:-$ROOT/gpu-check-out}}"
-TEST_S="${GPU_CHECK_TEST_S:-210}"
-COMPARE_S="${GPU_CHECK_COMPARE_S:-150}"
+TEST_S="${GPU_CHECK_TEST_S:-180}"
+COMPARE_S="${GPU_CHECK_COMPARE_S:-170}"
 PYTHON="${GPU_CHECK_PYTHON:-python3}"
 mkdir -p "$OUTDIR"
 LOG="$OUTDIR/gpu_check.log"

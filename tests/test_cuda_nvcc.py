@@ -322,3 +322,23 @@ def test_sm90a_is_not_offered_where_it_cannot_run(monkeypatch):
     for layer in ("conv2d_reflect_grouped", "upconv", "conv3d", "depthwise"):
         assert convgen.api.choose_plan(workload(layer, "float32"),
                                        target=target).algorithm != "wgmma_gemm"
+
+
+def test_the_calibration_table_describes_the_templates(monkeypatch):
+    """The planner's registers and loop counts (calibration.json) are what ptxas and the SASS
+    say of the kernels the templates make now: two tiles recompiled and compared."""
+    from convgen.cuda import calibrate, calibration
+
+    if not HAVE_SASS:
+        pytest.skip("cuobjdump is absent (the test extra installs nvidia-cuda-cuobjdump)")
+    monkeypatch.setenv("CONVGEN_CUDA_ARCH", "sm_90")
+    for tile, warp in (((128, 64, 32), (32, 64)), ((64, 64, 16), (32, 32))):
+        recorded = calibration.lookup("tf32", tile, warp)
+        assert recorded, f"calibration.json lacks tf32 {tile} {warp}"
+        fresh = calibrate.measure(CudaPlan("implicit_gemm", tile, warp, 3, 1, "tf32",
+                                           32 * (tile[0] // warp[0]) * (tile[1] // warp[1])),
+                                  "sm_90")
+        assert fresh["fits_budget"] == recorded["fits_budget"], (tile, fresh, recorded)
+        assert abs(fresh["registers"] - recorded["registers"]) <= 8, (tile, fresh, recorded)
+        assert abs(fresh["loop"] / fresh["multiplies"]
+                   - recorded["loop"] / recorded["multiplies"]) <= 0.5, (tile, fresh, recorded)
