@@ -24,8 +24,16 @@
  *    waited for, so reading a stage too early reads NaN; and nvcuda::wmma with TF32
  *    fragments: each thread holds the whole tile and computes the whole product, inputs
  *    truncated to TF32 as the tensor cores do, accumulation in float.
+ *  - The sm_80 instructions of the GEMM main loop, exactly, for the kernels' inline-PTX
+ *    wrappers (templates/cuda/_common.cuh.j2): cp.async.cg of 16 bytes with zero-fill,
+ *    ldmatrix.x4 and mma.sync.m16n8k8 TF32 (warp collectives over the PTX ISA's fragment
+ *    layouts), shared memory addressed by 32-bit offsets and bounds-checked.
  *  - The few runtime calls the launchers make: cudaMemsetAsync, cudaFuncSetAttribute,
+ *    cudaMallocAsync / cudaFreeAsync (workspaces, registered and NaN-filled),
  *    cudaGetLastError, cudaGetErrorString.
+ *
+ * Not emulated: Hopper's TMA, mbarriers and wgmma (the wgmma_gemm kernel refuses to build
+ * here; it is proven on a GPU only).
  *
  * Limits, checked at launch: 1024 threads per block, grid y/z <= 65535, dynamic shared
  * memory <= 48 KiB unless raised by cudaFuncSetAttribute, and never above
