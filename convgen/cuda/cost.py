@@ -181,13 +181,18 @@ def cost_of(plan: CudaPlan, workload: Workload, arch: CudaArch) -> tuple[float, 
         bm, bn, bk = plan.tile
         phases = gemm_phases(workload)
         tiles_n = -(-spec.cout_per_group // bn)
-        # the work of the largest phase's blocks, every tile computed whole
-        k_split = max(-(-((p.k + bk - 1) // bk) // plan.split_k) for p in phases) * bk
+        # the work of the largest phase's blocks, every tile computed whole;
+        # k-tiles hold BK channels of one tap: channels per group padded to 16 bytes, then
+        # to BK, per tap (a layer of 4 channels per group runs 8x the MMAs with BK=32)
+        cp = -(-spec.cin_per_group // vector_reals(real)) * vector_reals(real)
+        per_tap = -(-cp // bk)
+        k_tiles = [p.k // spec.cin_per_group * per_tap for p in phases]
+        k_split = max(-(-t // plan.split_k) for t in k_tiles) * bk
         block_macs = bm * bn * k_split
         rate = _gemm_rate(plan, arch, real) * {1: 0.6, 2: 0.85, 3: 0.95, 4: 1.0}[plan.stages]
         hiding = 0.3 + 0.7 * min(1.0, warps / 4)     # register tiles give ILP: 4 warps suffice
-        l2_bytes = real * sum(-(-p.m // bm) * tiles_n * (bm + bn) * -(-p.k // bk) * bk
-                              for p in phases) * spec.groups
+        l2_bytes = real * sum(-(-p.m // bm) * tiles_n * (bm + bn) * t * bk
+                              for p, t in zip(phases, k_tiles)) * spec.groups
         if plan.split_k > 1:
             unique_bytes += 2 * plan.split_k * real * math.prod(workload.output_shape)
         what = f"{len(phases)} phase(s), {rate:.0f} FMA/clk/SM"
