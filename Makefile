@@ -10,7 +10,7 @@ TEST_WORKERS ?= auto
 
 BENCH_STAMP   := $(VENV)/.bench-installed
 
-.PHONY: demo examples test lint fuzz bench bench-pytest bench-tune clean-cache clean
+.PHONY: demo examples test lint fuzz bench bench-pytest bench-tune clean-cache clean gpu-check gpu-wheels
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -61,6 +61,23 @@ bench-pytest: $(BENCH_STAMP)
 # (bench/tune_compare.py; TUNE_ARGS passes options through, e.g. --trials 32 --seconds 120).
 bench-tune: $(TEST_STAMP)
 	$(PY) bench/tune_compare.py $(TUNE_ARGS)
+
+# The one-call GPU check (bench/gpu_check.sh): run on a machine with an NVIDIA GPU, nvcc and a
+# CUDA torch; writes its tables and logs under GPU_CHECK_OUT ($$OUT on the device runner).
+# Needs no .venv: it runs the machine's python3 with the wheels of bench/wheels.
+GPU_CHECK_OUT ?= $(if $(OUT),$(OUT),gpu-check-out)
+gpu-check:
+	bash bench/gpu_check.sh $(GPU_CHECK_OUT)
+
+# The wheels gpu-check installs there (the GPU image's python3 is CPython 3.12 without cffi):
+# downloaded once and committed in bench/wheels, since the device receives the checkout.
+GPU_WHEELS := cffi==2.1.1 pycparser==3.12
+gpu-wheels:
+	rm -f bench/wheels/*.whl
+	$(PYTHON) -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: \
+		--python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 \
+		--platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d bench/wheels \
+		$(GPU_WHEELS)
 
 clean-cache: $(RUNTIME_STAMP)
 	$(VENV)/bin/convgen cache clear

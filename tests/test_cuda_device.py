@@ -162,7 +162,7 @@ def test_output_is_allocated_like_the_input(monkeypatch):
     library = FakeLibrary()
     made = []
 
-    def empty_like_input(x, shape, dtype):
+    def empty_like_input(x, shape, dtype, channels_last=False):
         made.append((shape, np.dtype(dtype)))
         return FakeDeviceArray(shape, dtype, pointer=0x7F0000900000)
 

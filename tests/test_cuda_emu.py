@@ -397,7 +397,7 @@ def test_tf32_tensor_cores(case, algorithm, plan):
     kernel, err = check(case, "float32", f"algorithm={algorithm} {plan}", TF32_TOLERANCE)
     assert kernel.plan.math == "tf32"
     assert err > 1e-5, f"relative error {err:.2e}: TF32 rounding was not applied"
-    assert "wmma::mma_sync" in kernel.source
+    assert "mma.sync.aligned.m16n8k8" in kernel.source and "cg_ldsm_x4(" in kernel.source
 
 
 def test_tf32_is_chosen_only_where_allowed(monkeypatch):
@@ -610,8 +610,8 @@ def test_launch_geometry_of_split_k_and_phases():
     workload, _ = workload_of(spec_of(case), case["x"], "float32")
     plan = CudaPlan("phase_gemm", (32, 32, 8), (16, 16), 2, 3, "fp32", 128)
     launch = launch_of(plan, workload)
-    assert launch.grid[2] == 1 * 4 * 3 and launch.zero_output
-    assert launch.dynamic_smem == 2 * (8 * 36 + 8 * 36) * 4
+    assert launch.grid[2] == 1 * 4 * 3 and not launch.zero_output   # serial split-K
+    assert launch.dynamic_smem == 2 * (32 + 32) * (8 + 4) * 4   # stages x rows x (BK + 16 B)
 
 
 # -- convgen.nn on the emulator ------------------------------------------------------------
@@ -664,3 +664,105 @@ def test_cuda_error_is_raised_for_a_failing_launch():
     x, w, b = operands(case, "float32", np.random.default_rng(0))
     with pytest.raises(CudaError, match="cudaErrorIllegalAddress .*input\\[99\\]"):
         broken(x, w, b)
+
+
+# -- channels-last inputs: read in place, output in the same layout ---------------------------
+def _channels_last(array: np.ndarray) -> np.ndarray:
+    """The same values laid out (N, *spatial, C) in memory, viewed as (N, C, *spatial)."""
+    order = (0, *range(2, array.ndim), 1)
+    return np.ascontiguousarray(array.transpose(order)).transpose(np.argsort(order))
+
+
+CHANNELS_LAST = [
+    (forward_cases(2)[0], "float32", ("algorithm=implicit_gemm tile=32x32x8 warp=16x16 stages=2 "
+     "split_k=1 math=fp32 threads=128")),
+    (forward_cases(2)[11], "float64", ("algorithm=implicit_gemm tile=64x32x16 warp=32x16 "
+     "stages=3 split_k=2 math=fp64 threads=128")),                       # reflect: a copy
+    (forward_cases(3)[6], "float32", ("algorithm=implicit_gemm tile=32x64x8 warp=16x32 stages=2 "
+     "split_k=1 math=tf32 threads=128")),
+    (make_case("cl_c8", "conv2d", cin=8, cout=8, spatial=(6, 5), padding=1), "float32",
+     ("algorithm=implicit_gemm tile=32x32x16 warp=16x16 stages=3 split_k=1 math=tf32 "
+     "threads=128")),                                                   # read in place, TF32
+    (make_case("cl_1x1", "conv1d", cin=8, cout=4, spatial=(9,), kernel=1), "float32",
+     ("algorithm=implicit_gemm tile=32x32x8 warp=16x16 stages=1 split_k=1 math=tf32 "
+     "threads=128")),                                                   # weights in place too
+    (transposed_cases(2)[1], "float32", ("algorithm=phase_gemm tile=32x32x16 warp=16x16 "
+     "stages=4 split_k=1 math=fp32 threads=128")),
+    (make_case("cl_t8", "conv_transpose1d", cin=8, cout=4, spatial=(5,), stride=2, padding=1),
+     "float32", ("algorithm=phase_gemm tile=32x32x8 warp=16x16 stages=2 split_k=1 math=tf32 "
+     "threads=128")),
+    (forward_cases(2)[1], "float64", "direct"),
+    (transposed_cases(1)[2], "float32", "direct"),
+    (DEPTHWISE[6][0], "float32", "depthwise"),
+    (DEPTHWISE[12][0], "float64", "depthwise"),
+]
+
+
+@pytest.mark.parametrize("case,dtype,plan", CHANNELS_LAST,
+                         ids=[f"{c['op']}-{c['name']}-{p.split()[0]}" for c, _, p in CHANNELS_LAST])
+def test_channels_last_inputs(case, dtype, plan):
+    rng = np.random.default_rng(seed_of(f"cl-{case['op']}-{case['name']}-{plan}"))
+    x, w, b = operands(case, dtype, rng)
+    ref = torch_reference(case["op"], x, w, b, **case["args"])
+    kernel = convgen.compile(spec_of(case), case["x"], dtype, target=EMU, plan=plan)
+    tolerance = TF32_TOLERANCE if kernel.plan.math == "tf32" else None
+    if len(case["x"]) < 3:
+        pytest.skip("an unbatched input has no batch axis to lay out channels-last")
+    xc = _channels_last(x)
+    assert not xc.flags.c_contiguous
+    y = kernel(xc, w, b)                                  # allocated in the input's layout
+    assert y.shape == ref.shape and not y.flags.c_contiguous
+    np.testing.assert_array_equal(y, _channels_last(y))
+    out = _channels_last(np.full(ref.shape, np.nan, dtype))   # poisoned
+    assert kernel(xc, w, b, out=out) is out
+    for result in (y, out):
+        if tolerance is None:
+            assert_matches(result, ref, dtype)
+        else:
+            assert np.isfinite(result).all() and rel_l2(result, ref) <= tolerance
+
+
+def test_channels_last_input_needs_a_channels_last_out():
+    case = forward_cases(2)[0]
+    kernel = convgen.compile(spec_of(case), case["x"], "float32", target=EMU, plan="direct")
+    x, w, b = operands(case, "float32", np.random.default_rng(0))
+    with pytest.raises(ValueError, match="channels-last"):
+        kernel(_channels_last(x), w, b, out=np.empty(kernel.output_shape, np.float32))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("aligned", [True, False], ids=["aligned", "misaligned"])
+@pytest.mark.parametrize("args,tile", [(dict(padding=1), (4, 8)),
+                                       (dict(padding=2, stride=2, kernel=5), (3, 4)),
+                                       (dict(padding=(1, 3), dilation=(1, 2), cout=8), (2, 16))])
+def test_depthwise_vector_halo_rows(dtype, aligned, args, tile):
+    """Rows of 16-byte vectors (width 8 or 12) stage the halo as vectors when the input is
+    aligned, with the alignment shift; a misaligned input takes the scalar path."""
+    case = make_case("dw_vec", "conv2d", cin=4, cout=args.pop("cout", 4), groups=4,
+                     spatial=(5, 12 if "stride" in args else 8), **args)
+    rng = np.random.default_rng(seed_of(f"dwvec-{dtype}-{aligned}-{tile}"))
+    x, w, b = operands(case, dtype, rng)
+    if not aligned:   # the same values one element past a 16-byte boundary
+        raw = np.empty(x.size + 16, dtype=dtype)
+        start = (-raw.ctypes.data % 16) // raw.itemsize + 1
+        x = raw[start:start + x.size].reshape(x.shape)
+        x[...] = operands(case, dtype, rng)[0]
+        assert x.ctypes.data % 16
+    plan = (f"algorithm=depthwise tile={'x'.join(map(str, tile))} warp=- stages=1 split_k=1 "
+            f"math={_math(dtype)} threads=32")
+    ref = torch_reference(case["op"], x, w, b, **case["args"])
+    kernel = convgen.compile(spec_of(case), case["x"], dtype, target=EMU, plan=plan)
+    assert "#define VECTOR_ROWS    1" in kernel.source
+    assert_matches(poisoned_call(kernel, x, w, b), ref, dtype)
+
+
+def test_the_hopper_kernel_is_refused_by_the_emulator(monkeypatch):
+    monkeypatch.setenv("CONVGEN_CUDA_ARCH", "sm_90a")
+    case = make_case("wide", "conv2d", cin=32, cout=8, spatial=(6, 5), padding=1)
+    with pytest.raises(ValueError, match="cannot be emulated"):
+        convgen.compile(spec_of(case), case["x"], "float32", target=EMU,
+                        plan="algorithm=wgmma_gemm tile=128x64x32 warp=64x64 stages=3 "
+                             "split_k=1 math=tf32 threads=384")
+    with pytest.raises(ValueError, match="sm_90a"):
+        monkeypatch.setenv("CONVGEN_CUDA_ARCH", "sm_90")
+        convgen.compile(spec_of(case), case["x"], "float32", target=EMU, plan="wgmma_gemm")

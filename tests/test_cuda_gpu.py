@@ -137,3 +137,74 @@ def test_module_on_cuda():
                                      padding=1).numpy()
     assert_matches(y.copy_to_host(), ref, "float32")
 
+
+
+# -- the Hopper path (sm_90a: TMA + wgmma): proven here only, the emulator cannot run it ------
+def _hopper():
+    return get_target("cuda").cuda.name == "sm_90a"
+
+
+WGMMA_CASES = [
+    dict(name="pad1", op="conv2d", x=(2, 32, 9, 11), w=(40, 32, 3, 3), bias=True,
+         args=dict(padding=1)),
+    dict(name="stride2_k5", op="conv2d", x=(1, 64, 17, 13), w=(24, 64, 5, 5), bias=True,
+         args=dict(stride=2, padding=2)),
+    dict(name="dilated_nobias", op="conv2d", x=(3, 32, 12, 12), w=(136, 32, 3, 3),
+         bias=False, args=dict(dilation=2, padding=2)),
+    dict(name="asym_same_1x7", op="conv2d", x=(1, 96, 17, 17), w=(64, 96, 1, 7), bias=True,
+         args=dict(padding=(0, 3))),
+    dict(name="reflect", op="conv2d", x=(2, 32, 10, 9), w=(16, 32, 3, 3), bias=True,
+         args=dict(padding=1, padding_mode="reflect")),
+    dict(name="pointwise", op="conv2d", x=(2, 64, 14, 14), w=(128, 64, 1, 1), bias=True,
+         args=dict()),
+]
+
+
+@pytest.mark.parametrize("case", WGMMA_CASES, ids=[c["name"] for c in WGMMA_CASES])
+@pytest.mark.parametrize("bn", [64, 128])
+def test_wgmma_on_hopper(case, bn):
+    if not _hopper():
+        pytest.skip("the sm_90a kernel (TMA, wgmma) needs a compute capability 9.0 GPU")
+    plan = (f"algorithm=wgmma_gemm tile=128x{bn}x32 warp=64x{bn} stages=4 split_k=1 "
+            f"math=tf32 threads=384")
+    kernel, _ = run(case, "float32", plan, TF32_TOLERANCE)
+    assert kernel.plan.algorithm == "wgmma_gemm"
+
+
+def test_wgmma_channels_last_on_hopper():
+    torch = pytest.importorskip("torch")
+    if not _hopper() or not torch.cuda.is_available():
+        pytest.skip("needs a compute capability 9.0 GPU and a CUDA torch")
+    case = WGMMA_CASES[0]
+    rng = np.random.default_rng(7)
+    x, w, b = operands(case, "float32", rng)
+    ref = torch_reference(case["op"], x, w, b, **case["args"])
+    kernel = convgen.compile(spec_of(case), case["x"], "float32", target="cuda",
+                             plan="wgmma_gemm")
+    xt = torch.from_numpy(x).cuda().to(memory_format=torch.channels_last)
+    out = kernel(xt, torch.from_numpy(w).cuda(), torch.from_numpy(b).cuda())
+    torch.cuda.synchronize()
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert rel_l2(out.cpu().numpy(), ref) <= TF32_TOLERANCE
+
+
+def test_channels_last_torch_tensors_on_gpu():
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("this torch build has no CUDA")
+    for index, case in enumerate(FORWARD[:6] + TRANSPOSED[:4]):
+        if len(case["x"]) < 3:
+            continue
+        rng = np.random.default_rng(100 + index)
+        x, w, b = operands(case, "float32", rng)
+        ref = torch_reference(case["op"], x, w, b, **case["args"])
+        kernel = convgen.compile(spec_of(case), case["x"], "float32", target="cuda")
+        fmt = torch.channels_last if len(case["x"]) == 4 else (
+            torch.channels_last_3d if len(case["x"]) == 5 else None)
+        xt = torch.from_numpy(x).cuda()
+        xt = xt.to(memory_format=fmt) if fmt else xt.transpose(1, 2).contiguous().transpose(1, 2)
+        out = kernel(xt, torch.from_numpy(w).cuda(),
+                     None if b is None else torch.from_numpy(b).cuda())
+        torch.cuda.synchronize()
+        assert out.stride()[1] == 1                      # channels innermost, as given
+        assert_matches(out.cpu().numpy(), ref, "float32")

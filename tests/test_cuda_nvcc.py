@@ -2,10 +2,20 @@
 architecture's limits: read from ptxas's own report (-Xptxas -v). Runs without a GPU; skipped
 where nvcc is absent.
 
+The GEMM's main loop is proven in its SASS (cuobjdump -sass; the test extra installs
+cuobjdump where the toolkit lacks it): no generic LD/ST and no local memory in the loop, the
+operands arrive by 16-byte LDGSTS only, and for the planner's choice on every public
+benchmark layer (both precisions, both layouts) at most 4 other instructions per HMMA and at
+most 128 registers with TF32, the FMAs the bulk of the SIMT loops. The counts are static
+(each instruction of the loop's body once, the tap-advancing branch included): an upper
+bound on what one iteration issues.
+
 Also: a whole shared library (host launcher included) builds with nvcc and loads; on a machine
 without a GPU its launch fails with a clear CudaError, not a crash.
 """
 from __future__ import annotations
+
+import collections
 
 import pytest
 
@@ -13,8 +23,9 @@ import convgen
 from convgen.backends import get_target
 from convgen.core.layers import spec_from_op
 from convgen.core.spec import workload_of
-from convgen.cuda import CudaError, CudaPlan, check_plan, driver
+from convgen.cuda import CudaError, CudaPlan, check_plan, driver, sass
 from convgen.cuda.compile import nvcc_path, parse_ptxas, ptxas_report
+from convgen.cuda.cost import GEMM_REGISTERS, min_blocks_per_sm
 from convgen.cuda.plan import launch_of
 from convgen.cuda.render import render as render_sources
 from convgen.target.cuda_arch import CUDA_ARCHS
@@ -80,6 +91,81 @@ def test_the_sample_covers_every_family():
         "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d"}
 
 
+HAVE_SASS = sass.cuobjdump_path() is not None
+# The targets for the planner's choices, as other instructions per multiply on the longest
+# path through one iteration of the main loop (sass.LoopStats.issued_per_multiply). The
+# channels-last kernel also rounds what it reads in place to TF32 inside the loop.
+TF32_OTHERS_PER_HMMA = {"NCHW": 4.0, "channels-last": 5.5}
+SIMT_OTHERS_PER_FMA = 0.5
+
+
+def compile_checked(source: str, arch: str, plan: CudaPlan):
+    """Compile; no function spills or uses local memory; returns the compiled kernel."""
+    compiled = sass.compile_cubin(source, arch, with_sass=HAVE_SASS)
+    for record in compiled.resources:
+        assert record.spill_stores == 0 and record.spill_loads == 0, f"{plan}\n{compiled.ptxas}"
+        assert record.stack_bytes == 0, f"local memory used: {plan}\n{compiled.ptxas}"
+    return compiled
+
+
+def main_kernels(compiled) -> dict:
+    """The two layouts' instantiations of the main kernel (not the GEMM's prologue)."""
+    return {name: ins for name, ins in sass.parse_sass(compiled.sass).items()
+            if "_kernelILb" in name}
+
+
+def check_sass(compiled, plan: CudaPlan, strict: bool) -> dict:
+    """The SASS rules; ``strict``: the issue's targets (the planner's choices). Returns the
+    main loops' statistics by function."""
+    kernels = main_kernels(compiled)
+    assert len(kernels) == 2, sorted(sass.parse_sass(compiled.sass))
+    found = {}
+    for name, instructions in kernels.items():
+        bases = {i.base for i in instructions}
+        assert not bases & {"LDL", "STL"}, f"local memory in {name}"
+        if not plan.is_gemm:   # direct, depthwise: no generic access anywhere
+            assert not bases & {"LD", "ST"}, f"generic loads/stores in {name}"
+            continue
+        loop = sass.main_loop(instructions)
+        unrolled = loop is None
+        if unrolled:   # a short reduction, unrolled whole: the kernel is the loop
+            loop = sass.LoopStats(len(instructions),
+                                  dict(collections.Counter(i.base for i in instructions)),
+                                  dict(collections.Counter(i.opcode for i in instructions)),
+                                  len(instructions), len(instructions))
+            assert loop.multiplies > 0, f"no multiplies in {name}"
+        found[name] = loop
+        assert loop.count("LD") == 0 and loop.count("ST") == 0, (name, loop.counts)
+        copies = {op: n for op, n in loop.opcodes.items() if op.startswith("LDGSTS")}
+        assert copies and all(op.endswith(".128") for op in copies), (name, copies)
+        if unrolled:   # the epilogue's bias loads are in the count: the rules below are the loop's
+            continue
+        assert not any(op.startswith("LDG") and not op.startswith("LDGSTS")
+                       and op != "LDGDEPBAR" for op in loop.opcodes), (name, loop.opcodes)
+        layout = "channels-last" if "_kernelILb1" in name else "NCHW"
+        if plan.math == "tf32":
+            assert loop.counts.get("HMMA", 0) > 0 and loop.counts.get("LDSM", 0) > 0, name
+            if strict:
+                assert loop.issued_per_multiply <= TF32_OTHERS_PER_HMMA[layout], \
+                    f"{plan}: {loop.issued_per_multiply:.2f} others per HMMA ({layout})"
+        else:
+            assert loop.counts.get("FFMA" if plan.math == "fp32" else "DFMA", 0) > 0, name
+            if strict:
+                assert loop.issued_per_multiply <= SIMT_OTHERS_PER_FMA, \
+                    f"{plan}: {loop.issued_per_multiply:.2f} others per FMA ({layout})"
+    return found
+
+
+def check_registers(compiled, plan: CudaPlan, workload, arch) -> None:
+    (main,) = [r for r in compiled.resources if r.entry and "_kernelILb0" in r.function]
+    budget = arch.registers_per_sm // (plan.threads * min_blocks_per_sm(plan, workload, arch))
+    for record in compiled.resources:
+        if record.entry and "_kernelILb0" in record.function:
+            assert record.registers <= min(255, budget), (plan, record)
+    if plan.is_gemm and plan.math == "tf32":
+        assert main.registers <= GEMM_REGISTERS, (plan, main)
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("layer,dtype,plan", SAMPLE,
                          ids=[f"{layer}-{CudaPlan.parse(p).algorithm}-{i}"
@@ -91,19 +177,19 @@ def test_ptxas_no_spills_within_limits(layer, dtype, plan, arch, monkeypatch):
     load = workload(layer, dtype)
     chosen = CudaPlan.parse(plan)
     check_plan(chosen, load, target.cuda)
-    records, output = ptxas_report(render(load, chosen, target), arch)
-    kernels = [r for r in records if r.entry]
-    assert len(kernels) == 1, output
-    (kernel,) = kernels
+    compiled = compile_checked(render(load, chosen, target), arch, chosen)
+    records = compiled.resources
+    kernels = [r for r in records if r.entry and "_kernelILb" in r.function]
+    assert len(kernels) == 2, compiled.ptxas        # the NCHW and channels-last kernels
     limits = CUDA_ARCHS[arch]
     launch = launch_of(chosen, load)
-    for record in records:
-        assert record.spill_stores == 0 and record.spill_loads == 0, output
-        assert record.stack_bytes == 0, f"local memory used:\n{output}"
-    assert kernel.shared_bytes == launch.static_smem, output
-    assert kernel.shared_bytes + launch.dynamic_smem <= limits.smem_per_block
-    assert kernel.registers <= 255
-    assert kernel.registers * chosen.threads <= limits.registers_per_sm, output
+    for kernel in kernels:
+        assert kernel.shared_bytes == launch.static_smem, compiled.ptxas
+        assert kernel.shared_bytes + launch.dynamic_smem <= limits.smem_per_block
+        assert kernel.registers * chosen.threads <= limits.registers_per_sm, compiled.ptxas
+    check_registers(compiled, chosen, load, target.cuda)
+    if HAVE_SASS:
+        check_sass(compiled, chosen, strict=False)
 
 
 @pytest.mark.parametrize("layer,dtype", [("conv2d", "float32"), ("upconv", "float32"),
@@ -156,9 +242,7 @@ def _suite_layers():
     import json
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[2] / "shared" / "bench" / "suite_public.json"
-    if not path.exists():
-        return []
+    path = Path(__file__).resolve().parents[1] / "bench" / "suite_public.json"
     return json.loads(path.read_text())["layers"]
 
 
@@ -167,18 +251,94 @@ SUITE = _suite_layers()
 
 @pytest.mark.parametrize("precision", ["fp32", "tf32"])
 @pytest.mark.parametrize("layer", SUITE, ids=[layer["name"] for layer in SUITE])
-def test_benchmark_suite_choices_compile_cleanly(layer, precision, monkeypatch):
-    """What bench/cuda_compare.py will run on an H100: the planner's sm_90 choice for every
-    public layer, in both precisions, compiles without spills or local memory."""
+def test_benchmark_suite_choices(layer, precision, monkeypatch):
+    """What bench/cuda_compare.py runs on an H100/H200: the planner's sm_90 choice for every
+    public layer, in both precisions, compiles without spills or local memory, and its main
+    loop (both layouts) meets the targets in SASS."""
     monkeypatch.setenv("CONVGEN_CUDA_ARCH", "sm_90")
     monkeypatch.setenv("CONVGEN_CUDA_TF32", "1" if precision == "tf32" else "0")
     target = get_target("cuda")
     spec = spec_from_op(layer["op"], layer["w"], True, layer["x"], **layer["args"])
     load, _ = workload_of(spec, tuple(layer["x"]), "float32")
     chosen = convgen.api.choose_plan(load, target=target)
-    records, output = ptxas_report(render(load, chosen, target), "sm_90")
-    for record in records:
-        assert record.spill_stores == 0 and record.spill_loads == 0, f"{chosen}\n{output}"
-        assert record.stack_bytes == 0, f"{chosen}\n{output}"
-    (kernel,) = [r for r in records if r.entry]
-    assert kernel.registers * chosen.threads <= CUDA_ARCHS["sm_90"].registers_per_sm
+    compiled = compile_checked(render(load, chosen, target), "sm_90", chosen)
+    check_registers(compiled, chosen, load, target.cuda)
+    if not HAVE_SASS:
+        pytest.skip("cuobjdump is absent (the test extra installs nvidia-cuda-cuobjdump)")
+    check_sass(compiled, chosen, strict=True)
+
+
+def test_sass_reader_finds_the_main_loop():
+    text = """
+        Function : _Z11cg_t_kernelILb0EEvPKfS1_S1_Pf
+        /*0000*/                   MOV R1, c[0x0][0x28] ;
+        /*0010*/                   LDGSTS.E.BYPASS.128 [R3], [R4.64], P0 ;
+        /*0020*/                   HMMA.1684.F32.TF32 R8, R12, R16, R8 ;
+        /*0030*/                   LDSM.16.M88.4 R12, [R2] ;
+        /*0040*/               @P1 BRA 0x10 ;
+        /*0050*/                   EXIT ;
+"""
+    (name, instructions), = sass.parse_sass(text).items()
+    loop = sass.main_loop(instructions)
+    assert name.startswith("_Z11cg_t_kernel")
+    assert loop.instructions == 4 and loop.multiplies == 1 and loop.others_per_multiply == 3
+    assert loop.count("LDGSTS") == 1 and loop.count("LD") == 0
+
+
+# -- the Hopper path: compiled only (the emulator cannot run TMA or wgmma) ----------------------
+def test_sm90a_kernel_has_hgmma_and_tma_in_sass(monkeypatch):
+    monkeypatch.setenv("CONVGEN_CUDA_ARCH", "sm_90a")
+    monkeypatch.setenv("CONVGEN_CUDA_TF32", "1")
+    target = get_target("cuda")
+    spec = spec_from_op("conv2d", (64, 64, 3, 3), True, (8, 64, 56, 56), padding=1)
+    load = workload_of(spec, (8, 64, 56, 56), "float32")[0]
+    chosen = convgen.api.choose_plan(load, target=target)
+    assert chosen.algorithm == "wgmma_gemm", chosen      # the planner takes it on sm_90a
+    for plan in (chosen, CudaPlan("wgmma_gemm", (128, 128, 32), (64, 128), 4, 1, "tf32", 384)):
+        check_plan(plan, load, target.cuda)
+        compiled = compile_checked(render(load, plan, target), "sm_90a", plan)
+        launch = launch_of(plan, load)
+        assert launch.dynamic_smem <= CUDA_ARCHS["sm_90a"].smem_per_block
+        if not HAVE_SASS:
+            pytest.skip("cuobjdump is absent (the test extra installs nvidia-cuda-cuobjdump)")
+        kernels = main_kernels(compiled)
+        assert len(kernels) == 2
+        for name, instructions in kernels.items():
+            bases = {i.base for i in instructions}
+            assert {"HGMMA", "UTMALDG", "SYNCS"} <= bases, (name, sorted(bases))
+            assert not bases & {"LD", "ST", "LDL", "STL", "HMMA"}, (name, sorted(bases))
+            assert all(".TF32" in i.opcode for i in instructions if i.base == "HGMMA")
+
+
+def test_sm90a_is_not_offered_where_it_cannot_run(monkeypatch):
+    monkeypatch.setenv("CONVGEN_CUDA_TF32", "1")
+    for arch in ("sm_80", "sm_90"):
+        monkeypatch.setenv("CONVGEN_CUDA_ARCH", arch)
+        target = get_target("cuda")
+        assert convgen.api.choose_plan(workload("conv2d", "float32"),
+                                       target=target).algorithm != "wgmma_gemm"
+    monkeypatch.setenv("CONVGEN_CUDA_ARCH", "sm_90a")
+    target = get_target("cuda")
+    for layer in ("conv2d_reflect_grouped", "upconv", "conv3d", "depthwise"):
+        assert convgen.api.choose_plan(workload(layer, "float32"),
+                                       target=target).algorithm != "wgmma_gemm"
+
+
+def test_the_calibration_table_describes_the_templates(monkeypatch):
+    """The planner's registers and loop counts (calibration.json) are what ptxas and the SASS
+    say of the kernels the templates make now: two tiles recompiled and compared."""
+    from convgen.cuda import calibrate, calibration
+
+    if not HAVE_SASS:
+        pytest.skip("cuobjdump is absent (the test extra installs nvidia-cuda-cuobjdump)")
+    monkeypatch.setenv("CONVGEN_CUDA_ARCH", "sm_90")
+    for tile, warp in (((128, 64, 32), (32, 64)), ((64, 64, 16), (32, 32))):
+        recorded = calibration.lookup("tf32", tile, warp)
+        assert recorded, f"calibration.json lacks tf32 {tile} {warp}"
+        fresh = calibrate.measure(CudaPlan("implicit_gemm", tile, warp, 3, 1, "tf32",
+                                           32 * (tile[0] // warp[0]) * (tile[1] // warp[1])),
+                                  "sm_90")
+        assert fresh["fits_budget"] == recorded["fits_budget"], (tile, fresh, recorded)
+        assert abs(fresh["registers"] - recorded["registers"]) <= 8, (tile, fresh, recorded)
+        assert abs(fresh["loop"] / fresh["multiplies"]
+                   - recorded["loop"] / recorded["multiplies"]) <= 0.5, (tile, fresh, recorded)

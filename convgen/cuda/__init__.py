@@ -3,7 +3,8 @@
 One pipeline, one module per stage, as for the CPU:
 
     Workload -> CudaPlan (plan.py; ranked by cost.py in planner.py)
-             -> CUDA C++ (render.py, templates/cuda/)
+             -> CUDA C++ (render.py, templates/cuda/; cost.py reads calibration.json, what
+                the compiled GEMM tiles are: calibrate.py measures them with sass.py)
              -> shared library (compile.py: nvcc, or the host compiler + templates/cuda/emu)
              -> cache and load (runtime.pipeline) -> CudaKernel (kernel.py; device.py, driver.py)
 

@@ -1,8 +1,10 @@
 """The CUDA planner's cost model: predicted seconds for one plan on one architecture.
 
 Analytical: compute on the busiest SM at the rate the inner loop can issue (FMA or tensor
-pipes, shared-memory loads, the loaders' integer work), discounted for latency the resident
-warps cannot hide; DRAM and L2 traffic; launches.
+pipes, shared-memory loads, every other instruction of the loop), discounted for latency the
+resident warps cannot hide; DRAM and L2 traffic; launches. For the GEMM the loop's
+instruction count and the registers come from the compiled kernel: ``calibration.json``
+holds what ptxas and the SASS say of every tile the planner enumerates (calibration.py).
 """
 from __future__ import annotations
 
@@ -10,13 +12,24 @@ import math
 
 from ..core.spec import Workload
 from ..target.cuda_arch import CudaArch
-from .plan import CudaPlan, Launch, depthwise_halo, gemm_phases, launch_of, real_bytes
+from . import calibration
+from .plan import (
+    CudaPlan,
+    Launch,
+    depthwise_halo,
+    gemm_phases,
+    launch_of,
+    real_bytes,
+    vector_reals,
+)
 
+GEMM_REGISTERS = 128                # the GEMM kernels' register budget (__launch_bounds__)
 REGISTER_LIMIT = 224                # plans estimated to need more are not listed (ptxas: 255)
 _LAUNCH_S = 2.5e-6                  # a kernel launch as seen by back-to-back GPU timing, seconds
 _DRAM_BYTES_PER_S = {75: 0.3e12, 80: 1.6e12, 86: 0.9e12, 87: 0.2e12, 89: 1.0e12, 90: 3.0e12,
                      100: 7.0e12, 120: 1.5e12}
 _CLOCK_HZ = 1.6e9
+_WGMMA_TF32_PER_CLOCK = 1024        # dense TF32 multiply-adds per clock per SM by wgmma (H100)
 
 
 def _fma_per_clock(arch: CudaArch, math_: str) -> float:
@@ -29,21 +42,40 @@ def _fma_per_clock(arch: CudaArch, math_: str) -> float:
 
 
 def registers(plan: CudaPlan, workload: Workload) -> int:
-    """Registers per thread, estimated on the high side (ptxas is held to the occupancy
-    derived from this; an estimate too low would make it spill)."""
+    if plan.algorithm == "wgmma_gemm":   # 384 threads, one block: 168 (setmaxnreg moves them)
+        return 168
     if plan.is_gemm:
-        if plan.math == "tf32":   # per lane: 8 floats per 16x16 accumulator, 4 per fragment
-            fm, fn = plan.warp[0] // 16, plan.warp[1] // 16
-            need = 8 * fm * fn + 4 * (fm + fn)
-        else:
-            tm, tn = plan.warp[0] // 8, plan.warp[1] // 4
-            need = (2 if plan.math == "fp64" else 1) * (tm * tn + 2 * (tm + tn))
-        ndim = workload.spec.ndim
-        # the loader's per-thread pixel records (an offset and a coordinate per axis each)
-        # and, for stride phases, each axis's phase facts
-        loader = 8 * max(1, plan.tile[0] // plan.threads) * (ndim + 1)
-        phases = 8 * ndim if workload.spec.transposed else 0
-        return min(255, 88 + need + loader + phases)
+        measured = calibration.lookup(plan.math, plan.tile, plan.warp)
+        if measured:   # what ptxas gave this tile (held to 128 where it fits them)
+            return measured["registers"]
+    return _registers(plan, workload)
+
+
+def fits_gemm_budget(plan: CudaPlan, workload: Workload) -> bool:
+    """Does the GEMM tile compile into GEMM_REGISTERS without spilling?"""
+    measured = calibration.lookup(plan.math, plan.tile, plan.warp)
+    if measured:   # measured on a 2-d layer: a 3-d one keeps a third tap mask per copied row
+        extra = max(0, workload.spec.ndim - 2) * (8 + plan.tile[0] * plan.tile[2] // 4
+                                                  // plan.threads)
+        return measured["fits_budget"] and measured["registers"] + extra <= GEMM_REGISTERS
+    return _registers(plan, workload) <= GEMM_REGISTERS
+
+
+def _registers(plan: CudaPlan, workload: Workload) -> int:
+    """Registers per thread, estimated on the high side (ptxas is held to the occupancy
+    derived from this; an estimate too low would make it spill). The GEMM's numbers were
+    read from ptxas on the compiled main loop (tests/test_cuda_nvcc.py keeps them honest):
+    its address state is about 56 registers whatever the tile."""
+    if plan.is_gemm:
+        wide = 2 if plan.math == "fp64" else 1
+        if plan.math == "tf32":   # m16n8k8 accumulators; A and B fragments, double-buffered
+            fm, fn = plan.warp[0] // 16, plan.warp[1] // 8
+            need = 4 * fm * fn + 2 * (4 * fm + 2 * fn)
+        else:                     # TM x TN accumulators, TM x 16 bytes of A, 16 bytes of B,
+            tm, tn = plan.warp[0] // 8, plan.warp[1] // 4   # more in flight as BK grows
+            need = wide * (tm * tn + 4 * tm + 4) + plan.tile[2]
+        extra = max(0, workload.spec.ndim - 2) * 16   # a third tap mask per copied row
+        return min(255, 56 + need + extra)
     wide = 2 if plan.math == "fp64" else 1
     ndim = workload.spec.ndim
     if plan.algorithm == "direct":
@@ -69,35 +101,56 @@ def _overlapped(*clocks: float) -> float:
 def min_blocks_per_sm(plan: CudaPlan, workload: Workload, arch: CudaArch) -> int:
     """The occupancy the cost model assumes, as ``__launch_bounds__``'s second argument: ptxas
     then keeps each thread within 65536 / (threads x blocks) registers (never below 64)."""
+    if plan.algorithm == "wgmma_gemm":
+        return 1
+    if plan.is_gemm:   # 128 registers where the tile fits them, else as many as it needs
+        budget = GEMM_REGISTERS if fits_gemm_budget(plan, workload) else 255
+        return max(1, arch.registers_per_sm // (plan.threads * budget))
     per_sm = _occupancy(plan, launch_of(plan, workload), arch, workload)
     budget = max(64, arch.registers_per_sm // (plan.threads * per_sm) // 8 * 8)
     return max(1, arch.registers_per_sm // (plan.threads * min(255, budget)))
 
 
-def _gemm_rate(plan: CudaPlan, arch: CudaArch) -> float:
-    """Multiply-adds per clock per SM the GEMM's inner loop can sustain: per warp and step of
-    the reduction, the clocks of the SM's pipes it occupies -- FMA or tensor cores, shared
-    memory loads (one warp-wide 32-bit load per clock), integer work of the tile loaders
-    (about 12 instructions per element, two warp-instructions per clock)."""
+def loop_instructions(plan: CudaPlan, real: int) -> tuple[float, float, float]:
+    """Per warp and k-tile of the main loop: (multiply-adds, multiply instructions, all
+    instructions). The total is read from the compiled loop (calibration.json), scaled to one
+    k-tile; tiles it lacks are estimated the way the measured ones come out: the multiplies,
+    the fragment loads, about 3 instructions per 16-byte copy and 40 of bookkeeping."""
     bm, bn, bk = plan.tile
-    loader = 12 * (bm + bn) * bk / plan.threads / 2 / bk       # per step of k
+    wm, wn = plan.warp
+    vec = vector_reals(real)
     if plan.math == "tf32":
-        fm, fn = plan.warp[0] // 16, plan.warp[1] // 16
-        fmas = fm * fn * 16 * 16 * 8                            # per step of 8
-        tensor = fmas / _fma_per_clock(arch, "tf32")
-        loads = (fm + fn) * 4                                   # 4 loads per fragment
-        converts = (fm + fn) * 4 / 2 + loader * 8
-        return fmas / _overlapped(tensor, loads, converts)
-    tm, tn = plan.warp[0] // 8, plan.warp[1] // 4
-    wide = 2 if plan.math == "fp64" else 1
-    fmas = 32 * tm * tn
-    fma = fmas / _fma_per_clock(arch, plan.math)
-    # vector loads of runs of up to 16 bytes; lanes of a run share them (broadcast), so the
-    # bytes moved per warp are 8 lanes' rows and 4 lanes' columns, at 128 bytes per clock
-    vector = 4 // wide
-    instructions = -(-tm // vector) + -(-tn // vector)
-    loads = max(instructions, (32 * tm + 16 * tn) * wide / 128)
-    return fmas / _overlapped(fma, loads, loader)
+        multiplies = (wm // 16) * (wn // 8) * (bk // 8)       # mma.m16n8k8: 1024 FMA each
+        macs = multiplies * 1024
+        loads = (bk // 8) * (wm // 16 + wn // 16)             # ldmatrix.x4
+    else:
+        multiplies = (wm // 8) * (wn // 4) * bk               # FFMA / DFMA: 32 lanes each
+        macs = multiplies * 32
+        loads = (bk // vec) * (wm // 8 + wn // 4)             # 16-byte LDS
+    measured = calibration.lookup(plan.math, plan.tile, plan.warp)
+    if measured and measured.get("loop") and measured.get("multiplies"):
+        total = measured["loop"] * multiplies / measured["multiplies"]
+    else:
+        chunks = max(1, (bm + bn) * (bk // vec) // plan.threads)
+        total = multiplies + loads + 3 * chunks + 40
+    return macs, multiplies, total
+
+
+def _gemm_rate(plan: CudaPlan, arch: CudaArch, real: int) -> float:
+    """Multiply-adds per clock per SM the GEMM's main loop can sustain: per warp and k-tile,
+    the clocks of the SM's resources it takes -- the FMA or tensor pipe, the issue slots of
+    every instruction of the loop (4 schedulers, one instruction per clock each), shared
+    memory (128 bytes per clock: ldmatrix.x4 and the SIMT tiles' 16-byte loads, which 8 or 4
+    distinct rows of a warp share)."""
+    macs, _, total = loop_instructions(plan, real)
+    _, _, bk = plan.tile
+    pipe = macs / _fma_per_clock(arch, plan.math)
+    issue = total / 4
+    if plan.math == "tf32":
+        smem = (bk // 8) * (plan.warp[0] // 16 + plan.warp[1] // 16) * 512 / 128
+    else:
+        smem = (bk // vector_reals(real)) * (plan.warp[0] // 8 + plan.warp[1] // 4)
+    return macs / _overlapped(pipe, issue, smem)
 
 
 def cost_of(plan: CudaPlan, workload: Workload, arch: CudaArch) -> tuple[float, str]:
@@ -115,17 +168,31 @@ def cost_of(plan: CudaPlan, workload: Workload, arch: CudaArch) -> tuple[float, 
     unique_bytes = real * (math.prod(workload.input_shape) + math.prod(spec.weight_shape)
                            + math.prod(workload.output_shape))
     l2_bytes = 0.0
-    if plan.is_gemm:
+    if plan.algorithm == "wgmma_gemm":
+        bm, bn, bk = plan.tile
+        m = workload.input_shape[0] * math.prod(workload.out_spatial)
+        k = -(-spec.cin_per_group // bk) * bk * math.prod(spec.kernel_size)
+        block_macs = bm * bn * k
+        rate = _WGMMA_TF32_PER_CLOCK * 0.75     # TMA-fed, warp-specialised: most of the peak
+        hiding = 1.0
+        l2_bytes = real * -(-m // bm) * -(-spec.out_channels // bn) * (bm + bn) * k
+        what = f"wgmma, {rate:.0f} FMA/clk/SM"
+    elif plan.is_gemm:
         bm, bn, bk = plan.tile
         phases = gemm_phases(workload)
         tiles_n = -(-spec.cout_per_group // bn)
-        # the work of the largest phase's blocks, every tile computed whole
-        k_split = max(-(-((p.k + bk - 1) // bk) // plan.split_k) for p in phases) * bk
+        # the work of the largest phase's blocks, every tile computed whole;
+        # k-tiles hold BK channels of one tap: channels per group padded to 16 bytes, then
+        # to BK, per tap (a layer of 4 channels per group runs 8x the MMAs with BK=32)
+        cp = -(-spec.cin_per_group // vector_reals(real)) * vector_reals(real)
+        per_tap = -(-cp // bk)
+        k_tiles = [p.k // spec.cin_per_group * per_tap for p in phases]
+        k_split = max(-(-t // plan.split_k) for t in k_tiles) * bk
         block_macs = bm * bn * k_split
-        rate = _gemm_rate(plan, arch) * {1: 0.6, 2: 0.85, 3: 0.95, 4: 1.0}[plan.stages]
+        rate = _gemm_rate(plan, arch, real) * {1: 0.6, 2: 0.85, 3: 0.95, 4: 1.0}[plan.stages]
         hiding = 0.3 + 0.7 * min(1.0, warps / 4)     # register tiles give ILP: 4 warps suffice
-        l2_bytes = real * sum(-(-p.m // bm) * tiles_n * (bm + bn) * -(-p.k // bk) * bk
-                              for p in phases) * spec.groups
+        l2_bytes = real * sum(-(-p.m // bm) * tiles_n * (bm + bn) * t * bk
+                              for p, t in zip(phases, k_tiles)) * spec.groups
         if plan.split_k > 1:
             unique_bytes += 2 * plan.split_k * real * math.prod(workload.output_shape)
         what = f"{len(phases)} phase(s), {rate:.0f} FMA/clk/SM"

@@ -230,17 +230,26 @@ class DeviceArray:
         return f"<convgen.cuda.DeviceArray shape={self.shape} dtype={self.dtype}>"
 
 
-def empty_like_input(x, shape, dtype):
+def empty_like_input(x, shape, dtype, channels_last: bool = False):
     """A new device array of ``shape`` for an output: the input's own library's kind when
-    it is PyTorch or CuPy (on the input's device), else a convgen DeviceArray."""
+    it is PyTorch or CuPy (on the input's device), else a convgen DeviceArray;
+    ``channels_last``: laid out with the channels innermost, as the input is."""
     module = type(x).__module__.split(".")[0]
+    order = (0, *range(2, len(shape)), 1) if channels_last else tuple(range(len(shape)))
+    inverse = tuple(sorted(range(len(order)), key=order.__getitem__))
+    stored = tuple(shape[a] for a in order)
     if module == "torch":
         import torch
-        return torch.empty(shape, dtype=getattr(torch, np.dtype(dtype).name), device=x.device)
+        y = torch.empty(stored, dtype=getattr(torch, np.dtype(dtype).name), device=x.device)
+        return y.permute(*inverse) if channels_last else y
     if module == "cupy":
         import cupy
         with x.device:
-            return cupy.empty(shape, dtype=dtype)
+            y = cupy.empty(stored, dtype=dtype)
+        return y.transpose(inverse) if channels_last else y
+    if channels_last:
+        raise ValueError("out= is needed for a channels-last input that is neither a torch "
+                         "tensor nor a CuPy array (convgen's DeviceArray is C-contiguous)")
     return DeviceArray(shape, dtype)
 
 

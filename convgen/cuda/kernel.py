@@ -5,6 +5,9 @@
 
 - target "cuda": operands are device arrays (``__cuda_array_interface__`` or DLPack), the
   output is allocated on the device when not given, and ``stream=`` picks the stream.
+- Both targets take the input either C-contiguous (NCHW) or channels-last (torch's
+  ``channels_last`` / ``channels_last_3d`` memory format: NHWC in memory), without a copy;
+  the output then has the input's layout (``<prefix>_launch_channels_last``).
 - target "cuda-emu": operands are host arrays (numpy, CPU tensors), exactly as for the CPU
   targets; the emulator runs the grid synchronously and reports any out-of-bounds access.
 """
@@ -27,7 +30,47 @@ loader.declare_type("cg_error_fn", "typedef const char *(*cg_error_fn)(int statu
 
 def symbols(prefix: str) -> tuple[str, ...]:
     launch, error = entry_names(prefix)
-    return (launch, error, f"{prefix}_workspace_bytes", f"{prefix}_packed_weights_bytes")
+    return (launch, error, f"{prefix}_launch_channels_last", f"{prefix}_workspace_bytes",
+            f"{prefix}_packed_weights_bytes")
+
+
+def channels_last_strides(shape: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
+    """Byte strides of an (N, C, *spatial) array laid out channels-last (N, *spatial, C)."""
+    c = shape[1]
+    strides = [0] * len(shape)
+    step = itemsize
+    strides[1] = step
+    step *= c
+    for axis in range(len(shape) - 1, 1, -1):
+        strides[axis] = step
+        step *= shape[axis]
+    strides[0] = step
+    return tuple(strides)
+
+
+def layout_of(shape: tuple[int, ...], strides: tuple[int, ...] | None, itemsize: int) -> str | None:
+    """"nchw" (C-contiguous), "channels_last", or None for any other layout. Sizes of 1 do
+    not constrain their stride; an array that is both is "nchw"."""
+    if len(shape) < 3:
+        return "nchw" if strides is None or _matches(shape, strides, _c_strides(shape, itemsize)) \
+            else None
+    if strides is None or _matches(shape, strides, _c_strides(shape, itemsize)):
+        return "nchw"
+    if _matches(shape, strides, channels_last_strides(shape, itemsize)):
+        return "channels_last"
+    return None
+
+
+def _c_strides(shape, itemsize):
+    strides, step = [], itemsize
+    for size in reversed(shape):
+        strides.append(step)
+        step *= size
+    return tuple(reversed(strides))
+
+
+def _matches(shape, strides, expected) -> bool:
+    return all(s == e for s, e, n in zip(strides, expected, shape) if n > 1)
 
 
 class EntryPoints:
@@ -35,15 +78,17 @@ class EntryPoints:
     addresses (tests substitute their own)."""
 
     def __init__(self, library):
-        launch, error = (library.symbols[name] for name in symbols(library.prefix)[:2])
+        launch, error, launch_cl = (library.symbols[name] for name in symbols(library.prefix)[:3])
         self._launch = loader.function(launch, "cg_launch_fn")
+        self._launch_cl = loader.function(launch_cl, "cg_launch_fn")
         self._error = loader.function(error, "cg_error_fn")
 
-    def launch(self, x: int, w: int, bias: int, y: int, stream: int) -> int:
+    def launch(self, x: int, w: int, bias: int, y: int, stream: int,
+               channels_last: bool = False) -> int:
         ffi = loader.FFI
-        return self._launch(ffi.cast("void *", x), ffi.cast("void *", w),
-                            ffi.cast("void *", bias), ffi.cast("void *", y),
-                            ffi.cast("void *", stream))
+        entry = self._launch_cl if channels_last else self._launch
+        return entry(ffi.cast("void *", x), ffi.cast("void *", w), ffi.cast("void *", bias),
+                     ffi.cast("void *", y), ffi.cast("void *", stream))
 
     def describe(self, status: int) -> str:
         text = self._error(status)
@@ -75,10 +120,12 @@ class CudaKernel(KernelBase):
         if not self.spec.bias and bias is not None:
             raise ValueError("bias must be None: this kernel was compiled with bias=False")
 
-    def _run(self, x: int, w: int, bias: int, y: int, stream: int) -> None:
+    def _run(self, x: int, w: int, bias: int, y: int, stream: int,
+             channels_last: bool = False) -> None:
         if 0 in self.workload.output_shape:   # batch 0: nothing to launch
             return
-        status = self._entry.launch(x, w, bias, y, stream)
+        status = (self._entry.launch(x, w, bias, y, stream, True) if channels_last
+                  else self._entry.launch(x, w, bias, y, stream))
         if status != 0:
             raise CudaError(f"running {self.spec.op} kernel {self.plan.algorithm} on "
                             f"{self.target.name}", int(status), _status_name(status),
@@ -103,14 +150,54 @@ class CudaKernel(KernelBase):
             check_dtype(bias, "bias", self.dtype, "the input's dtype")
             check_shape(bias, "bias", (spec.out_channels,), "one value per output channel")
             bias = native_contiguous(bias)
-        x, weight = native_contiguous(x), native_contiguous(weight)
+        layout = self._host_layout(x)
+        if layout != "channels_last":
+            x = native_contiguous(x)
+        weight = native_contiguous(weight)
         if out is None:
-            out = np.empty(self.output_shape, dtype=self.dtype)
+            out = self._empty_host(layout)
+        elif layout == "channels_last":
+            self._check_out_layout(out, "out", out.strides)
         else:
             check_out(out, self.output_shape, self.dtype, (x, weight, bias))
         self._run(x.ctypes.data, weight.ctypes.data, 0 if bias is None else bias.ctypes.data,
-                  out.ctypes.data, 0)
+                  out.ctypes.data, 0, layout == "channels_last")
         return out
+
+    def _batched_shape(self, shape):
+        return shape if not self.unbatched else (1, *shape)
+
+    def _host_layout(self, x: np.ndarray) -> str:
+        """A native, aligned channels-last input is read in place; anything else is made
+        C-contiguous (NCHW)."""
+        if x.flags.c_contiguous or not (x.flags.aligned and x.dtype.isnative):
+            return "nchw"
+        shape = self._batched_shape(x.shape)
+        strides = x.strides if not self.unbatched else (0, *x.strides)
+        return "channels_last" if layout_of(shape, strides, x.itemsize) == "channels_last" \
+            else "nchw"
+
+    def _empty_host(self, layout: str) -> np.ndarray:
+        if layout != "channels_last":
+            return np.empty(self.output_shape, dtype=self.dtype)
+        shape = self._batched_shape(self.output_shape)
+        order = (0, *range(2, len(shape)), 1)
+        out = np.empty([shape[a] for a in order], dtype=self.dtype)
+        out = out.transpose(np.argsort(order))
+        return out[0] if self.unbatched else out
+
+    def _check_out_layout(self, out, name: str, strides) -> None:
+        shape = self._batched_shape(tuple(out.shape))
+        strides = strides if not self.unbatched else (0, *strides)
+        if tuple(out.shape) != tuple(self.output_shape):
+            raise ValueError(f"{name} must have shape {self.output_shape} (the kernel's output "
+                             f"shape), got {tuple(out.shape)}")
+        if layout_of(shape, strides, self.dtype.itemsize) != "channels_last":
+            raise ValueError(f"{name} must be channels-last like the input (strides "
+                             f"{channels_last_strides(shape, self.dtype.itemsize)}), got "
+                             f"strides {tuple(strides)}")
+        if isinstance(out, np.ndarray) and not (out.flags.writeable and out.flags.aligned):
+            raise ValueError(f"{name} must be writeable and aligned")
 
     # -- device arrays ------------------------------------------------------------------------
     def _call_device(self, x, weight, bias, out, stream: int):
@@ -124,11 +211,18 @@ class CudaKernel(KernelBase):
                     "out": (self.output_shape, "the kernel's output shape")}
         if bias is not None:
             views["bias"] = device_view(bias, "bias", stream)
+        layout = layout_of(self._batched_shape(tuple(views["input"].shape)),
+                           _batched_strides(views["input"].strides, self.unbatched),
+                           self.dtype.itemsize)
+        channels_last = layout == "channels_last"
         if out is None:
-            out = empty_like_input(x, self.output_shape, self.dtype)
+            out = empty_like_input(x, self.output_shape, self.dtype,
+                                   channels_last=channels_last)
         views["out"] = device_view(out, "out", stream)
         for name, view in views.items():
-            _check_view(view, name, self.dtype, *expected[name])
+            _check_view(view, name, self.dtype, *expected[name],
+                        channels_last=channels_last and name in ("input", "out"),
+                        unbatched=self.unbatched)
         if views["out"].readonly:
             raise ValueError("out must be writeable; this device array is read-only")
         _check_devices(views)
@@ -139,7 +233,7 @@ class CudaKernel(KernelBase):
                 driver().stream_synchronize(view.stream)
         self._run(views["input"].pointer, views["weight"].pointer,
                   views["bias"].pointer if "bias" in views else 0, views["out"].pointer,
-                  stream)
+                  stream, channels_last)
         return out
 
 
@@ -152,16 +246,31 @@ def _status_name(status: int) -> str:
     return names.get(int(status), f"cudaError {status}")
 
 
-def _check_view(view, name: str, dtype: np.dtype, shape, why: str) -> None:
+def _batched_strides(strides, unbatched: bool):
+    if strides is None:
+        return None
+    return (0, *strides) if unbatched else tuple(strides)
+
+
+def _check_view(view, name: str, dtype: np.dtype, shape, why: str, channels_last: bool = False,
+                unbatched: bool = False) -> None:
     if view.dtype != dtype:
         raise TypeError(f"{name} has dtype {view.dtype} but the kernel's dtype is {dtype}; "
                         f"convert one so that they match")
     if tuple(view.shape) != tuple(shape):
         raise ValueError(f"{name} must have shape {tuple(shape)} ({why}), got {view.shape}")
-    if not view.c_contiguous:
-        raise ValueError(f"{name} must be C-contiguous on the device (strides {view.strides}); "
-                         f"make a contiguous copy first (e.g. .contiguous() / "
-                         f"cupy.ascontiguousarray)")
+    if channels_last:
+        full = (1, *view.shape) if unbatched else tuple(view.shape)
+        if layout_of(full, _batched_strides(view.strides, unbatched),
+                     dtype.itemsize) != "channels_last":
+            raise ValueError(f"{name} must be channels-last like the input (the kernel "
+                             f"writes the output in the input's layout); got strides "
+                             f"{view.strides}")
+    elif not view.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous or, for the input and out, "
+                         f"channels-last (torch.channels_last) on the device (strides "
+                         f"{view.strides}); make a contiguous copy first (e.g. .contiguous() "
+                         f"/ cupy.ascontiguousarray)")
     if view.nbytes and view.pointer % dtype.itemsize:
         raise ValueError(f"{name} is not aligned to its {dtype.itemsize}-byte elements")
 

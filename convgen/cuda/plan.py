@@ -15,8 +15,15 @@ means depends on the algorithm:
                    a time through shared memory; warp = (WM, WN), each warp's part of the
                    block tile. ``stages`` >= 2 pipelines the loads with cp.async (double
                    buffering and deeper); ``split_k`` > 1 splits the reduction across
-                   blocks that add into a zeroed output. ``math=tf32`` runs the products on
-                   tensor cores through WMMA (inputs rounded to TF32: 10 mantissa bits).
+                   blocks that take turns adding into each output tile (serial split-K).
+                   ``math=tf32`` runs the products on tensor cores through mma.sync
+                   m16n8k8 (inputs rounded to TF32: 10 mantissa bits).
+``wgmma_gemm``     Hopper only (sm_90a): the implicit GEMM with TMA loads (im2col for the
+                   input, tiled for the weights), a producer warpgroup and two consumer
+                   warpgroups running wgmma on an mbarrier ring; tile = (128, BN, 32),
+                   warp = (64, BN) (a consumer's part), threads = 384, TF32. 2-d forward
+                   convolutions, one group, input channels a multiple of 32. The emulator
+                   cannot run it: its results are proven on a Hopper GPU only.
 ``phase_gemm``     the same kernel for transposed convolutions, by stride-phase
                    decomposition: the outputs of one phase (o mod stride) take a fixed
                    subset of the kernel taps, so each phase is a dense implicit GEMM that
@@ -39,13 +46,12 @@ from ..core.planning import parse_fields
 from ..core.spec import Workload
 from ..target.cuda_arch import CudaArch
 
-ALGORITHMS = ("direct", "depthwise", "implicit_gemm", "phase_gemm")
+ALGORITHMS = ("direct", "depthwise", "implicit_gemm", "phase_gemm", "wgmma_gemm")
 MATHS = ("fp32", "fp64", "tf32")
 GEMM_ALGORITHMS = ("implicit_gemm", "phase_gemm")
 STATIC_SMEM_LIMIT = 48 * 1024       # __shared__ arrays (the depthwise halo)
 MAX_THREADS = 1024
 MAX_GRID_X, MAX_GRID_YZ = 2 ** 31 - 1, 65535
-SMEM_PAD = 4                        # reals of padding per shared-memory row (alignment, banks)
 MAX_ACCUMULATORS = 64               # per thread in the SIMT GEMM: more spills registers
 
 
@@ -119,24 +125,59 @@ class Launch:
     threads: int
     dynamic_smem: int       # bytes (the GEMM pipeline buffers)
     static_smem: int        # bytes (__shared__ arrays)
-    zero_output: bool       # split-K: the output is zeroed, then every split adds its part
+    zero_output: bool       # the output is zeroed before the launch (no kernel needs it now:
+                            # split-K's splits take turns at each tile, see implicit_gemm)
 
 
 def real_bytes(workload: Workload) -> int:
     return itemsize(workload.dtype)
 
 
+def vector_reals(real_bytes: int) -> int:
+    """Reals per 16-byte copy: the GEMM loaders move 16 bytes per cp.async."""
+    return 16 // real_bytes
+
+
+def epilogue_pitches(plan: CudaPlan, real_bytes: int) -> tuple[int, int]:
+    """Row pitches (reals) of the epilogue tile, [BN][LDC_N] for NCHW outputs and [BM][LDC_M]
+    for NHWC: chosen so the warps' writes of their fragments hit distinct banks."""
+    bm, bn, _ = plan.tile
+    return (bm + 4 if plan.math == "tf32" else bm + 8), bn + 4
+
+
 def gemm_smem_bytes(plan: CudaPlan, real_bytes: int) -> int:
+    """STAGES slabs of [BM + BN][BK + one 16-byte pad] reals, or the epilogue tile."""
     bm, bn, bk = plan.tile
-    stage = bk * (bm + SMEM_PAD) + bk * (bn + SMEM_PAD)
-    epilogue = bn * (bm + SMEM_PAD) if plan.math == "tf32" else 0
-    return max(plan.stages * stage, epilogue) * real_bytes
+    stage = (bm + bn) * (bk + vector_reals(real_bytes))
+    ldc_n, ldc_m = epilogue_pitches(plan, real_bytes)
+    return max(plan.stages * stage, bn * ldc_n, bm * ldc_m) * real_bytes
 
 
 def depthwise_halo(workload: Workload, tile: tuple[int, ...]) -> tuple[int, ...]:
     spec = workload.spec
     return tuple((t - 1) * s + (k - 1) * d + 1
                  for t, s, k, d in zip(tile, spec.stride, spec.kernel_size, spec.dilation))
+
+
+def depthwise_run(tile: tuple[int, ...]) -> int:
+    """Outputs per thread along the innermost axis: 4, 2 or 1, dividing the tile's width."""
+    return next(r for r in (4, 2, 1) if tile[-1] % r == 0)
+
+
+def depthwise_vector_rows(workload: Workload) -> bool:
+    """Can the halo's rows load as 16-byte vectors (zero padding, rows of whole vectors)?"""
+    return (workload.spec.padding_mode == "zeros"
+            and workload.in_spatial[-1] % vector_reals(real_bytes(workload)) == 0)
+
+
+def depthwise_smem_reals(workload: Workload, tile: tuple[int, ...]) -> int:
+    """The staged halo: its rows, each padded for the vector loads' alignment shift."""
+    halo = depthwise_halo(workload, tile)
+    row = halo[-1]
+    if depthwise_vector_rows(workload):
+        vec = vector_reals(real_bytes(workload))
+        row = -(-(row + vec - 1) // vec) * vec
+    return math.prod(halo[:-1]) * row
 
 
 def launch_of(plan: CudaPlan, workload: Workload) -> Launch:
@@ -148,15 +189,20 @@ def launch_of(plan: CudaPlan, workload: Workload) -> Launch:
         return Launch((max(1, -(-items // pixels)), 1, 1), plan.threads, 0, 0, False)
     if plan.algorithm == "depthwise":
         tiles = math.prod(-(-o // t) for o, t in zip(workload.out_spatial, plan.tile))
-        halo = math.prod(depthwise_halo(workload, plan.tile))
         return Launch((max(1, batch * spec.in_channels * tiles), 1, 1), plan.threads, 0,
-                      halo * real, False)
+                      depthwise_smem_reals(workload, plan.tile) * real, False)
+    if plan.algorithm == "wgmma_gemm":
+        bm, bn, bk = plan.tile
+        m = batch * math.prod(workload.out_spatial)
+        smem = plan.stages * (bm + bn) * bk * 4 + 1024 + 16 * plan.stages
+        return Launch((max(1, -(-m // bm)), -(-spec.out_channels // bn), 1), plan.threads,
+                      smem, 0, False)
     bm, bn, _ = plan.tile
     phases = gemm_phases(workload)
     m_max = max(p.m for p in phases)
     grid = (max(1, -(-m_max // bm)), -(-spec.cout_per_group // bn),
             spec.groups * len(phases) * plan.split_k)
-    return Launch(grid, plan.threads, gemm_smem_bytes(plan, real), 0, plan.split_k > 1)
+    return Launch(grid, plan.threads, gemm_smem_bytes(plan, real), 0, False)
 
 
 # -- which plans apply --------------------------------------------------------------------------
@@ -166,6 +212,8 @@ def algorithms_for(workload: Workload) -> tuple[str, ...]:
         return ("direct", "phase_gemm")
     if spec.cin_per_group == 1:
         return ("direct", "depthwise", "implicit_gemm")
+    if spec.ndim == 2:
+        return ("direct", "implicit_gemm", "wgmma_gemm")
     return ("direct", "implicit_gemm")
 
 
@@ -191,7 +239,7 @@ def check_plan(plan: CudaPlan, workload: Workload, arch: CudaArch) -> None:
                         f"got {plan.threads}")
     if any(t < 1 for t in plan.tile):
         raise PlanError(f"plan: tile sizes must be positive, got {plan.tile}")
-    {"direct": _check_direct, "depthwise": _check_depthwise}.get(
+    {"direct": _check_direct, "depthwise": _check_depthwise, "wgmma_gemm": _check_wgmma}.get(
         plan.algorithm, _check_gemm)(plan, workload, arch)
     launch = launch_of(plan, workload)
     gx, gy, gz = launch.grid
@@ -238,6 +286,39 @@ def _check_depthwise(plan: CudaPlan, workload: Workload, arch: CudaArch) -> None
                         f"({workload.spec.ndim}), got {plan.tile}")
 
 
+WGMMA_N = (64, 128, 256)
+
+
+def wgmma_applies(workload: Workload, arch: CudaArch) -> str | None:
+    """None if the sm_90a kernel can compute this workload here, else why not."""
+    spec = workload.spec
+    if arch.name != "sm_90a":
+        return f"it needs sm_90a (wgmma, TMA), not {arch.name}"
+    if spec.transposed or spec.ndim != 2 or spec.groups != 1:
+        return "it takes 2-d forward convolutions of one group"
+    if workload.dtype != "float32" or spec.cin_per_group % 32:
+        return "it takes float32 inputs with a multiple of 32 input channels"
+    if math.prod(workload.input_shape) >= 2 ** 31:
+        return "it indexes the input in 32 bits"
+    return None
+
+
+def _check_wgmma(plan: CudaPlan, workload: Workload, arch: CudaArch) -> None:
+    why = wgmma_applies(workload, arch)
+    if why:
+        raise PlanError(f"plan: wgmma_gemm does not apply: {why}")
+    if len(plan.tile) != 3 or plan.tile[0] != 128 or plan.tile[2] != 32 \
+            or plan.tile[1] not in WGMMA_N or plan.warp != (64, plan.tile[1]):
+        raise PlanError(f"plan: wgmma_gemm takes tile=128xBNx32 and warp=64xBN with BN in "
+                        f"{WGMMA_N}, got tile={plan.tile} warp={plan.warp or '-'}")
+    if plan.threads != 384 or plan.split_k != 1 or not 2 <= plan.stages <= 6:
+        raise PlanError(f"plan: wgmma_gemm runs 384 threads (a producer and two consumer "
+                        f"warpgroups), split_k=1, stages 2 to 6; got threads={plan.threads} "
+                        f"split_k={plan.split_k} stages={plan.stages}")
+    if plan.math != "tf32":
+        raise PlanError("plan: wgmma_gemm computes in TF32 (math=tf32)")
+
+
 def _check_gemm(plan: CudaPlan, workload: Workload, arch: CudaArch) -> None:
     if len(plan.tile) != 3 or len(plan.warp) != 2:
         raise PlanError(f"plan: {plan.algorithm} takes tile=BMxBNxBK and warp=WMxWN, "
@@ -253,19 +334,31 @@ def _check_gemm(plan: CudaPlan, workload: Workload, arch: CudaArch) -> None:
                         f"got threads={plan.threads}")
     if plan.math == "tf32":
         if wm % 16 or wn % 16 or bk % 8:
-            raise PlanError(f"plan: math=tf32 (16x16x8 WMMA) needs the warp tile in multiples "
-                            f"of 16 and BK a multiple of 8, got warp={plan.warp} BK={bk}")
+            raise PlanError(f"plan: math=tf32 (mma.sync m16n8k8, B fragments by pairs) needs "
+                            f"the warp tile in multiples of 16 and BK a multiple of 8, got "
+                            f"warp={plan.warp} BK={bk}")
     elif wm % 8 or wn % 4 or (wm // 8) * (wn // 4) > MAX_ACCUMULATORS:
         raise PlanError(f"plan: a SIMT warp tile is 8x4 threads of (WM/8)x(WN/4) outputs: WM "
                         f"a multiple of 8, WN of 4, at most {MAX_ACCUMULATORS} per thread; "
                         f"got warp={plan.warp}")
     threads = plan.threads
-    if not (threads % bm == 0 or bm % threads == 0) or bk % max(1, threads // bm):
-        raise PlanError(f"plan: the input-tile loader needs threads ({threads}) and BM ({bm}) "
-                        f"to divide one another, and BK ({bk}) divisible by threads/BM")
-    if threads % bk or (bn * bk) % threads:
-        raise PlanError(f"plan: the weight-tile loader needs BK ({bk}) to divide threads "
-                        f"({threads}) and threads to divide BN*BK ({bn * bk})")
+    chunks_per_row = bk // vector_reals(real_bytes(workload))
+    for rows, what in ((bm, "BM"), (bn, "BN")):
+        if bk % vector_reals(real_bytes(workload)) or threads % chunks_per_row or (
+                rows * chunks_per_row > threads and rows * chunks_per_row % threads) or (
+                threads % rows and rows % threads):
+            raise PlanError(f"plan: the 16-byte slab loaders and the epilogue need BK ({bk}) a "
+                            f"multiple of 16 bytes, threads ({threads}) and {what} ({rows}) "
+                            f"to divide one another, and {what}*BK/16 bytes divisible by "
+                            f"the threads where it exceeds them")
+    longest = max(len(p.taps) for ax in range(workload.spec.ndim)
+                  for p in lowering.axis_phases(workload, ax))
+    if longest > 64:
+        raise PlanError(f"plan: {plan.algorithm} keeps a 64-bit tap mask per axis; this layer "
+                        f"has {longest} taps along one axis: use algorithm=direct")
+    if max(p.m for p in gemm_phases(workload)) >= 2 ** 31 - max(plan.tile):
+        raise PlanError(f"plan: {plan.algorithm} indexes output pixels in 32 bits; this "
+                        f"workload has too many: split the batch")
     if not 1 <= plan.stages <= 4:
         raise PlanError(f"plan: stages must be 1 (no pipelining) to 4, got {plan.stages}")
     if plan.stages > 1 and not arch.async_copy:
@@ -294,9 +387,15 @@ def enumerate_plans(workload: Workload, arch: CudaArch):
                         yield CudaPlan("direct", (pixels, oc_block), (), 1, 1, simt, pixels)
         elif algorithm == "depthwise":
             for tile in _depthwise_tiles(spec.ndim):
-                for threads in (64, 128, 256):
-                    if threads <= 2 * math.prod(tile):
+                for threads in (64, 128, 256):   # a thread per run of outputs, or more
+                    if threads <= 2 * math.prod(tile) // depthwise_run(tile):
                         yield CudaPlan("depthwise", tile, (), 1, 1, simt, threads)
+        elif algorithm == "wgmma_gemm":
+            if "tf32" in maths and wgmma_applies(workload, arch) is None:
+                for bn in WGMMA_N[:2]:
+                    for stages in (3, 4):
+                        yield CudaPlan("wgmma_gemm", (128, bn, 32), (64, bn), stages, 1,
+                                       "tf32", 384)
         else:
             yield from _gemm_plans(workload, arch, algorithm, maths)
 
@@ -322,6 +421,9 @@ def _gemm_plans(workload: Workload, arch: CudaArch, algorithm: str, maths: tuple
                 if not 64 <= threads <= 256:
                     continue
                 for bk in (8, 16, 32):
+                    if math_ == "tf32" and not _busy_enough(wm, wn, bk, workload,
+                                                            (bm + bn) * bk // 4 // threads):
+                        continue
                     k_tiles = -(-k_max // bk)
                     for stages in stages_options:
                         if stages > 1 and k_tiles < 2:
@@ -329,6 +431,18 @@ def _gemm_plans(workload: Workload, arch: CudaArch, algorithm: str, maths: tuple
                         for split in _splits(k_tiles):
                             yield CudaPlan(algorithm, (bm, bn, bk), (wm, wn), stages, split,
                                            math_, threads)
+
+
+def _busy_enough(wm: int, wn: int, bk: int, workload: Workload, copies: int) -> bool:
+    """A TF32 tile worth its k-tile's cost: at least 32 mma.m16n8k8 per warp (16 where the
+    channels per group are too few to fill a deeper k-tile) against the fixed part
+    (barrier, waits, the tap odometer), and at most one 16-byte copy per thread for every 4
+    of them (each copy costs about 3 instructions: its offset, address and predicate). This
+    keeps the main loop near 4 other instructions per HMMA in SASS."""
+    hmma = (wm // 16) * (wn // 8) * (bk // 8)
+    cp = -(-workload.spec.cin_per_group // vector_reals(real_bytes(workload))) * 4
+    deep = hmma >= 32 or (cp <= bk // 2 and hmma >= 16 and bk == 8)
+    return deep and copies * 4 <= hmma
 
 
 def _splits(k_tiles: int):

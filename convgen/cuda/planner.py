@@ -12,7 +12,7 @@ from ..core.planning import Candidate, format_explain
 from ..core.spec import Workload
 from ..target import Target
 from ..target.cuda_arch import CudaArch
-from .cost import REGISTER_LIMIT, cost_of, registers
+from .cost import REGISTER_LIMIT, cost_of, fits_gemm_budget, registers
 from .plan import (
     ALGORITHMS,
     CudaPlan,
@@ -21,6 +21,7 @@ from .plan import (
     check_plan,
     enumerate_plans,
     maths_for,
+    wgmma_applies,
 )
 
 
@@ -35,6 +36,8 @@ def candidates(workload: Workload, target: Target) -> list[Candidate]:
             continue
         if registers(plan, workload) > REGISTER_LIMIT:   # would spill: never listed
             continue
+        if plan.is_gemm and plan.math == "tf32" and not fits_gemm_budget(plan, workload):
+            continue   # TF32 tiles run in 128 registers (2+ blocks per SM) or not at all
         cost, why = cost_of(plan, workload, arch)
         found.append(Candidate(plan, cost, why))
     found.sort(key=lambda c: (c.cost_s, str(c.plan)))
@@ -83,6 +86,11 @@ def resolve(requested, workload: Workload, target: Target) -> CudaPlan:
                             f"{algorithms_for(workload)}")
         if algorithm in ("direct", "depthwise") and math_ == "tf32":
             math_ = "fp32"
+        if algorithm == "wgmma_gemm":   # TF32 tensor cores or nothing
+            math_ = "tf32"
+            why = wgmma_applies(workload, arch)
+            if why:
+                raise PlanError(f"plan: wgmma_gemm does not apply: {why}")
         if math_ not in maths_for(workload, arch):
             raise PlanError(f"plan: math={math_!r} does not apply to {workload.dtype} on "
                             f"{arch.name}; choose one of {maths_for(workload, arch)}")

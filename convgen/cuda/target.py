@@ -53,7 +53,8 @@ def present_gpu_arch() -> CudaArch | None:
     if device is None:
         return None
     major, minor = device.compute_capability
-    base = CUDA_ARCHS.get(f"sm_{major}{minor}")
+    # a 9.0 GPU gets sm_90a: Hopper's own instructions (wgmma, TMA) run only there
+    base = CUDA_ARCHS.get("sm_90a" if (major, minor) == (9, 0) else f"sm_{major}{minor}")
     if base is None:   # a newer GPU: the nearest older architecture's code runs on it
         known = [a for a in CUDA_ARCHS.values() if a.compute_capability <= (major, minor)
                  and not a.name.endswith("a")]

@@ -24,8 +24,16 @@
  *    waited for, so reading a stage too early reads NaN; and nvcuda::wmma with TF32
  *    fragments: each thread holds the whole tile and computes the whole product, inputs
  *    truncated to TF32 as the tensor cores do, accumulation in float.
+ *  - The sm_80 instructions of the GEMM main loop, exactly, for the kernels' inline-PTX
+ *    wrappers (templates/cuda/_common.cuh.j2): cp.async.cg of 16 bytes with zero-fill,
+ *    ldmatrix.x4 and mma.sync.m16n8k8 TF32 (warp collectives over the PTX ISA's fragment
+ *    layouts), shared memory addressed by 32-bit offsets and bounds-checked.
  *  - The few runtime calls the launchers make: cudaMemsetAsync, cudaFuncSetAttribute,
+ *    cudaMallocAsync / cudaFreeAsync (workspaces, registered and NaN-filled),
  *    cudaGetLastError, cudaGetErrorString.
+ *
+ * Not emulated: Hopper's TMA, mbarriers and wgmma (the wgmma_gemm kernel refuses to build
+ * here; it is proven on a GPU only).
  *
  * Limits, checked at launch: 1024 threads per block, grid y/z <= 65535, dynamic shared
  * memory <= 48 KiB unless raised by cudaFuncSetAttribute, and never above
@@ -93,6 +101,7 @@ struct Fiber {
     dim3 thread;
     unsigned linear;              /* x + y * bx + z * bx * by: the lane is linear % 32 */
     unsigned long long exchange;  /* this thread's slot for warp shuffles */
+    unsigned char slot[64];       /* this thread's part of a warp-wide operation (mma, ldmatrix) */
     /* cp.async: queued copies; each carries the number of the group it was committed in */
     struct Copy { void *dst; const void *src; size_t size, zfill; unsigned group; };
     Copy *copies;
@@ -110,6 +119,7 @@ struct Launch {
     void (*body)(void *) = nullptr;
     void *body_arg = nullptr;
     unsigned char *dynamic_shared = nullptr;
+    size_t dynamic_bytes = 0;
     bool failed = false;
 };
 
@@ -395,6 +405,7 @@ inline cudaError_t run(const char *name, const void *kernel, dim3 grid, dim3 blo
     l.body = body;
     l.body_arg = arg;
     l.dynamic_shared = rt.dynamic_shared;
+    l.dynamic_bytes = dynamic_bytes;
     rt.launch = &l;
     bool ok = true;
     for (unsigned z = 0; ok && z < grid.z; ++z)
@@ -657,3 +668,142 @@ inline float __float_to_tf32(float v) {
 
 /* CG_DYNAMIC_SHARED(T, name): the block's dynamic shared memory as T* */
 #define CG_EMU_DYNAMIC_SHARED(T, name) T *name = reinterpret_cast<T *>(::cuda_emu::dynamic_shared())
+
+/* -- sm_80 instructions, exactly: the kernels' inline-PTX wrappers call these when emulated --
+ *
+ * Shared memory is addressed as on the GPU by 32-bit offsets into the block's dynamic shared
+ * memory (what __cvta_generic_to_shared gives for it). Every access is checked against its
+ * size. Each warp-wide instruction (ldmatrix, mma.sync) is a warp collective: every lane
+ * publishes its operands in its slot, the warp meets, each lane computes its own result
+ * from the published operands with the fragment layouts of the PTX ISA, the warp meets
+ * again (so no slot is overwritten before everyone has read it). */
+namespace cuda_emu {
+
+inline unsigned char *shared_at(uint32_t address, size_t bytes, const char *what) {
+    Launch &l = launch_state();
+    if ((size_t)address + bytes > l.dynamic_bytes || address % bytes)
+        fault(cudaErrorIllegalAddress,
+              "%s of %zu bytes at shared address %u: outside the %zu bytes of dynamic shared "
+              "memory or misaligned", what, bytes, address, l.dynamic_bytes);
+    return l.dynamic_shared + address;
+}
+
+inline uint32_t shared_address(const void *p) {
+    return (uint32_t)(static_cast<const unsigned char *>(p) - launch_state().dynamic_shared);
+}
+
+inline unsigned lane() { return current_fiber().linear % 32; }
+
+inline Fiber &lane_fiber(unsigned source_lane) {
+    Runtime &rt = runtime();
+    const unsigned warp0 = current_fiber().linear / 32 * 32;
+    return rt.fibers[warp0 + source_lane];
+}
+
+/* ldmatrix.sync.aligned.m8n8.x4.shared.b16: lanes 8j..8j+7 give the rows of matrix j (16
+   bytes each); lane l receives, of every matrix j, the 32-bit word l % 4 of row l / 4. */
+inline void ldmatrix_x4(uint32_t (&r)[4], uint32_t row_address) {
+    Fiber &f = current_fiber();
+    memcpy(f.slot, &row_address, 4);
+    syncwarp();
+    const unsigned l = lane();
+    for (unsigned j = 0; j < 4; ++j) {
+        uint32_t row;
+        memcpy(&row, lane_fiber(8 * j + l / 4).slot, 4);
+        memcpy(&r[j], shared_at(row + 4 * (l % 4), 4, "ldmatrix"), 4);
+    }
+    syncwarp();
+}
+
+/* The tensor cores read 19 bits of a TF32 operand (sign, exponent, 10 mantissa bits). */
+inline float tf32_bits(uint32_t v) {
+    if ((v & 0x7f800000u) != 0x7f800000u) v &= 0xffffe000u;
+    float x;
+    memcpy(&x, &v, 4);
+    return x;
+}
+
+/* mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32, d = a * b + c in place. Fragments
+   (g = lane / 4, t = lane % 4): a0 (g, t), a1 (g + 8, t), a2 (g, t + 4), a3 (g + 8, t + 4)
+   of A (16 x 8); b0 (k t, n g), b1 (k t + 4, n g) of B (8 x 8); c0 (g, 2t), c1 (g, 2t + 1),
+   c2 (g + 8, 2t), c3 (g + 8, 2t + 1) of C (16 x 8). Products are exact in float (11-bit
+   significands) and summed in float, as the tensor cores do to within their rounding. */
+inline void mma_tf32_m16n8k8(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+    Fiber &f = current_fiber();
+    memcpy(f.slot, a, 16);
+    memcpy(f.slot + 16, b, 8);
+    syncwarp();
+    float A[16][8], B[8][8];
+    for (unsigned l = 0; l < 32; ++l) {
+        uint32_t fa[4], fb[2];
+        memcpy(fa, lane_fiber(l).slot, 16);
+        memcpy(fb, lane_fiber(l).slot + 16, 8);
+        const unsigned g = l / 4, t = l % 4;
+        A[g][t] = tf32_bits(fa[0]);
+        A[g + 8][t] = tf32_bits(fa[1]);
+        A[g][t + 4] = tf32_bits(fa[2]);
+        A[g + 8][t + 4] = tf32_bits(fa[3]);
+        B[t][g] = tf32_bits(fb[0]);
+        B[t + 4][g] = tf32_bits(fb[1]);
+    }
+    syncwarp();
+    const unsigned g = lane() / 4, t = lane() % 4;
+    const unsigned rows[4] = {g, g, g + 8, g + 8}, cols[4] = {2 * t, 2 * t + 1, 2 * t, 2 * t + 1};
+    for (unsigned e = 0; e < 4; ++e) {
+        float acc = d[e];
+        for (unsigned k = 0; k < 8; ++k) acc += A[rows[e]][k] * B[k][cols[e]];
+        d[e] = acc;
+    }
+}
+
+/* cp.async.cg.shared.global [dst], [src], 16, src_bytes: src_bytes 16 copies, 0 fills the
+   16 bytes with zeros and reads nothing. Queued; performed when waited for. */
+template <class T>
+void cp_async16(uint32_t dst, gptr<const T> src, bool valid) {
+    unsigned char *to = shared_at(dst, 16, "cp.async");
+    if (valid) {
+        (void)*src;
+        (void)src[(ptrdiff_t)(16 / sizeof(T)) - 1];
+    }
+    queue_copy(to, valid ? (const void *)src.p : (const void *)to, 16, valid ? 0 : 16);
+}
+
+}  // namespace cuda_emu
+
+/* cudaMallocAsync / cudaFreeAsync: the workspace of a launch, registered as a buffer (so
+   its accesses are checked) and filled with NaN bytes (so a read of an unwritten element
+   shows). The emulator runs synchronously: stream order is program order. */
+template <class T>
+cudaError_t cudaMallocAsync(T **p, size_t bytes, cudaStream_t = nullptr) {
+    static const char *const names[4] = {"workspace 0", "workspace 1", "workspace 2",
+                                         "workspace 3"};
+    ::cuda_emu::Runtime &rt = ::cuda_emu::runtime();
+    const char *name = nullptr;
+    for (const char *candidate : names) {   /* a name no live workspace holds */
+        bool taken = false;
+        for (unsigned i = 0; i < rt.buffer_count; ++i)
+            taken |= rt.buffers[i].begin && strcmp(rt.buffers[i].name, candidate) == 0;
+        if (!taken) { name = candidate; break; }
+    }
+    void *m = name ? aligned_alloc(256, (bytes + 255) / 256 * 256 + 256) : nullptr;
+    if (!m) return cudaErrorMemoryAllocation;
+    memset(m, 0xff, bytes);
+    *p = reinterpret_cast<T *>(m);
+    ::cuda_emu::register_buffer(m, bytes, name);
+    return cudaSuccess;
+}
+
+inline cudaError_t cudaFreeAsync(void *p, cudaStream_t = nullptr) {
+    ::cuda_emu::Runtime &rt = ::cuda_emu::runtime();
+    for (unsigned i = 0; i < rt.buffer_count; ++i)
+        if (rt.buffers[i].begin == p) rt.buffers[i].begin = nullptr;
+    free(p);
+    return cudaSuccess;
+}
+
+/* The stream-ordered pool's settings: nothing to keep on the CPU. */
+typedef void *cudaMemPool_t;
+enum cudaMemPoolAttr { cudaMemPoolAttrReleaseThreshold = 4 };
+inline cudaError_t cudaDeviceGetDefaultMemPool(cudaMemPool_t *pool, int) { *pool = nullptr; return cudaSuccess; }
+inline cudaError_t cudaMemPoolSetAttribute(cudaMemPool_t, cudaMemPoolAttr, void *) { return cudaSuccess; }
+inline cudaError_t cudaGetDevice(int *device) { *device = 0; return cudaSuccess; }
