@@ -270,9 +270,11 @@ def _tile_core(plan: Plan, machine: Machine, width: float, k_steps: int, pixels:
                min(broadcasts, fmas) / (broadcast_rate * width),
                machine.fma_latency * fmas / accumulators
                if accumulators < machine.fma_latency * machine.fma_per_cycle else 0.0)
-    if broadcasts >= fmas:
-        # a broadcast per FMA: measured 10-20% below the FMA rate once the operands come
-        # from L2 (AVX-512, two FMA units), where half as many broadcasts per FMA held 99%
+    if broadcasts >= fmas and machine.fma_per_cycle > 0.5 * machine.loads_per_cycle:
+        # a broadcast per FMA on a core whose FMAs outrun half its load ports: measured
+        # 10-20% below the FMA rate once the operands come from L2 (AVX-512, two FMA units,
+        # three loads), where half as many broadcasts per FMA held 99%. A core of one FMA
+        # per cycle has the ports to spare.
         step *= 1.15
     blocks = -(-k_steps // 256)
     return k_steps * step + (blocks - 1) * fmas * 3 + stores + 30
