@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 import convgen
 import test_aot
-from convgen.aot import conv_layers, ModelError, build, emit, graph, load_model, pack, plans
+from convgen.aot import ModelError, build, conv_layers, emit, graph, load_model, pack, plans
 from convgen.aot.build import layer_ids
 from convgen.aot.model import Elementwise, Network
 from convgen.core.epilogue import Step

@@ -26,7 +26,7 @@ from ..core.limits import check_workload_limits
 from ..core.names import MAX_LENGTH, c_identifier, check_c_identifier, unique_c_identifiers
 from ..runtime import pipeline
 from . import emit, graph, pack, plans
-from .model import ConvLayer, Elementwise, ModelError, Network
+from .model import DTYPE, ConvLayer, Elementwise, ModelError, Network
 
 MAX_NAME = 24          # NAME_<layer>_<suffix> must stay a 63-character identifier
 LAYER_SUFFIX = 12      # the longest per-layer suffix: "_OUT_ELEMS" and some margin

@@ -134,7 +134,8 @@ def choose(workload: Workload, build: BuildTarget, accuracy: str, database=None)
 def open_tuning_db(db):
     """The tuning database a build asks for plans: ``db`` is a path, opened with
     ``convgen.tuning.db.TuningDB`` (imported here, lazily: the tuning package is optional to
-    this module), or any object with ``best(workload, target, accuracy=, threads=) -> plan | None``."""
+    this module), or any object with
+    ``best(workload, target, accuracy=, threads=) -> plan | None``."""
     if db is None or hasattr(db, "best"):
         return db
     if not isinstance(db, (str, Path)):
