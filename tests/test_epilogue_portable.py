@@ -27,6 +27,7 @@ LAYERS = [
     ("conv1d", (1, 8, 37), (8, 8, 3), {"padding": 2, "dilation": 2}, "winograd4"),
     ("conv2d", (1, 8, 9, 11), (16, 1, 3, 3), {"padding": 1, "groups": 8,
                                               "padding_mode": "reflect"}, "depthwise"),
+    ("conv1d", (1, 6, 20), (6, 1, 5), {"padding": 2, "groups": 6}, "depthwise"),
     ("conv3d", (1, 4, 5, 6, 7), (6, 2, 3, 3, 3), {"padding": 1, "groups": 2}, "direct"),
     ("conv_transpose2d", (1, 8, 6, 7), (8, 4, 4, 4), {"stride": 2, "padding": 1},
      "transposed_gather"),
@@ -108,11 +109,15 @@ def _sources(target_name, algorithm_layers, steps):
     target = get_target(target_name)
     backend = backend_for(target)
     for i, (op, x_shape, w_shape, args, algorithm) in enumerate(algorithm_layers):
-        spec = spec_from_op(op, w_shape, True, x_shape, **args)
-        for dtype in ("float32", "float64"):
-            workload = Workload(spec, x_shape, dtype, steps)
+        # with bias and the epilogue in both dtypes; without either (the kernels' bias
+        # parameter is then unused, which -Wextra must not see)
+        for bias, dtype, with_steps in ((True, "float32", steps), (True, "float64", steps),
+                                        (False, "float32", ())):
+            spec = spec_from_op(op, w_shape, bias, x_shape, **args)
+            workload = Workload(spec, x_shape, dtype, with_steps)
             plan = backend.resolve(algorithm, workload, target)
-            _, sources, _ = pipeline.generate(backend, workload, plan, target, f"k{i}_{dtype}")
+            _, sources, _ = pipeline.generate(backend, workload, plan, target,
+                                              f"k{i}_{dtype}_{bias:d}")
             yield target, sources
 
 
@@ -139,4 +144,4 @@ def test_generated_c_builds_warning_free(target_name, openmp, tmp_path):
                  "-o", str(path.with_suffix(".o"))], capture_output=True, text=True)
             assert done.returncode == 0, f"{name} ({target_name}):\n{done.stderr[:3000]}"
             count += 1
-    assert count >= 2 * len(LAYERS)
+    assert count >= 3 * len(LAYERS)

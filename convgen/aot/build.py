@@ -19,8 +19,6 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from .._version import __version__
 from ..core.limits import check_workload_limits
 from ..core.names import MAX_LENGTH, c_identifier, check_c_identifier, unique_c_identifiers
@@ -90,7 +88,6 @@ def build(model, out_dir, target: str = "native", name: str | None = None, *,
     layers = network.layers
     if not layers:
         raise ModelError("the model has no convolution to build")
-    layers = [_with_zero_bias(layer) for layer in layers]
     ids = layer_ids([layer.name for layer in layers], name)
     made = _share_kernels([_layer_build(i, layer, ids[i], name, chosen, accuracy, database)
                            for i, layer in enumerate(layers)])
@@ -148,7 +145,7 @@ def conv_layers(model, input_shapes=None) -> list[tuple]:
     that ``convgen build MODEL --tuning-db`` finds the plans under the same workloads."""
     network, _ = load_model(model, input_shapes=input_shapes, skip_unsupported=True)
     return [(layer.name, layer.spec, layer.input_shape, DTYPE)
-            for layer in map(_with_zero_bias, network.layers)]
+            for layer in network.layers]
 
 
 def _stem(path: Path) -> str | None:
@@ -193,16 +190,6 @@ def _shortened(identifier: str, budget: int) -> str:
 
 
 # -- one layer -----------------------------------------------------------------------------------
-def _with_zero_bias(layer: ConvLayer) -> ConvLayer:
-    """A layer without bias gets a bias of zeros: the CPU kernels of a bias-less layer leave
-    their bias parameter unused, which -Wextra -Werror refuses (templates/cpu; remove this
-    once they mark it unused). The sum is the same (x + 0.0; only -0.0 becomes +0.0)."""
-    if layer.spec.bias:
-        return layer
-    return dataclasses.replace(layer, spec=dataclasses.replace(layer.spec, bias=True),
-                               bias=np.zeros(layer.spec.out_channels, np.float32))
-
-
 def _layer_build(index: int, layer: ConvLayer, layer_id: str, name: str, chosen, accuracy,
                  database) -> dict:
     try:
