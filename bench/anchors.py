@@ -37,6 +37,35 @@ def torch_call(layer: dict, x, w, b):
     return lambda: op(xt, wt, bt, **args).numpy()
 
 
+def torch_module(layer: dict, w, b):
+    """The layer as a torch.nn module holding ``w`` and ``b`` (what a user's model calls)."""
+    import torch
+    args = dict(layer["args"])
+    ndim = len(layer["w"]) - 2
+    groups = args.get("groups", 1)
+    if layer["op"].startswith("conv_transpose"):
+        cls, channels = f"ConvTranspose{ndim}d", (layer["w"][0], layer["w"][1] * groups)
+    else:
+        cls, channels = f"Conv{ndim}d", (layer["w"][1] * groups, layer["w"][0])
+    module = getattr(torch.nn, cls)(*channels, tuple(layer["w"][2:]),
+                                    dtype=torch.from_numpy(w).dtype, **args)
+    with torch.no_grad():
+        module.weight.copy_(torch.from_numpy(w))
+        module.bias.copy_(torch.from_numpy(b))
+    return module.eval()
+
+
+def torch_module_call(module, x):
+    """``module(x)`` under no_grad, as inference calls it, output as numpy."""
+    import torch
+    xt = torch.from_numpy(x)
+
+    def call():
+        with torch.no_grad():
+            return module(xt).numpy()
+    return call
+
+
 def have_onnxruntime() -> bool:
     try:
         import onnx  # noqa: F401

@@ -39,6 +39,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import anchors
+from convgen.target.host import cpu_model, usable_cores
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SUITE = ROOT.parent / "shared" / "bench" / "suite_public.json"
@@ -75,14 +76,20 @@ def bench_layer(layer: dict, dtype: str, min_time: float) -> dict:
     b = rng.standard_normal(spec.out_channels).astype(dtype)
     out = np.empty(kernel.output_shape, dtype)
     packed = kernel.prepack(w)   # once per weight, as a deployed layer does
-    runners = [lambda: kernel(x, packed, b, out=out), anchors.torch_call(layer, x, w, b)]
+    torch_module = anchors.torch_module(layer, w, b)
+    module = getattr(convgen.nn, type(torch_module).__name__).from_torch(torch_module)
+    module(x)    # compiles and packs once, as a user's first call does
+    runners = [lambda: kernel(x, packed, b, out=out), anchors.torch_call(layer, x, w, b),
+               lambda: module(x), anchors.torch_module_call(torch_module, x)]
     times = interleaved_medians(runners, min_time)
     reference = runners[1]()
     kernel(x, packed, b, out=out)
     err = float(np.linalg.norm(out - reference) / np.linalg.norm(reference))
+    module_err = float(np.linalg.norm(module(x) - reference) / np.linalg.norm(reference))
     return {"name": layer["name"], "op": layer["op"], "gflop": kernel.flops / 1e9,
             "convgen_s": times[0], "torch_s": times[1],
-            "rel_err": err,
+            "module_s": times[2], "torch_module_s": times[3],
+            "rel_err": max(err, module_err),
             "plan": str(kernel.plan), "dense_3x3_1x1": _counts_for_peak_target(layer)}
 
 
@@ -99,13 +106,18 @@ def geomean(values: list[float]) -> float:
 
 def print_header() -> None:
     print(f"{'layer':<20}{'GFLOP':>7}{'convgen ms':>11}{'GFLOP/s':>8}{'%peak':>6}"
-          f"{'torch ms':>10}{'ort ms':>9}{'torch/cg':>9}{'ort/cg':>8}{'rel err':>9}  plan")
+          f"{'torch ms':>10}{'ort ms':>9}{'torch/cg':>9}{'ort/cg':>8}{'m(x)':>7}"
+          f"{'rel err':>9}  plan")
 
 
 def print_targets(rows: list[dict], peak: float) -> None:
+    """The machine-model issue's targets (2 threads; 1 thread is reported against the same)."""
     vs_torch = [r["torch_s"] / r["convgen_s"] for r in rows]
-    print(f"\ngeometric mean torch/convgen: {geomean(vs_torch):.2f}x "
+    vs_module = [r["torch_module_s"] / r["module_s"] for r in rows]
+    print(f"\ngeometric mean torch/convgen, prepacked kernels: {geomean(vs_torch):.2f}x "
           f"(min {min(vs_torch):.2f}x, max {max(vs_torch):.2f}x)")
+    print(f"geometric mean torch/convgen, modules m(x): {geomean(vs_module):.2f}x "
+          f"(min {min(vs_module):.2f}x, max {max(vs_module):.2f}x)")
     with_ort = [r for r in rows if r["ort_s"]]
     vs_ort = [r["ort_s"] / r["convgen_s"] for r in with_ort]
     if vs_ort:
@@ -113,15 +125,21 @@ def print_targets(rows: list[dict], peak: float) -> None:
               f"(min {min(vs_ort):.2f}x, max {max(vs_ort):.2f}x)")
     dense = [r for r in rows if r["dense_3x3_1x1"]]
     shares = {r["name"]: r["gflop"] / r["convgen_s"] / peak for r in dense}
-    checks = [("geomean vs torch >= 1.5x", geomean(vs_torch) >= 1.5),
-              ("no layer below 0.9x torch", min(vs_torch) >= 0.9)]
+    slow = [r["name"] for r, v in zip(rows, vs_torch) if v < 0.9]
+    checks = [("geomean vs torch >= 1.8x (prepacked)", geomean(vs_torch) >= 1.8),
+              ("geomean vs torch >= 1.8x (modules)", geomean(vs_module) >= 1.8),
+              (f"no layer below 0.9x torch{' (' + ', '.join(slow) + ')' if slow else ''}",
+               not slow)]
     if vs_ort:
-        checks.append(("geomean vs onnxruntime >= 1.2x", geomean(vs_ort) >= 1.2))
+        slow_ort = [r["name"] for r, v in zip(with_ort, vs_ort) if v < 0.7]
+        checks += [("geomean vs onnxruntime >= 1.3x", geomean(vs_ort) >= 1.3),
+                   ((f"no layer below 0.7x onnxruntime"
+                    f"{' (' + ', '.join(slow_ort) + ')' if slow_ort else ''}"), not slow_ort)]
     if shares:
-        checks.append(((f"3x3/1x1 layers >= 64 ch at >= 70% of peak "
-                        f"({', '.join(f'{n} {s:.0%}' for n, s in shares.items())})"),
-                       min(shares.values()) >= 0.7))
-    print("targets (issue 3):")
+        low = min(shares, key=shares.get)
+        print(f"3x3/1x1 layers with >= 64 channels: {min(shares.values()):.0%} to "
+              f"{max(shares.values()):.0%} of the measured peak (lowest: {low})")
+    print("targets (issue 11, stated for 2 threads):")
     for text, ok in checks:
         print(f"  [{'met' if ok else 'MISSED'}] {text}")
 
@@ -189,7 +207,10 @@ def main(argv=None) -> int:
           f"{' vs onnxruntime ' + anchors.onnxruntime_version() if ort_threads else ''}: "
           f"{len(layers)} layers, {args.dtype}, {args.threads} threads, "
           f"medians of interleaved runs")
-    print(f"measured float32 FMA peak, {args.threads} threads: {peak:.0f} GFLOP/s\n")
+    print(f"CPU: {cpu_model()}, {usable_cores()} usable cores; "
+          f"measured float32 FMA peak, {args.threads} threads: {peak:.0f} GFLOP/s")
+    print("m(x): torch module / convgen module, each called as users call them (a new "
+          "output per call)\n")
     print_header()
     rows = []
     for layer in layers:
@@ -226,10 +247,11 @@ def print_row(row: dict, peak: float) -> None:
     rate = row["gflop"] / row["convgen_s"]
     ort = f"{row['ort_s'] * 1e3:9.3f}" if row["ort_s"] else f"{'-':>9}"
     ort_ratio = f"{row['ort_s'] / row['convgen_s']:7.2f}x" if row["ort_s"] else f"{'-':>8}"
+    module_ratio = row["torch_module_s"] / row["module_s"]
     print(f"{row['name']:<20}{row['gflop']:7.3f}{row['convgen_s'] * 1e3:11.3f}{rate:8.1f}"
           f"{100 * rate / peak:5.0f}%{row['torch_s'] * 1e3:10.3f}{ort}"
-          f"{row['torch_s'] / row['convgen_s']:8.2f}x{ort_ratio}{row['rel_err']:9.1e}  "
-          f"{row['plan']}",
+          f"{row['torch_s'] / row['convgen_s']:8.2f}x{ort_ratio}{module_ratio:6.2f}x"
+          f"{row['rel_err']:9.1e}  {row['plan']}",
           flush=True)
 
 
