@@ -495,6 +495,8 @@ def test_a_model_tuned_then_built_takes_the_tuned_plans(tmp_path, monkeypatch):
 
     path, _ = _json_model(tmp_path)
     layers = conv_layers(path)
+    # convgen tune MODEL.json reads a build's JSON model the same way
+    assert [layer[:3] for layer in load_layers(path)] == [layer[:3] for layer in layers]
     assert [name for name, *_ in layers] == ["enc", "dec", "head"]
     monkeypatch.setenv("CONVGEN_NUM_THREADS", "1")        # a named target builds for 1
     db_path = tmp_path / "tuning.jsonl"

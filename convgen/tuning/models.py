@@ -7,9 +7,10 @@ Read here: a JSON list of layers in the format of the benchmark suite
                  "w": [64, 3, 7, 7], "args": {"stride": 2, "padding": 3},
                  "bias": true, "dtype": "float32"}, ...]}
 
-(``bias`` and ``dtype`` are optional; a bare list of layers works too). ONNX models are
-read by the ahead-of-time build's loader once it is there (``convgen.aot``); until then an
-ONNX file is refused with a message that says so.
+(``bias`` and ``dtype`` are optional; a bare list of layers works too). A model that
+``convgen build`` takes, an ONNX file or a JSON model with weights (``"convgen_model": 1``,
+docs/aot.md), is read by the build's own loader (``convgen.aot.conv_layers``): BatchNorm
+folded, as the build compiles it, so that ``convgen build --tuning-db`` finds the plans.
 """
 from __future__ import annotations
 
@@ -25,11 +26,13 @@ def load_layers(path) -> list[tuple]:
     if not path.exists():
         raise ValueError(f"model file {str(path)!r} does not exist")
     if path.suffix.lower() == ".onnx":
-        return _onnx_layers(path)
+        return _model_layers(path)
     try:
         document = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"model file {path}: not a JSON layer list ({exc})") from exc
+    if isinstance(document, dict) and "convgen_model" in document:
+        return _model_layers(path)    # a model for `convgen build` (docs/aot.md)
     entries = document.get("layers") if isinstance(document, dict) else document
     if not isinstance(entries, list):
         raise ValueError(f"model file {path}: expected a list of layers, or an object with a "
@@ -56,13 +59,8 @@ def _layer(entry, index: int, path: Path) -> tuple:
     return name, spec, tuple(entry["x"]), entry.get("dtype", "float32")
 
 
-def _onnx_layers(path: Path) -> list[tuple]:
-    try:   # convgen.aot.conv_layers(path) -> [(name, spec, input_shape, dtype)], once it exists
-        from ..aot import conv_layers as loader
-    except ImportError:
-        loader = None
-    if loader is None:
-        raise ValueError(f"model file {path}: reading ONNX models needs the ahead-of-time "
-                         f"build's loader (convgen.aot), which this convgen lacks; give the "
-                         f"layers as a JSON list instead (see convgen tune --help)")
-    return [tuple(layer) for layer in loader(path)]
+def _model_layers(path: Path) -> list[tuple]:
+    """The convolutions an ahead-of-time build of the model (ONNX, or JSON with weights)
+    compiles, under the workloads ``convgen build --tuning-db`` looks up."""
+    from ..aot import conv_layers  # lazily: the ONNX loader imports onnx
+    return [tuple(layer) for layer in conv_layers(path)]
