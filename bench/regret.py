@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import statistics
 import subprocess
 import sys
@@ -28,15 +29,21 @@ DEFAULT_SUITE = ROOT.parent / "shared" / "bench" / "suite_public.json"
 
 
 def medians(runners, clock, min_time: float, min_reps: int = 5) -> list[float]:
+    """Medians of the runners' times, interleaved in a new random order every round: a fixed
+    order would always time the same candidate right after the same neighbour (whose data
+    has just evicted its own from the caches)."""
     for run in runners:
         run()
     samples = [[] for _ in runners]
+    order = list(range(len(runners)))
+    shuffle = random.Random(0).shuffle
     start = time.perf_counter()
     while time.perf_counter() - start < min_time or len(samples[0]) < min_reps:
-        for run, times in zip(runners, samples):
+        shuffle(order)
+        for i in order:
             t0 = clock()
-            run()
-            times.append(clock() - t0)
+            runners[i]()
+            samples[i].append(clock() - t0)
     return [statistics.median(times) for times in samples]
 
 

@@ -87,11 +87,6 @@ def test_cuda_build_compiles_with_nvcc_warning_free(nvcc_make):
         assert k.spill_stores == k.spill_loads == 0 and k.stack_bytes == 0, k
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the CUDA planner's choice for the zoo's conv1d (4->6 channels, kernel 5, length 16: "
-    "implicit_gemm tile=32x32x8 warp=16x16 stages=4) spills about 104 bytes under its 128 "
-    "registers at sm_80 and sm_90 with nvcc 13; the same kernel spills through "
-    "convgen.compile(target='cuda'): a cuda/ planner defect, not the build's"))
 def test_the_generated_kernels_do_not_spill(nvcc_make):
     _, kernels = nvcc_make
     spilled = [k for k in kernels if k.spill_stores or k.spill_loads or k.stack_bytes]

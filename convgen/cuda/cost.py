@@ -78,8 +78,10 @@ def _registers(plan: CudaPlan, workload: Workload) -> int:
         return min(255, 56 + need + extra)
     wide = 2 if plan.math == "fp64" else 1
     ndim = workload.spec.ndim
-    if plan.algorithm == "direct":
-        return min(255, 40 + 8 * ndim + wide * 2 * plan.tile[1])
+    if plan.algorithm == "direct":   # both layouts are compiled: the channels-last one
+        # keeps about 16 registers of index state per axis (ptxas, sm_80, nvcc 13: a 3-d
+        # layer spilled at 64 with 8 per axis)
+        return min(255, 40 + 16 * ndim + wide * 2 * plan.tile[1])
     return 40 + 12 * ndim + 16 * (wide - 1)    # depthwise
 
 
