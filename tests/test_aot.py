@@ -273,6 +273,13 @@ def test_generic_build_matches_torch_layer_by_layer(generic_build, zoo64, tmp_pa
     check_layers(zoo64, report, out / "example", tmp_path)
 
 
+def test_the_example_says_that_out_dir_must_exist(generic_build, zoo64, tmp_path):
+    report, out = generic_build
+    check_layers(zoo64, report, out / "example", tmp_path)     # writes tmp_path / "in"
+    done = run_example(out / "example", tmp_path / "in", tmp_path / "missing", expect=1)
+    assert "does OUT_DIR exist?" in done.stderr
+
+
 def test_generic_build_runs_the_whole_graph(generic_build, zoo64, tmp_path):
     report, out = generic_build
     check_graph(zoo64, report, out / "example", tmp_path)
