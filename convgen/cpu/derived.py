@@ -30,7 +30,8 @@ class Derived:
     exact_plan: Plan | None = None       # Winograd: the exact kernel for non-finite operands
     exact: Derived | None = None       # ... and its facts
     panel: int = 0                       # loop_order "panel": elements of one thread's panel
-    plane_stride: int = 0                # depthwise: elements from one thread's plane to the next
+    thread_stride: int = 0               # elements from one thread's buffer to the next
+                                         # (depthwise planes, Winograd scratch, panels)
 
     @property
     def packed_weights(self) -> int:
@@ -65,22 +66,24 @@ def _derive(workload: Workload, plan: Plan, target: Target) -> Derived:
         padded = (workload.input_shape[0] * math.prod(geo.padded[:-1]) * spec.in_channels
                   * geo.channel_stride)
         exact_plan = exact_plan_for(plan)
+        stride = _thread_stride(geo.scratch, itemsize(workload.dtype))
         return Derived(None, geo, blocks, points * spec.out_channels * spec.cin_per_group,
-                       padded + plan.threads * geo.scratch, exact_plan,
-                       _derive(workload, exact_plan, target))
+                       padded + plan.threads * stride, exact_plan,
+                       _derive(workload, exact_plan, target), thread_stride=stride)
     low = lowering_for(workload, plan)
     per_group = sum(blocks * spec.cin_per_group * p.taps * plan.oc_tile for p in low.phases)
     if plan.algorithm == "depthwise":   # each thread pads one channel at a time
-        stride = _plane_stride(low.padded_spatial, itemsize(workload.dtype))
+        stride = _thread_stride(low.padded_spatial, itemsize(workload.dtype))
         planes = plan.threads * stride if low.copy_input else 0
-        return Derived(low, None, blocks, spec.groups * per_group, planes, plane_stride=stride)
+        return Derived(low, None, blocks, spec.groups * per_group, planes, thread_stride=stride)
     padded = (workload.input_shape[0] * spec.in_channels * low.padded_spatial
               if low.copy_input else 0)
     # a panel: one chunk's inputs for every (input channel, tap) of a group, per thread
     panel = (max(spec.cin_per_group * p.taps for p in low.phases) * plan.chunk
              if plan.loop_order == "panel" else 0)
-    return Derived(low, None, blocks, spec.groups * per_group, padded + plan.threads * panel,
-                   panel=panel)
+    stride = _thread_stride(panel, itemsize(workload.dtype)) if panel else 0
+    return Derived(low, None, blocks, spec.groups * per_group, padded + plan.threads * stride,
+                   panel=panel, thread_stride=stride)
 
 
 def exact_plan_for(plan: Plan) -> Plan:
@@ -111,10 +114,11 @@ def lowering_for(workload: Workload, plan: Plan) -> Lowering:
 PAGE_BYTES = 4096
 
 
-def _plane_stride(plane: int, size: int) -> int:
-    """Elements from one thread's depthwise plane to the next: whole pages and one page
-    between them, so no page holds two threads' planes. (Planes packed back to back ran
-    1.3-1.4x slower on 2 threads, with some row tiles up to 1.5x: a core's prefetcher
-    running past its plane fetches the lines the other core is writing.)"""
+def _thread_stride(elements: int, size: int) -> int:
+    """Elements from one thread's private buffer (a depthwise plane, Winograd scratch, a
+    panel) to the next: whole pages and one page between them, so no page holds two threads' data.
+    (Depthwise planes packed back to back ran 1.3-1.4x slower on 2 threads, some row tiles
+    up to 1.5x: a core's prefetcher running past its plane fetched the lines the other core
+    was writing.)"""
     page = PAGE_BYTES // size
-    return -(-plane // page) * page + page
+    return -(-elements // page) * page + page

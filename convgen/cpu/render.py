@@ -109,7 +109,7 @@ def _simd_context(workload: Workload, plan: Plan, target: Target, facts: Derived
         "oc_tile": plan.oc_tile,
         "oc_blocks": facts.oc_blocks,
         "padded_spatial": low.padded_spatial,
-        "plane_stride": facts.plane_stride,
+        "plane_stride": facts.thread_stride,
         "row_pitch": low.row_pitch,
         "rows_outside_channels": low.rows_outside_channels,
         "row_split": low.row_split, "phase_pitch": low.phase_pitch,
@@ -126,7 +126,7 @@ def _simd_context(workload: Workload, plan: Plan, target: Target, facts: Derived
         "phases": phases,
         "tiles": tiles,
         "loop_order": plan.loop_order,
-        "chunk": plan.chunk, "panel_size": facts.panel, "pixel_tile": plan.pixel_tile,
+        "chunk": plan.chunk, "panel_size": facts.thread_stride, "pixel_tile": plan.pixel_tile,
         # implicit_gemm stores 16 x 16 blocks transposed in registers where a row's outputs
         # are consecutive and the ISA has 512-bit float shuffles and masked stores
         "transpose_store": (plan.algorithm == "implicit_gemm" and vector_bytes == 64
@@ -306,7 +306,7 @@ def _winograd_context(workload: Workload, plan: Plan, facts: Derived, prefix: st
         "vector": plan.vector, "vector_bytes": plan.vector * itemsize(workload.dtype),
         "oc_tile": plan.oc_tile, "block": geo.block, "blocks": geo.blocks,
         "tile_rows": math.prod(geo.tiles[:-1]), "padded_rows": math.prod(geo.padded[:-1]),
-        "phase_pitch": geo.phase_pitch, "scratch": geo.scratch,
+        "phase_pitch": geo.phase_pitch, "scratch": facts.thread_stride,
         "v_point": geo.v_point, "m_point": geo.m_point, "row_chunks": geo.row_chunks,
         "phases": geo.phases,
         "split": _split_network(geo.phases) if plan.vector > 1 else None,
