@@ -766,3 +766,27 @@ def test_the_hopper_kernel_is_refused_by_the_emulator(monkeypatch):
     with pytest.raises(ValueError, match="sm_90a"):
         monkeypatch.setenv("CONVGEN_CUDA_ARCH", "sm_90")
         convgen.compile(spec_of(case), case["x"], "float32", target=EMU, plan="wgmma_gemm")
+
+
+def _mappings() -> int:
+    with open("/proc/self/maps") as maps:
+        return sum(1 for _ in maps)
+
+
+def test_launches_give_their_fiber_stacks_back():
+    """Each emulated kernel is a library with a runtime of its own; fiber stacks kept after
+    a launch (two mappings each) once took a test process to the kernel's limit of 65530
+    mappings, and every later dlopen failed."""
+    kernels = []
+    for channels in (5, 6, 7):   # three kernels: three libraries, three runtimes
+        spec = convgen.ConvSpec.conv(2, channels, channels, 3, padding=1)
+        kernels.append((convgen.compile(spec, (1, channels, 9, 9), target="cuda-emu",
+                                        plan="implicit_gemm"), channels))
+    rng = np.random.default_rng(0)
+    before = _mappings()
+    for kernel, channels in kernels:
+        x = rng.standard_normal((1, channels, 9, 9)).astype(np.float32)
+        w = rng.standard_normal((channels, channels, 3, 3)).astype(np.float32)
+        kernel(x, w, np.zeros(channels, np.float32))
+        assert kernel.plan.threads >= 64   # a block of fibers: 128 mappings if they stayed
+    assert _mappings() - before < 32

@@ -162,7 +162,7 @@ inline void record_error(cudaError_t code, const char *fmt, ...) {
 }
 
 /* A fault inside a kernel: record it with where it happened, end the launch. Never returns:
-   the fiber is abandoned (its stack is reused by the next launch). */
+   the fiber is abandoned (its stack is unmapped when the launch ends). */
 [[noreturn]] inline void fault(cudaError_t code, const char *fmt, ...) {
     Runtime &rt = runtime();
     Launch &l = *rt.launch;
@@ -268,6 +268,19 @@ inline unsigned char *stack_of(unsigned i) {
         rt.stacks[i] = static_cast<unsigned char *>(m) + page;
     }
     return rt.stacks[i];
+}
+
+/* A launch's fiber stacks go back to the system when it ends. Every kernel is a library of
+   its own with a runtime of its own, and a stack is two mappings (the guard page splits
+   it): kept for the next launch, a process that loads a few hundred kernels reached the
+   kernel's limit of 65530 mappings, and dlopen failed. */
+inline void release_stacks(Runtime &rt) {
+    const size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    for (unsigned i = 0; i < MAX_THREADS; ++i)
+        if (rt.stacks[i]) {
+            munmap(rt.stacks[i] - page, STACK_BYTES + page);
+            rt.stacks[i] = nullptr;
+        }
 }
 
 inline const char *state_name(State s) {
@@ -415,6 +428,7 @@ inline cudaError_t run(const char *name, const void *kernel, dim3 grid, dim3 blo
                 ok = run_block(dynamic_bytes);
             }
     for (unsigned i = 0; i < threads; ++i) free_copies(rt.fibers[i]);
+    release_stacks(rt);
     rt.launch = nullptr;
     if (ok) return cudaSuccess;
     return rt.last_error;
