@@ -33,6 +33,9 @@ LAYERS = [
      "transposed_gather"),
     ("conv_transpose1d", (1, 8, 13), (8, 6, 5), {"stride": 3, "padding": 1,
                                                  "output_padding": 2}, "implicit_gemm"),
+    # staged rows with outer phases: the epilogue (and the residual) on the copy out
+    ("conv_transpose2d", (2, 8, 5, 6), (8, 20, 4, 4), {"stride": 2, "padding": 1},
+     "implicit_gemm"),
 ]
 STEPS = {
     "relu": (Step("relu"),), "relu6": (Step("clip", (0.0, 6.0)),),

@@ -120,3 +120,48 @@ def test_the_planner_lists_panel_plans_for_gemm_like_layers():
     assert any(c.plan.loop_order == "panel" for c in ranked)
     assert all(c.plan.chunk % c.plan.pixel_tile == 0 for c in ranked
                if c.plan.loop_order == "panel")
+
+
+# Staged rows: implicit_gemm on a transposed conv with stride > 1 along its last axis stores
+# each phase's tiles into a per-thread row buffer and copies finished rows out. Rows whose
+# phases differ in taps and counts, phases without taps (bias only), outer phases (2-D,
+# 3-D), groups, a partial last channel tile, output_padding, an output channel of a
+# multiple of 4 KiB (the case it exists for), batch above and below the thread count.
+STAGED_CASES = [
+    make_case("1d_s8", "conv_transpose1d", cin=24, cout=20, spatial=(33,), kernel=16, stride=8,
+              padding=4),
+    make_case("1d_4k", "conv_transpose1d", cin=16, cout=40, spatial=(512,), kernel=4,
+              stride=2, padding=1, batch=1),
+    make_case("1d_gaps", "conv_transpose1d", cin=8, cout=16, spatial=(10,), kernel=2, stride=3,
+              batch=3),
+    make_case("2d", "conv_transpose2d", cin=16, cout=40, spatial=(5, 7), kernel=4, stride=2,
+              padding=1, output_padding=1),
+    make_case("2d_groups", "conv_transpose2d", cin=12, cout=18, spatial=(6, 5), kernel=3,
+              stride=(1, 2), padding=1, groups=3),
+    make_case("3d", "conv_transpose3d", cin=8, cout=24, spatial=(3, 4, 5), kernel=3, stride=2,
+              padding=1, output_padding=1),
+]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("order", ["oc_outer", "pixel_outer"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("case", STAGED_CASES, ids=[c.name for c in STAGED_CASES])
+def test_staged_rows_match_torch(case, dtype, order, threads):
+    vector = native_vector(TARGET, dtype)
+    vectors = 2 if case.channels[1] // case.kwargs.get("groups", 1) > vector else 1
+    plan = Plan("implicit_gemm", vectors * vector, 7, vector, order, threads)
+    kernel = convgen.compile(spec_of(case), case.x_shape, dtype, plan=plan)
+    assert "STAGE_PITCH" in kernel.source
+    rng = np.random.default_rng(seed_of(f"{case.name}{dtype}{order}{threads}"))
+    x, w, b = (a.astype(dtype) for a in operands(case, rng))
+    assert_matches(poisoned_call(kernel, x, w, b),
+                   torch_reference(case.op, x, w, b, **case.kwargs), dtype)
+
+
+def test_only_strided_output_rows_are_staged():
+    unit = convgen.compile(convgen.ConvSpec.conv_transpose(2, 16, 16, 3, stride=(2, 1)),
+                           (1, 16, 8, 8), plan="implicit_gemm")
+    forward = convgen.compile(convgen.ConvSpec.conv(1, 16, 16, 3, stride=2), (1, 16, 64),
+                              plan="implicit_gemm")
+    assert "STAGE_PITCH" not in unit.source and "STAGE_PITCH" not in forward.source

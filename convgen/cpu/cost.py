@@ -40,8 +40,8 @@ def estimate(plan: Plan, workload: Workload, target: Target, machine: Machine) -
         return _depthwise_cost(plan, workload, facts, machine, width)
     low = facts.lowering
     cycles, items, lanes, core, memory = _gemm_like_cost(plan, workload, facts, machine, width)
-    seconds = (cycles / machine.clock_hz + _setup_seconds(plan, workload, low, machine)
-               + _CALL_OVERHEAD_S)
+    seconds = ((cycles + _staging_cycles(plan, workload, facts, machine)) / machine.clock_hz
+               + _setup_seconds(plan, workload, low, machine) + _CALL_OVERHEAD_S)
     if plan.threads > 1:
         seconds += _PARALLEL_OVERHEAD_S
     why = (f"{items} parallel items over {plan.threads} threads, {lanes:.0%} of vector lanes "
@@ -326,6 +326,18 @@ def _panel_chunk(plan: Plan, workload: Workload, facts: Derived, machine: Machin
                 + read_cycles(k_steps * plan.oc_tile * size, level_of(reads.weights, machine),
                               machine, tile=_broadcasts_weights(plan)))
     return core, sum(n for n, _ in tiles) * per_tile, pack
+
+
+def _staging_cycles(plan: Plan, workload: Workload, facts: Derived, machine: Machine) -> float:
+    """Staged rows (cpu.derived.stage_pitch): every output row of a channel tile copied
+    once from the thread's staging buffer (L2) into the output, per thread."""
+    if not facts.stage_pitch:
+        return 0.0
+    spec = workload.spec
+    elements = (workload.input_shape[0] * spec.groups * facts.oc_blocks * plan.oc_tile
+                * math.prod(workload.out_spatial))
+    moved = 2 * elements * itemsize(workload.dtype)
+    return moved / machine.l2_bytes_per_cycle / plan.threads
 
 
 def _setup_seconds(plan: Plan, workload: Workload, low: Lowering, machine: Machine) -> float:

@@ -77,9 +77,9 @@ def lower(workload: Workload, row_overrun: int = 1, split_rows: bool = False) ->
     for shifted in per_axis:
         combos = [c + (p,) for c in combos for p in shifted]
     copy = split > 1 or any(p.size != n for p, n in zip(padded, workload.in_spatial))
-    phase_pitch = _row_pitch(-(-padded[-1].size // split), workload.dtype) if split > 1 else 0
+    phase_pitch = line_pitch(-(-padded[-1].size // split), workload.dtype) if split > 1 else 0
     pitch = (split * phase_pitch if split > 1 else
-             _row_pitch(padded[-1].size, workload.dtype) if copy else padded[-1].size)
+             line_pitch(padded[-1].size, workload.dtype) if copy else padded[-1].size)
     # Many input channels per group: a tile reads the same rows of every channel, so keep
     # those rows together. Few (depthwise, small groups): a tile walks one channel's rows,
     # so keep each channel's rows together instead.
@@ -104,10 +104,11 @@ def _padded_axis(workload: Workload, ax: int, overrun: int):
     return shifted, PaddedAxis(size, before, extent)
 
 
-def _row_pitch(row: int, dtype: str) -> int:
+def line_pitch(row: int, dtype: str) -> int:
     """Rows start on a cache line, an odd number of lines apart: the same row of many
     channels then spreads over the L1 sets instead of aliasing (a 4 KiB multiple apart,
-    256 channels would share a handful of sets and miss on every access)."""
+    256 channels would share a handful of sets and miss on every access). Used for the
+    padded input's rows and for staged output rows (cpu.derived)."""
     line = 64 // itemsize(dtype)
     lines = -(-row // line)
     return (lines + 1 - lines % 2) * line

@@ -127,6 +127,8 @@ def _simd_context(workload: Workload, plan: Plan, target: Target, facts: Derived
         "tiles": tiles,
         "loop_order": plan.loop_order,
         "chunk": plan.chunk, "panel_size": facts.thread_stride, "pixel_tile": plan.pixel_tile,
+        "stage_pitch": facts.stage_pitch, "thread_stride": facts.thread_stride,
+        "phase_groups": _phase_groups(low, phases),
         # implicit_gemm stores 16 x 16 blocks transposed in registers where a row's outputs
         # are consecutive and the ISA has 512-bit float shuffles and masked stores
         "transpose_store": (plan.algorithm == "implicit_gemm" and vector_bytes == 64
@@ -225,6 +227,17 @@ def _phases(workload: Workload, plan: Plan, facts: Derived, axes: list[dict]):
         })
         pack_offset += facts.oc_blocks * spec.cin_per_group * len(flat_offsets) * plan.oc_tile
     return phases, list(tiles.values())
+
+
+def _phase_groups(low: Lowering, phases: list[dict]) -> list[dict]:
+    """The phases that fill the same output rows (they differ only along the last axis):
+    a staged kernel computes a row of every phase of a group, then copies it out."""
+    groups: dict[tuple, list[dict]] = {}
+    for phase, ph in zip(low.phases, phases):
+        groups.setdefault(phase.axes[:-1], []).append(ph)
+    return [{"index": i, "phases": members, "first": members[0]["index"],
+             "first_start": members[0]["inner_start"], "rows": members[0]["rows"]}
+            for i, members in enumerate(groups.values())]
 
 
 def _panel(plan: Plan, count: int, ntaps: int, tiles: dict) -> dict:
