@@ -67,10 +67,20 @@ def _winograd_cost(plan: Plan, workload: Workload, facts: Derived, machine: Mach
     core = spec.cin_per_group * step + fmas + 20
     v_point = spec.cin_per_group * plan.pixel_tile * size
     weights = points * spec.out_channels * spec.cin_per_group * size
-    memory = (read_cycles(v_point, level_of(v_point, machine), machine, tile=True)
-              + read_cycles(spec.cin_per_group * plan.oc_tile * size, level_of(weights, machine),
-                            machine, tile=True))
-    gemm = points * (spec.cout_per_group // plan.oc_tile) * _overlap(core, memory)
+    memory = read_cycles(v_point, level_of(v_point, machine), machine, tile=True)
+    weight_level = level_of(weights + geo.scratch * size, machine)   # beside V and M in L2
+    weight_reads = read_cycles(spec.cin_per_group * plan.oc_tile * size, weight_level, machine,
+                               tile=True)
+    # Every block reads all the transformed weights once. From L1/L2 that overlaps the
+    # FMAs; streamed from L3 (with the thread's scratch, more than half the L2) it does
+    # not: conv1d_dilated (256 x 256 channels, 1.5 MiB of weights) measured 6.2 ms with
+    # blocks of 16 tiles and 5.4 with blocks of 32 (half the weight traffic), where
+    # overlapped reads predicted 3.4 and 3.8.
+    if weight_level in ("l3", "dram"):
+        item = _overlap(core, memory) + weight_reads
+    else:
+        item = _overlap(core, memory + weight_reads)
+    gemm = points * (spec.cout_per_group // plan.oc_tile) * item
     vector_ops = 6 * geo.alpha * points / width   # adds per transformed tile, roughly
     transforms = nv * (spec.cin_per_group + spec.cout_per_group) * vector_ops / 2
     stores = spec.cout_per_group * plan.pixel_tile * geo.m ** spec.ndim
@@ -194,8 +204,10 @@ def _gemm_like_cost(plan: Plan, workload: Workload, facts: Derived, machine: Mac
             core = sum(n * _tile_core(plan, machine, width, k_steps, px,
                                       _vector_store(plan, workload, phase, width))
                        for n, px in tiles)
-            memory = _row_memory(plan, workload, facts, machine, phase, k_steps, tiles, reads)
-            item = _overlap(core, memory)
+            streamed, stalled = _row_memory(plan, workload, facts, machine, phase, k_steps,
+                                            tiles, reads)
+            memory = streamed + stalled
+            item = _overlap(core, streamed) + stalled
         busiest += math.ceil(items / plan.threads) * item
         core_total += items * core / plan.threads
         memory_total += items * memory / plan.threads
@@ -282,7 +294,11 @@ def _tile_core(plan: Plan, machine: Machine, width: float, k_steps: int, pixels:
 
 def _row_memory(plan: Plan, workload: Workload, facts: Derived, machine: Machine, phase,
                 k_steps: int, tiles, reads: _Reads) -> float:
-    """Reading cycles of one (row, channel tile) item of the oc_outer and pixel_outer orders."""
+    """Reading cycles of one (row, channel tile) item of the oc_outer and pixel_outer orders:
+    (streamed, stalled). Streamed reads overlap the FMAs; stalled ones do not: inputs a
+    tile reads a line per input channel, far apart (no prefetcher follows), from L3 or
+    DRAM, wait for each miss (conv1d_dilated, 256 channels of 16 KiB rows, 4 MiB: 9.4 ms
+    measured at 2 threads against 4.7 in-core and 4.4 reading, overlapped: 5.2 predicted)."""
     spec, size = workload.spec, itemsize(workload.dtype)
     rows = workload.input_shape[0] * sum(p.outputs // max(p.axes[-1].count, 1)
                                          for p in facts.lowering.phases)
@@ -292,19 +308,25 @@ def _row_memory(plan: Plan, workload: Workload, facts: Derived, machine: Machine
     tile_weights = k_steps * plan.oc_tile * size
     tiles_in_row = sum(n for n, _ in tiles)
     input_level = level_of(reads.inputs, machine)
+    stalls = reads.scattered and input_level in ("l3", "dram")
+    first = read_cycles(row_inputs, input_level, machine, reads.scattered)
     if plan.loop_order == "oc_outer":
         # a channel tile's weights stay while every row's inputs stream past, once per tile
-        return (tiles_in_row * read_cycles(tile_weights, level_of(tile_weights, machine),
-                                           machine, tile=_broadcasts_weights(plan))
-                + read_cycles(row_inputs, input_level, machine, reads.scattered))
+        weights = tiles_in_row * read_cycles(tile_weights, level_of(tile_weights, machine),
+                                             machine, tile=_broadcasts_weights(plan))
+        return (weights, first) if stalls else (weights + first, 0.0)
     # pixel_outer: a row's inputs stay (where they fit) while every channel tile's weights
     # stream past, once per row
     row_level = level_of(row_inputs, machine)
-    first = read_cycles(row_inputs, input_level, machine, reads.scattered)
     again = read_cycles(row_inputs, row_level, machine, reads.scattered)
-    return (tiles_in_row * read_cycles(tile_weights, level_of(reads.weights, machine), machine,
-                                       tile=_broadcasts_weights(plan))
-            + (first + again * (facts.oc_blocks - 1)) / facts.oc_blocks)
+    weights = tiles_in_row * read_cycles(tile_weights, level_of(reads.weights, machine), machine,
+                                         tile=_broadcasts_weights(plan))
+    inputs = (first + again * (facts.oc_blocks - 1)) / facts.oc_blocks
+    if stalls and row_level in ("l3", "dram"):
+        return weights, inputs
+    if stalls:
+        return weights + again * (facts.oc_blocks - 1) / facts.oc_blocks, first / facts.oc_blocks
+    return weights + inputs, 0.0
 
 
 def _panel_chunk(plan: Plan, workload: Workload, facts: Derived, machine: Machine,

@@ -1,0 +1,71 @@
+"""The cost model's treatment of reads that stall the FMAs instead of overlapping them, and
+of staged rows: properties under explicit machines (caches and rates given here, not the
+host's), so that they hold wherever the suite runs."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from convgen.backends import get_target
+from convgen.core.spec import ConvSpec, workload_of
+from convgen.cpu import cost
+from convgen.cpu.cost import estimate
+from convgen.cpu.derived import derive
+from convgen.cpu.plan import Plan
+from convgen.target.machine import Machine
+
+TARGET = get_target("cpu")
+VECTOR = max(1, TARGET.vector_bytes // 4)
+# a two-FMA AVX-512 core with 2 MiB of L2 and a large L3
+SMALL_L2 = Machine(48 << 10, 2 << 20, 256 << 20, 2.0, 3.0, 1.5, 4.0, clock_hz=3.0e9,
+                   l1_bytes_per_cycle=110.0, l2_bytes_per_cycle=42.0, l3_bytes_per_cycle=9.5,
+                   dram_bytes_per_s=15e9)
+BIG_L2 = dataclasses.replace(SMALL_L2, l2_bytes=64 << 20)
+
+
+def seconds(plan: Plan, workload, machine: Machine) -> float:
+    return estimate(plan, workload, TARGET, machine)[0]
+
+
+def test_winograd_weights_streamed_from_l3_are_charged_per_block():
+    """256 x 256 channels, F(4,3): 1.5 MiB of transformed weights, read whole by every block.
+    Beyond half the L2 they stall the FMAs, so blocks twice as long (half the weight
+    traffic) are worth more than where the weights stay in L2."""
+    workload, _ = workload_of(ConvSpec.conv(1, 256, 256, 3, padding=4, dilation=4),
+                              (1, 256, 4096), "float32")
+    short = Plan("winograd4", 16, 16, VECTOR, "pixel_outer", 2)
+    long = Plan("winograd4", 8, 32, VECTOR, "pixel_outer", 2)
+    gain_small = seconds(short, workload, SMALL_L2) / seconds(long, workload, SMALL_L2)
+    gain_big = seconds(short, workload, BIG_L2) / seconds(long, workload, BIG_L2)
+    assert gain_small > 1.0 and gain_small > gain_big + 0.1, (gain_small, gain_big)
+
+
+def test_scattered_inputs_from_l3_do_not_overlap_the_fmas():
+    """A 1-D layer of 256 channels x 4096, 3 taps dilated by 4 (4 MiB, channel rows 16 KiB
+    apart: no prefetcher follows a tile's walk over the channels). From L3 each line waits
+    for its miss, on top of the FMAs; in a big L2 the same reads overlap them."""
+    workload, _ = workload_of(ConvSpec.conv(1, 256, 256, 3, padding=4, dilation=4),
+                              (1, 256, 4096), "float32")
+    plan = Plan("implicit_gemm", 2 * VECTOR, 14, VECTOR, "oc_outer", 2)
+    small, big = seconds(plan, workload, SMALL_L2), seconds(plan, workload, BIG_L2)
+    assert small > 1.1 * big, (small, big)
+    # a panel packs each chunk once, so it gains on the same machine
+    panel = Plan("implicit_gemm", 2 * VECTOR, 14, VECTOR, "panel", 2, chunk=56)
+    assert seconds(panel, workload, SMALL_L2) < small
+
+
+def test_staged_rows_are_charged_their_copy_out():
+    """hifigan_up's layer (transposed, stride 8): staged, every output row of a channel tile
+    is copied once out of the staging buffer, read and written at the L2's rate; a forward
+    layer has no such copy."""
+    workload, _ = workload_of(ConvSpec.conv_transpose(1, 512, 256, 16, stride=8, padding=4),
+                              (1, 512, 256), "float32")
+    plan = Plan("implicit_gemm", 2 * VECTOR, 14, VECTOR, "oc_outer", 2)
+    facts = derive(workload, plan, TARGET)
+    assert facts.stage_pitch >= 2048 and (facts.stage_pitch * 4 // 64) % 2 == 1
+    per_thread = 2 * 256 * 2048 * 4 / 2 / SMALL_L2.l2_bytes_per_cycle
+    assert cost._staging_cycles(plan, workload, facts, SMALL_L2) == pytest.approx(per_thread)
+    forward, _ = workload_of(ConvSpec.conv(1, 512, 256, 3, padding=1), (1, 512, 256),
+                             "float32")
+    assert cost._staging_cycles(plan, forward, derive(forward, plan, TARGET), SMALL_L2) == 0
