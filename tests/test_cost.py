@@ -69,3 +69,28 @@ def test_staged_rows_are_charged_their_copy_out():
     forward, _ = workload_of(ConvSpec.conv(1, 512, 256, 3, padding=1), (1, 512, 256),
                              "float32")
     assert cost._staging_cycles(plan, forward, derive(forward, plan, TARGET), SMALL_L2) == 0
+
+
+def test_a_thread_first_fetches_the_input_its_items_cover():
+    """alexnet_conv1 (3 -> 64 channels, 11x11 stride 4): two channel tiles on two threads.
+    In oc_outer each thread owns a tile over every row, so it pulls the whole (L2-sized)
+    padded input into its caches; in pixel_outer only its half of the rows. With one thread
+    no difference; with 32 groups a thread's tiles cover half the groups in either order,
+    so each fetches half the input."""
+    workload, _ = workload_of(ConvSpec.conv(2, 3, 64, 11, stride=4, padding=2),
+                              (1, 3, 224, 224), "float32")
+
+    def orders(workload, threads, oc_tile):
+        return [seconds(Plan("implicit_gemm", oc_tile, 14, VECTOR, order, threads), workload,
+                        SMALL_L2) for order in ("oc_outer", "pixel_outer")]
+
+    tiles, rows = orders(workload, 2, 2 * VECTOR)
+    padded = 3 * 228 * 228 * 4                       # bytes, about: rows at their pitch
+    assert (tiles - rows) * 3.0e9 > 0.4 * padded / SMALL_L2.l3_bytes_per_cycle
+    tiles, rows = orders(workload, 1, 2 * VECTOR)
+    assert rows == pytest.approx(tiles)
+    reads = cost._Reads(128 * 30 * 30 * 4, 0, False)   # 128 channels of 28 x 28, padded
+    for order in ("oc_outer", "pixel_outer"):
+        plan = Plan("direct_simd", 4, 64, VECTOR, order, 2)
+        assert cost._first_touch(plan, reads, 32, SMALL_L2) == pytest.approx(
+            reads.inputs / 2 / SMALL_L2.l3_bytes_per_cycle)
