@@ -50,8 +50,8 @@ $(BENCH_STAMP): pyproject.toml $(TEST_STAMP)
 # convgen vs torch vs onnxruntime on shared/bench/suite_public.json, 2 threads then 1
 # (a table per thread count; see bench/RESULTS.md). BENCH_ARGS passes options through.
 bench: $(BENCH_STAMP)
-	$(PY) bench/compare.py --threads 2 $(BENCH_ARGS)
-	$(PY) bench/compare.py --threads 1 --skip-threading-check $(BENCH_ARGS)
+	$(PY) bench/compare.py --threads 2 --repeat 3 $(BENCH_ARGS)
+	$(PY) bench/compare.py --threads 1 --repeat 3 --skip-threading-check $(BENCH_ARGS)
 
 # The same layers through pytest-benchmark (statistics, history, --benchmark-compare).
 bench-pytest: $(BENCH_STAMP)

@@ -191,6 +191,8 @@ def main(argv=None) -> int:
     parser.add_argument("--layers", default="", help="comma-separated layer names (default: all)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     parser.add_argument("--min-time", type=float, default=0.6, help="seconds per layer")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="fresh processes per layer; each time is the median over them")
     parser.add_argument("--no-onnxruntime", action="store_true")
     parser.add_argument("--skip-threading-check", action="store_true")
     parser.add_argument("--layer-child", help=argparse.SUPPRESS)   # see layer_in_child
@@ -212,7 +214,7 @@ def main(argv=None) -> int:
     print(f"convgen vs torch {anchors.torch_version()}"
           f"{' vs onnxruntime ' + anchors.onnxruntime_version() if ort_threads else ''}: "
           f"{len(layers)} layers, {args.dtype}, {args.threads} threads, "
-          f"medians of interleaved runs")
+          f"medians of interleaved runs, {args.repeat} process(es) per layer")
     print(f"CPU: {cpu_model()}, {usable_cores()} usable cores; "
           f"measured float32 FMA peak, {args.threads} threads: {peak:.0f} GFLOP/s")
     print("m(x): torch module / convgen module, each called as users call them (a new "
@@ -220,17 +222,36 @@ def main(argv=None) -> int:
     print_header()
     rows = []
     for layer in layers:
-        ort = alone_times(args, "onnxruntime", [layer["name"]]) if ort_threads else {}
-        alone = alone_times(args, "convgen", [layer["name"]]) if ort_threads else {}
-        rows.append(layer_in_child(args, layer["name"]))
-        rows[-1]["ort_s"] = ort.get(layer["name"])
-        rows[-1]["convgen_alone_s"] = alone.get(layer["name"])
+        rows.append(measure_layer(args, layer["name"], bool(ort_threads)))
         print_row(rows[-1], peak)
     print_targets(rows, peak)
     compile_and_call_costs(args.dtype)
     if check:
         print("\n" + check)
     return 0
+
+
+TIMES = ("convgen_s", "torch_s", "module_s", "torch_module_s", "ort_s", "convgen_alone_s")
+
+
+def measure_layer(args, name: str, with_ort: bool) -> dict:
+    """One layer, ``args.repeat`` times in fresh processes (onnxruntime alone, convgen alone,
+    then convgen and torch interleaved); each time the median over the repetitions. A
+    process's buffers land on other physical pages and its threads on other cache states:
+    layers under a millisecond move by 10-30% from one process to the next."""
+    samples = []
+    for _ in range(args.repeat):
+        ort = alone_times(args, "onnxruntime", [name]) if with_ort else {}
+        alone = alone_times(args, "convgen", [name]) if with_ort else {}
+        row = layer_in_child(args, name)
+        row["ort_s"], row["convgen_alone_s"] = ort.get(name), alone.get(name)
+        samples.append(row)
+    row = dict(samples[0])
+    for key in TIMES:
+        found = [s[key] for s in samples if s[key]]
+        row[key] = statistics.median(found) if found else None
+    row["rel_err"] = max(s["rel_err"] for s in samples)
+    return row
 
 
 def layer_in_child(args, name: str) -> dict:
