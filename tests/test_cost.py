@@ -94,3 +94,11 @@ def test_a_thread_first_fetches_the_input_its_items_cover():
         plan = Plan("direct_simd", 4, 64, VECTOR, order, 2)
         assert cost._first_touch(plan, reads, 32, SMALL_L2) == pytest.approx(
             reads.inputs / 2 / SMALL_L2.l3_bytes_per_cycle)
+
+
+def test_an_empty_batch_is_costed():
+    """A batch of 0 (accepted, as torch accepts it) has no input to fetch and no rows."""
+    workload, _ = workload_of(ConvSpec.conv(2, 8, 8, 3, padding=1), (0, 8, 9, 9), "float32")
+    for order in ("oc_outer", "pixel_outer"):
+        assert seconds(Plan("implicit_gemm", VECTOR, 7, VECTOR, order, 2), workload,
+                       SMALL_L2) >= 0

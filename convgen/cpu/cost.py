@@ -229,7 +229,7 @@ def _first_touch(plan: Plan, reads: _Reads, images_groups: int, machine: Machine
         return 0.0       # the reads of every item already come from L3 or DRAM
     share = 1.0 / plan.threads
     if plan.loop_order == "oc_outer":     # every row of the images and groups it covers
-        share = max(share, 1.0 / images_groups)
+        share = max(share, 1.0 / max(images_groups, 1))   # a batch of 0: no input
     return reads.inputs * share / machine.l3_bytes_per_cycle
 
 
