@@ -165,3 +165,16 @@ def test_only_strided_output_rows_are_staged():
     forward = convgen.compile(convgen.ConvSpec.conv(1, 16, 16, 3, stride=2), (1, 16, 64),
                               plan="implicit_gemm")
     assert "STAGE_PITCH" not in unit.source and "STAGE_PITCH" not in forward.source
+
+
+def test_strided_transposed_rows_are_not_offered_a_panel():
+    """Staged rows (above) beat a panel that stores straight into strided rows, so the
+    planner offers none there; unit-stride transposed rows keep it."""
+    strided = convgen.compile(convgen.ConvSpec.conv_transpose(1, 64, 32, 16, stride=8,
+                                                              padding=4), (1, 64, 256)).workload
+    assert not any(c.plan.loop_order == "panel"
+                   for c in candidates(strided, TARGET, threads=2)
+                   if c.plan.algorithm == "implicit_gemm")
+    unit = convgen.compile(convgen.ConvSpec.conv_transpose(1, 64, 64, 3, padding=1),
+                           (1, 64, 256)).workload
+    assert any(c.plan.loop_order == "panel" for c in candidates(unit, TARGET, threads=2))
