@@ -178,3 +178,55 @@ def test_strided_transposed_rows_are_not_offered_a_panel():
     unit = convgen.compile(convgen.ConvSpec.conv_transpose(1, 64, 64, 3, padding=1),
                            (1, 64, 256)).workload
     assert any(c.plan.loop_order == "panel" for c in candidates(unit, TARGET, threads=2))
+
+
+# A small padded input is copied whole by every thread into a buffer of its own (the
+# per-thread panels and staging rows come after those copies): every SIMD order, staged
+# rows, 1-D to 3-D, padding modes, batch above the thread count.
+PRIVATE_CASES = [
+    (make_case("circular_1d", "conv1d", cin=16, cout=24, spatial=(97,), kernel=5, padding=2,
+               padding_mode="circular"), "direct_simd", "oc_outer"),
+    (make_case("reflect_2d", "conv2d", cin=8, cout=40, spatial=(9, 13), kernel=3, padding=1,
+               padding_mode="reflect", batch=3), "implicit_gemm", "pixel_outer"),
+    (make_case("panel_2d", "conv2d", cin=20, cout=40, spatial=(9, 23), kernel=3, padding=1),
+     "implicit_gemm", "panel"),
+    (make_case("staged_1d", "conv_transpose1d", cin=24, cout=20, spatial=(33,), kernel=16,
+               stride=8, padding=4), "implicit_gemm", "oc_outer"),
+    (make_case("3d", "conv3d", cin=8, cout=16, spatial=(3, 5, 21), kernel=3, padding=1),
+     "direct_simd", "pixel_outer"),
+]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("case, algorithm, order", PRIVATE_CASES,
+                         ids=[c[0].name for c in PRIVATE_CASES])
+def test_private_padded_copies_match_torch(case, algorithm, order, dtype):
+    vector = native_vector(TARGET, dtype)
+    if algorithm == "implicit_gemm":
+        plan = Plan(algorithm, vector, 7, vector, order, 2,
+                    chunk=14 if order == "panel" else 0)
+    else:
+        plan = Plan(algorithm, 4, 2 * vector, vector, order, 2)
+    kernel = convgen.compile(spec_of(case), case.x_shape, dtype, plan=plan)
+    assert "a copy of its own" in kernel.source
+    rng = np.random.default_rng(seed_of(f"{case.name}{dtype}private"))
+    x, w, b = (a.astype(dtype) for a in operands(case, rng))
+    assert_matches(poisoned_call(kernel, x, w, b),
+                   torch_reference(case.op, x, w, b, **case.kwargs), dtype)
+
+
+def test_only_small_inputs_get_a_copy_per_thread():
+    """Up to 256 KiB padded, on more than one thread; the workspace holds a copy per thread."""
+    from convgen.cpu.derived import derive
+    vector = native_vector(TARGET, "float32")
+
+    def kernel(channels, size, threads):
+        return convgen.compile(convgen.ConvSpec.conv(2, channels, 16, 3, padding=1),
+                               (1, channels, size, size),
+                               plan=Plan("implicit_gemm", vector, 7, vector, "oc_outer", threads))
+
+    small, large, one = kernel(16, 30, 2), kernel(64, 64, 2), kernel(16, 30, 1)
+    assert "a copy of its own" in small.source
+    assert "a copy of its own" not in large.source and "a copy of its own" not in one.source
+    facts = derive(small.workload, small.plan, TARGET)
+    assert facts.copy_stride >= 16 * 32 * 32 and facts.workspace >= 2 * facts.copy_stride

@@ -16,7 +16,6 @@ from ..core.spec import Workload
 from ..target import Target
 from ..target.machine import Machine
 from .derived import Derived, derive
-from .layout import Lowering
 from .memory import level_of, read_cycles
 from .plan import GATHER_ALGORITHMS, WINOGRAD_ALGORITHMS, Plan, native_vector
 
@@ -38,10 +37,9 @@ def estimate(plan: Plan, workload: Workload, target: Target, machine: Machine) -
         return _winograd_cost(plan, workload, facts, machine, width)
     if plan.algorithm == "depthwise":
         return _depthwise_cost(plan, workload, facts, machine, width)
-    low = facts.lowering
     cycles, items, lanes, core, memory = _gemm_like_cost(plan, workload, facts, machine, width)
     seconds = ((cycles + _staging_cycles(plan, workload, facts, machine)) / machine.clock_hz
-               + _setup_seconds(plan, workload, low, machine) + _CALL_OVERHEAD_S)
+               + _setup_seconds(plan, workload, facts, machine) + _CALL_OVERHEAD_S)
     if plan.threads > 1:
         seconds += _PARALLEL_OVERHEAD_S
     why = (f"{items} parallel items over {plan.threads} threads, {lanes:.0%} of vector lanes "
@@ -215,7 +213,8 @@ def _gemm_like_cost(plan: Plan, workload: Workload, facts: Derived, machine: Mac
         used += phase.outputs * spec.out_channels * batch
         issued += (rows * facts.oc_blocks * plan.oc_tile
                    * sum(n * px for n, px in _row_tiles(plan, count, padded=True)))
-    busiest += _first_touch(plan, reads, batch * spec.groups, machine)
+    if not facts.copy_stride:     # a thread's own copy is in its own caches already
+        busiest += _first_touch(plan, reads, batch * spec.groups, machine)
     return busiest, items_total, used / max(issued, 1), core_total, memory_total
 
 
@@ -377,12 +376,15 @@ def _staging_cycles(plan: Plan, workload: Workload, facts: Derived, machine: Mac
     return moved / machine.l2_bytes_per_cycle / plan.threads
 
 
-def _setup_seconds(plan: Plan, workload: Workload, low: Lowering, machine: Machine) -> float:
-    """Copying the input into its padded layout (packed weights come ready), once per call."""
+def _setup_seconds(plan: Plan, workload: Workload, facts: Derived, machine: Machine) -> float:
+    """Copying the input into its padded layout (packed weights come ready), once per call:
+    shared among the threads, or whole by each thread into a copy of its own."""
+    low = facts.lowering
     if not low.copy_input:
         return 0.0
     size = itemsize(workload.dtype)
     moved = workload.input_shape[0] * workload.spec.in_channels * (
         low.padded_spatial + math.prod(workload.in_spatial)) * size
-    per_cycle = _level_bandwidth(moved, machine) * min(plan.threads, 2)
+    sharing = 1 if facts.copy_stride else min(plan.threads, 2)
+    per_cycle = _level_bandwidth(moved, machine) * sharing
     return moved / per_cycle / machine.clock_hz
