@@ -151,9 +151,15 @@ def test_staged_rows_match_torch(case, dtype, order, threads):
     vector = native_vector(TARGET, dtype)
     vectors = 2 if case.channels[1] // case.kwargs.get("groups", 1) > vector else 1
     plan = Plan("implicit_gemm", vectors * vector, 7, vector, order, threads)
+    check_kernel(case, plan, dtype, "STAGE_PITCH", f"{order}{threads}")
+
+
+def check_kernel(case, plan: Plan, dtype: str, marker: str, salt: str) -> None:
+    """Compile ``plan`` for ``case``, check that its source shows the variant (``marker``),
+    and compare a poisoned call on fresh operands with torch."""
     kernel = convgen.compile(spec_of(case), case.x_shape, dtype, plan=plan)
-    assert "STAGE_PITCH" in kernel.source
-    rng = np.random.default_rng(seed_of(f"{case.name}{dtype}{order}{threads}"))
+    assert marker in kernel.source
+    rng = np.random.default_rng(seed_of(f"{case.name}{dtype}{salt}"))
     x, w, b = (a.astype(dtype) for a in operands(case, rng))
     assert_matches(poisoned_call(kernel, x, w, b),
                    torch_reference(case.op, x, w, b, **case.kwargs), dtype)
@@ -207,12 +213,7 @@ def test_private_padded_copies_match_torch(case, algorithm, order, dtype):
                     chunk=14 if order == "panel" else 0)
     else:
         plan = Plan(algorithm, 4, 2 * vector, vector, order, 2)
-    kernel = convgen.compile(spec_of(case), case.x_shape, dtype, plan=plan)
-    assert "a copy of its own" in kernel.source
-    rng = np.random.default_rng(seed_of(f"{case.name}{dtype}private"))
-    x, w, b = (a.astype(dtype) for a in operands(case, rng))
-    assert_matches(poisoned_call(kernel, x, w, b),
-                   torch_reference(case.op, x, w, b, **case.kwargs), dtype)
+    check_kernel(case, plan, dtype, "a copy of its own", "private")
 
 
 def test_only_small_inputs_get_a_copy_per_thread():

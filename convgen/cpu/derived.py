@@ -92,8 +92,8 @@ def _derive(workload: Workload, plan: Plan, target: Target) -> Derived:
     panel = (max(spec.cin_per_group * p.taps for p in low.phases) * plan.chunk
              if plan.loop_order == "panel" else 0)
     pitch = stage_pitch(workload, plan, low)
-    private = panel or plan.oc_tile * pitch
-    stride = _thread_stride(private, size) if private else 0
+    per_thread = panel or plan.oc_tile * pitch
+    stride = _thread_stride(per_thread, size) if per_thread else 0
     return Derived(low, None, blocks, spec.groups * per_group, copies + plan.threads * stride,
                    panel=panel, stage_pitch=pitch, thread_stride=stride,
                    copy_stride=copy_stride, buffers_at=copies)

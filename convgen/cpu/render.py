@@ -126,7 +126,7 @@ def _simd_context(workload: Workload, plan: Plan, target: Target, facts: Derived
         "phases": phases,
         "tiles": tiles,
         "loop_order": plan.loop_order,
-        "chunk": plan.chunk, "panel_size": facts.thread_stride, "pixel_tile": plan.pixel_tile,
+        "chunk": plan.chunk, "pixel_tile": plan.pixel_tile,
         "stage_pitch": facts.stage_pitch, "thread_stride": facts.thread_stride,
         "copy_stride": facts.copy_stride, "buffers_at": facts.buffers_at,
         "phase_groups": _phase_groups(low, phases),
