@@ -109,7 +109,6 @@ def _simd_context(workload: Workload, plan: Plan, target: Target, facts: Derived
         "oc_tile": plan.oc_tile,
         "oc_blocks": facts.oc_blocks,
         "padded_spatial": low.padded_spatial,
-        "plane_stride": facts.thread_stride,
         "row_pitch": low.row_pitch,
         "rows_outside_channels": low.rows_outside_channels,
         "row_split": low.row_split, "phase_pitch": low.phase_pitch,
