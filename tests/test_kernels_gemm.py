@@ -231,3 +231,68 @@ def test_only_small_inputs_get_a_copy_per_thread():
     assert "a copy of its own" not in large.source and "a copy of its own" not in one.source
     facts = derive(small.workload, small.plan, TARGET)
     assert facts.copy_stride >= 16 * 32 * 32 and facts.workspace >= 2 * facts.copy_stride
+
+
+# implicit_gemm's oc_outer order prefetches the next channel tile's weights from the last
+# tiles of each block: a few tiles per block and many, groups (no prefetch across a group's
+# last block), several phases with different tap counts, the blocked accumulation (long
+# reduction), 1-D to 3-D, staged rows, a partial last channel tile, batch above the threads.
+PREFETCH_CASES = [
+    make_case("few_tiles", "conv_transpose2d", cin=64, cout=80, spatial=(4, 4), kernel=4,
+              stride=2, padding=1),
+    make_case("many_tiles", "conv2d", cin=24, cout=72, spatial=(13, 29), kernel=3, padding=1,
+              batch=3),
+    make_case("groups", "conv2d", cin=32, cout=96, spatial=(9, 11), kernel=3, padding=1,
+              groups=2),
+    make_case("long_k", "conv1d", cin=600, cout=40, spatial=(19,), kernel=3, padding=1),
+    make_case("phases", "conv_transpose1d", cin=24, cout=40, spatial=(33,), kernel=5, stride=3,
+              padding=1),
+    make_case("3d", "conv3d", cin=8, cout=40, spatial=(3, 5, 6), kernel=3, padding=1),
+]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("case", PREFETCH_CASES, ids=[c.name for c in PREFETCH_CASES])
+def test_weight_prefetch_matches_torch(case, dtype):
+    vector = native_vector(TARGET, dtype)
+    plan = Plan("implicit_gemm", vector, 5, vector, "oc_outer", 2)
+    check_kernel(case, plan, dtype, "__builtin_prefetch", "prefetch")
+
+
+@pytest.mark.parametrize("cin, taps, oc_tile, tiles_per_row, rows", [
+    (512, 4, 32, 1, 8), (256, 1, 32, 2, 28), (512, 2, 32, 19, 1), (3, 9, 16, 1, 1),
+    (600, 3, 16, 4, 1), (64, 16, 64, 1, 2)])
+def test_prefetch_schedule_covers_the_next_block_once(cin, taps, oc_tile, tiles_per_row, rows):
+    """The template's schedule (row function and prefetch_lines), replayed: the prefetching
+    tiles fetch every line of the next block exactly once, never past its end, and are the
+    block's last tiles, as few as the rate per input channel allows."""
+    from convgen.cpu.render import _weight_prefetch
+    workload = convgen.compile(convgen.ConvSpec.conv(1, cin, oc_tile, 1), (1, cin, 8),
+                               plan="implicit_gemm").workload
+    plan = Plan("implicit_gemm", oc_tile, 14, 16, "oc_outer", 2)
+    runs = [{"first": 0, "end": 14 * tiles_per_row, "step": 14}]
+    pf = _weight_prefetch(workload, plan, {"taps": [0] * taps, "rows": rows, "runs": runs})
+    assert pf["pf_block_lines"] == -(-cin * taps * oc_tile * 4 // 64)
+    per_tile, fetched = cin * pf["pf_per_ic"], []
+    for row in range(rows):
+        for i in range(tiles_per_row):
+            t = row * pf["pf_tiles_per_row"] + i - pf["pf_first_tile"]
+            left = 0 if t < 0 else pf["pf_block_lines"] - t * per_tile
+            lines = max(0, min(left, per_tile))
+            fetched += [t * per_tile + line for line in range(lines)]   # tile's ic loop
+    whole = per_tile * tiles_per_row * rows >= pf["pf_block_lines"]
+    assert sorted(fetched) == list(range(len(fetched)))
+    assert len(fetched) == (pf["pf_block_lines"] if whole else per_tile * tiles_per_row * rows)
+    assert pf["pf_first_tile"] == max(0, tiles_per_row * rows - -(-pf["pf_block_lines"]
+                                                                   // per_tile))
+
+
+def test_only_oc_outer_implicit_gemm_prefetches_weights():
+    spec, shape = convgen.ConvSpec.conv(2, 32, 64, 3, padding=1), (1, 32, 12, 12)
+    vector = native_vector(TARGET, "float32")
+    for order in ("pixel_outer", "panel"):
+        plan = Plan("implicit_gemm", vector, 6, vector, order, 2, chunk=12 if order == "panel"
+                    else 0)
+        assert "__builtin_prefetch" not in convgen.compile(spec, shape, plan=plan).source
+    simd = Plan("direct_simd", 4, 2 * vector, vector, "oc_outer", 2)
+    assert "__builtin_prefetch" not in convgen.compile(spec, shape, plan=simd).source
