@@ -12,7 +12,8 @@ import threading
 import numpy as np
 
 from ..runtime import loader
-from ..runtime.arrays import as_array, check_dtype, check_out, check_shape, native_contiguous
+from ..runtime.arrays import (as_array, check_dtype, check_out, check_shape, native_contiguous,
+                              ready)
 from ..runtime.kernel import KernelBase
 
 loader.declare_type("cg_run_fn", "typedef int (*cg_run_fn)(const void *x, const void *wp, "
@@ -35,6 +36,7 @@ class PackedWeights:
 
     def __init__(self, kernel_key: str, packed: np.ndarray):
         self.kernel_key, self.packed = kernel_key, packed
+        self.pointer = loader.FFI.from_buffer(packed)   # read-only: made once, not per call
 
     def __repr__(self) -> str:
         return (f"<convgen.PackedWeights {self.packed.size} elements for kernel "
@@ -44,15 +46,17 @@ class PackedWeights:
 _SCRATCH = threading.local()   # per Python thread: one growing buffer per dtype
 
 
-def _scratch(elements: int, dtype: np.dtype) -> np.ndarray:
-    """Scratch memory reused across calls, so calls never page-fault fresh memory."""
+def _scratch(elements: int, dtype: np.dtype):
+    """Scratch memory reused across calls, so calls never page-fault fresh memory: the
+    buffer and its C pointer."""
     buffers = getattr(_SCRATCH, "by_dtype", None)
     if buffers is None:
         buffers = _SCRATCH.by_dtype = {}
-    buf = buffers.get(dtype.char)
-    if buf is None or buf.size < elements:
-        buf = buffers[dtype.char] = np.empty(max(elements, 1), dtype=dtype)
-    return buf
+    found = buffers.get(dtype.char)
+    if found is None or found[0].size < elements:
+        buf = np.empty(max(elements, 1), dtype=dtype)
+        found = buffers[dtype.char] = (buf, loader.FFI.from_buffer(buf, require_writable=True))
+    return found
 
 
 class Kernel(KernelBase):
@@ -76,6 +80,14 @@ class Kernel(KernelBase):
         packed.setflags(write=False)
         return PackedWeights(self.key, packed)
 
+    def _checked_input(self, x) -> np.ndarray:
+        if ready(x, self.dtype, self.input_shape):
+            return x
+        x = as_array(x, "input")
+        check_dtype(x, "input", self.dtype, "the kernel's dtype")
+        check_shape(x, "input", self.input_shape, "the shape the kernel was compiled for")
+        return native_contiguous(x)
+
     def _checked_weight(self, weight) -> np.ndarray:
         weight = as_array(weight, "weight")
         check_dtype(weight, "weight", self.dtype, "the input's dtype")
@@ -90,15 +102,15 @@ class Kernel(KernelBase):
             return None
         if bias is None:
             raise ValueError("bias is required: this kernel was compiled with bias=True")
+        if ready(bias, self.dtype, (spec.out_channels,)):
+            return bias
         bias = as_array(bias, "bias")
         check_dtype(bias, "bias", self.dtype, "the input's dtype")
         check_shape(bias, "bias", (spec.out_channels,), "one value per output channel")
         return native_contiguous(bias)
 
     def __call__(self, x, weight, bias=None, out=None) -> np.ndarray:
-        x = as_array(x, "input")
-        check_dtype(x, "input", self.dtype, "the kernel's dtype")
-        check_shape(x, "input", self.input_shape, "the shape the kernel was compiled for")
+        x = self._checked_input(x)
         packed = isinstance(weight, PackedWeights)
         if packed and weight.kernel_key != self.key:
             raise ValueError("weight: these PackedWeights were packed by another kernel; "
@@ -106,7 +118,6 @@ class Kernel(KernelBase):
         if not packed:
             weight = self._checked_weight(weight)
         bias = self._checked_bias(bias)
-        x = native_contiguous(x)
         if out is None:
             out = np.empty(self.output_shape, dtype=self.dtype)
         else:
@@ -120,10 +131,9 @@ class Kernel(KernelBase):
         ffi = loader.FFI
         packed = isinstance(weight, PackedWeights)
         workspace = self.workspace_elements
-        scratch = _scratch(workspace + (0 if packed else self.packed_elements), self.dtype)
-        work = ffi.from_buffer(scratch, require_writable=True)
+        _, work = _scratch(workspace + (0 if packed else self.packed_elements), self.dtype)
         if packed:
-            weights = ffi.from_buffer(weight.packed)
+            weights = weight.pointer
         else:
             weights = ffi.cast("char *", work) + workspace * self.dtype.itemsize
             self._pack_c(ffi.from_buffer(weight), weights)
