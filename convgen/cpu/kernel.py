@@ -12,8 +12,15 @@ import threading
 import numpy as np
 
 from ..runtime import loader
-from ..runtime.arrays import (as_array, check_dtype, check_out, check_shape, native_contiguous,
-                              ready)
+from ..runtime.arrays import (
+    aligned_empty,
+    as_array,
+    check_dtype,
+    check_out,
+    check_shape,
+    native_contiguous,
+    ready,
+)
 from ..runtime.kernel import KernelBase
 
 loader.declare_type("cg_run_fn", "typedef int (*cg_run_fn)(const void *x, const void *wp, "
@@ -54,7 +61,7 @@ def _scratch(elements: int, dtype: np.dtype):
         buffers = _SCRATCH.by_dtype = {}
     found = buffers.get(dtype.char)
     if found is None or found[0].size < elements:
-        buf = np.empty(max(elements, 1), dtype=dtype)
+        buf = aligned_empty(max(elements, 1), dtype)
         found = buffers[dtype.char] = (buf, loader.FFI.from_buffer(buf, require_writable=True))
     return found
 
@@ -74,7 +81,7 @@ class Kernel(KernelBase):
     def prepack(self, weight) -> PackedWeights:
         """Pack ``weight`` once for repeated calls: ``kernel(x, kernel.prepack(w), b)``."""
         weight = self._checked_weight(weight)
-        packed = np.empty(self.packed_elements, dtype=self.dtype)
+        packed = aligned_empty(self.packed_elements, self.dtype)
         ffi = loader.FFI
         self._pack_c(ffi.from_buffer(weight), ffi.from_buffer(packed, require_writable=True))
         packed.setflags(write=False)
@@ -119,7 +126,7 @@ class Kernel(KernelBase):
             weight = self._checked_weight(weight)
         bias = self._checked_bias(bias)
         if out is None:
-            out = np.empty(self.output_shape, dtype=self.dtype)
+            out = aligned_empty(self.output_shape, self.dtype)
         else:
             check_out(out, self.output_shape, self.dtype,
                       (x, bias) if packed else (x, weight, bias))
