@@ -126,7 +126,7 @@ class Kernel(KernelBase):
             weight = self._checked_weight(weight)
         bias = self._checked_bias(bias)
         if out is None:
-            out = aligned_empty(self.output_shape, self.dtype)
+            out = np.empty(self.output_shape, dtype=self.dtype)
         else:
             check_out(out, self.output_shape, self.dtype,
                       (x, bias) if packed else (x, weight, bias))

@@ -7,6 +7,8 @@ Unaligned data matters: the C code may assume its ``float``/``double`` pointers 
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 SUPPORTED = (np.dtype(np.float32), np.dtype(np.float64))
@@ -36,16 +38,18 @@ def as_array(value, name: str) -> np.ndarray:
     return array
 
 
-# Buffers convgen allocates for its kernels start on a cache line: numpy aligns large arrays
-# to 16 bytes only, and a 64-byte vector load at 16 bytes past a line reads two lines
-# (conv3d_128_256's packed weights: 15.0 ms misaligned, 12.5 ms aligned).
+# The buffers a kernel keeps (packed weights, its scratch workspace) start on a cache line:
+# numpy aligns large arrays to 16 bytes only, and a 64-byte vector load at 16 bytes past a
+# line reads two lines (conv3d_128_256's packed weights: 15.0 ms misaligned, 12.5 ms
+# aligned). Made once, not per call: finding an array's address costs a microsecond.
 ALIGNMENT = 64
 
 
 def aligned_empty(shape, dtype) -> np.ndarray:
     """np.empty(shape, dtype), its data starting at a multiple of ALIGNMENT bytes."""
     dtype = np.dtype(dtype)
-    count = int(np.prod(shape, dtype=np.int64))
+    shape = (shape,) if isinstance(shape, int) else tuple(shape)
+    count = math.prod(shape)
     spare = ALIGNMENT // dtype.itemsize
     raw = np.empty(count + spare, dtype=dtype)
     skip = (-raw.ctypes.data % ALIGNMENT) // dtype.itemsize
