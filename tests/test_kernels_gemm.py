@@ -45,6 +45,11 @@ PANEL_CASES = [
      "implicit_gemm", 32, 4, 1),
     (make_case("phases_without_taps", "conv_transpose1d", cin=8, cout=16, spatial=(10,),
                kernel=2, stride=3), "implicit_gemm", 16, 3, 2),
+    # unpadded strided rows: gathered straight from the input, no copy (cpu/derived)
+    (make_case("pointwise_s2", "conv2d", cin=24, cout=40, spatial=(13, 17), kernel=1,
+               stride=2), "implicit_gemm", 32, 5, 2),
+    (make_case("strided_unpadded", "conv2d", cin=16, cout=24, spatial=(11, 37), kernel=3,
+               stride=(1, 3)), "direct_simd", 8, 1, 2),
 ]
 
 
@@ -296,3 +301,39 @@ def test_only_oc_outer_implicit_gemm_prefetches_weights():
         assert "__builtin_prefetch" not in convgen.compile(spec, shape, plan=plan).source
     simd = Plan("direct_simd", 4, 2 * vector, vector, "oc_outer", 2)
     assert "__builtin_prefetch" not in convgen.compile(spec, shape, plan=simd).source
+
+
+def test_a_panel_splits_strided_rows_only_where_the_input_is_copied_anyway():
+    """Stored as column phases, a strided row is packed with whole copies, but splitting it
+    means copying every row and phase of the input, read or not: only where the padding
+    needs a copy anyway. Unpadded, the panel gathers the strided rows from the input."""
+    from convgen.cpu.derived import derive
+    vector = native_vector(TARGET, "float32")
+    plan = Plan("implicit_gemm", 2 * vector, 7, vector, "panel", 2, chunk=14)
+
+    def lowering(**kwargs):
+        kernel = convgen.compile(convgen.ConvSpec.conv(2, 32, 32, **kwargs), (1, 32, 20, 20),
+                                 plan=plan)
+        return derive(kernel.workload, kernel.plan, TARGET).lowering
+
+    unpadded, padded = lowering(kernel_size=1, stride=2), lowering(kernel_size=3, stride=2,
+                                                                    padding=1)
+    assert not unpadded.copy_input and unpadded.row_split == 1
+    assert padded.copy_input and padded.row_split == 2
+
+
+def test_a_panel_chunk_reads_only_the_rows_its_taps_touch():
+    """The cost model's packing reads: a 1x1 stride-2 layer touches every other input row,
+    a span of 2 * pixels - 1 elements of each (and a line of misalignment)."""
+    from convgen.cpu.cost import _chunk_lines
+    from convgen.cpu.derived import derive
+    vector = native_vector(TARGET, "float32")
+    plan = Plan("implicit_gemm", 2 * vector, 7, vector, "panel", 2, chunk=14)
+    kernel = convgen.compile(convgen.ConvSpec.conv(2, 64, 32, 1, stride=2), (1, 64, 56, 56),
+                             plan=plan)
+    phase = derive(kernel.workload, plan, TARGET).lowering.phases[0]
+    assert _chunk_lines(kernel.workload, phase, 14) == 64 * (-(-27 * 4 // 64) + 1)
+    three = convgen.compile(convgen.ConvSpec.conv(2, 64, 32, 3, padding=1), (1, 64, 56, 56),
+                            plan=plan)
+    phase = derive(three.workload, plan, TARGET).lowering.phases[0]
+    assert _chunk_lines(three.workload, phase, 14) == 64 * 3 * (-(-16 * 4 // 64) + 1)

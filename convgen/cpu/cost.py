@@ -16,7 +16,7 @@ from ..core.spec import Workload
 from ..target import Target
 from ..target.machine import Machine
 from .derived import Derived, derive
-from .memory import level_of, read_cycles
+from .memory import LINE, level_of, read_cycles
 from .plan import GATHER_ALGORITHMS, WINOGRAD_ALGORITHMS, Plan, native_vector
 
 _PARALLEL_OVERHEAD_S = 4e-6      # one OpenMP fork/join with warm (spinning) workers
@@ -191,7 +191,7 @@ def _gemm_like_cost(plan: Plan, workload: Workload, facts: Derived, machine: Mac
                     count - (chunks - 1) * plan.chunk, 1)):
                 if share:
                     c, m, p = _panel_chunk(plan, workload, facts, machine, width, k_steps,
-                                           width_px, rows * chunks, reads)
+                                           width_px, rows * chunks, reads, phase)
                     core, memory, pack = (core + share * c / chunks, memory + share * m / chunks,
                                           pack + share * p / chunks)
             item = pack + facts.oc_blocks * _overlap(core, memory)
@@ -344,7 +344,7 @@ def _row_memory(plan: Plan, workload: Workload, facts: Derived, machine: Machine
 
 
 def _panel_chunk(plan: Plan, workload: Workload, facts: Derived, machine: Machine,
-                 width: float, k_steps: int, pixels: int, items: int, reads: _Reads):
+                 width: float, k_steps: int, pixels: int, items: int, reads: _Reads, phase):
     """One chunk of the panel order: (in-core and reading cycles of one channel tile over
     it, cycles packing it). The packing reads the chunk's inputs from wherever the input
     lives and writes the panel; every channel tile then reads the panel from L1/L2 and
@@ -353,8 +353,9 @@ def _panel_chunk(plan: Plan, workload: Workload, facts: Derived, machine: Machin
     tiles = _row_tiles(plan, pixels)
     panel = k_steps * plan.chunk * size
     pack = (panel / machine.l2_bytes_per_cycle
-            + read_cycles(reads.inputs / max(items, 1), level_of(reads.inputs, machine),
-                          machine, reads.scattered))
+            + read_cycles(min(reads.inputs / max(items, 1),
+                              _chunk_lines(workload, phase, pixels) * LINE),
+                          level_of(reads.inputs, machine), machine, reads.scattered))
     store = _vector_store(plan, workload, facts.lowering.phases[0], width)
     core = sum(n * _tile_core(plan, machine, width, k_steps, px, store) for n, px in tiles)
     per_tile = (read_cycles(k_steps * plan.pixel_tile * size, level_of(panel, machine), machine,
@@ -362,6 +363,18 @@ def _panel_chunk(plan: Plan, workload: Workload, facts: Derived, machine: Machin
                 + read_cycles(k_steps * plan.oc_tile * size, level_of(reads.weights, machine),
                               machine, tile=_broadcasts_weights(plan)))
     return core, sum(n for n, _ in tiles) * per_tile, pack
+
+
+def _chunk_lines(workload: Workload, phase, pixels: int) -> int:
+    """Cache lines packing a chunk of ``pixels`` outputs of a row touches: every input channel
+    of the group, the input rows of its kernel rows, along each the span the chunk's taps
+    cover (a 1x1 stride-2 layer reads every other row: a share of the input is not its
+    reads)."""
+    inner = phase.axes[-1]
+    offsets = inner.offsets or (0,)
+    span = (pixels - 1) * inner.in_step + max(offsets) - min(offsets) + 1
+    rows = math.prod(len(a.taps) for a in phase.axes[:-1])
+    return workload.spec.cin_per_group * rows * (-(-span * itemsize(workload.dtype) // LINE) + 1)
 
 
 def _staging_cycles(plan: Plan, workload: Workload, facts: Derived, machine: Machine) -> float:
