@@ -267,8 +267,8 @@ def test_conv_modules_build_and_match_torch(tmp_path):
     x1.tofile(tmp_path / "in" / "up2.in.bin")
     run_example(tmp_path / "out" / "example", tmp_path / "in", tmp_path / "res")
     with torch.no_grad():
-        ref0 = F.conv1d(torch.from_numpy(x0).double(), torch.from_numpy(first.weight).double(),
-                        None, 2, 3, 2).numpy()
+        weight = torch.tensor(first.weight, dtype=torch.float64)   # a writable copy
+        ref0 = F.conv1d(torch.from_numpy(x0).double(), weight, None, 2, 3, 2).numpy()
         ref1 = second.double()(torch.from_numpy(x1).double()).numpy()
         ref2 = third.double()(torch.from_numpy(x1).double()).numpy()
     for name, ref in (("layer0", ref0), ("up", ref1), ("up2", ref2)):
