@@ -177,3 +177,25 @@ def test_the_planner_plans_by_the_measured_class(measured_here, monkeypatch):
     for mine, other in (("one", "two"), ("two", "one")):
         assert estimate(chosen[mine], workload, TARGET, models[mine])[0] < \
             estimate(chosen[other], workload, TARGET, models[mine])[0]
+
+
+@pytest.mark.skipif(TARGET.isa_row.vector_bytes < 32, reason="measured on x86-64 SIMD only")
+def test_the_l2_tile_rate_is_bound_by_l2_not_by_the_fmas(private_cache):
+    """The micro-benchmark behind l2_tile_bytes_per_cycle, run on an L1-sized and an
+    L2-sized set of operands: from L1 it must run much faster, or it measures its own FMAs
+    and loads instead of L2. (Until model version 5 it did 8 FMAs per 96 bytes: on a core
+    with two FMA units that gave 19.5 bytes/cycle from L1 and L2 alike, against 36 now from
+    L2.)"""
+    import platform
+
+    from convgen.cpu.measure import _library
+    from convgen.target import host
+    if platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip("the micro-benchmarks are x86-64 code")
+    tile_rate = _library(TARGET.isa_row)["cg_l2_tile_rate"]
+    step_bytes = (8 + TARGET.isa_row.vector_bytes // 4) * 4
+    l1_steps = max(64, host.caches().l1d_bytes // 4 // step_bytes)
+    l2_steps = max(256, host.caches().l2_bytes // 4 // step_bytes)
+    l1 = max(tile_rate(max(1, 4_000_000 // l1_steps), l1_steps) for _ in range(3))
+    l2 = max(tile_rate(max(1, 2_000_000 // l2_steps), l2_steps) for _ in range(3))
+    assert l1 > 1.5 * l2, (l1, l2)
