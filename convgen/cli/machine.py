@@ -32,6 +32,8 @@ def run(args) -> int:
          "vector_load_cost"),
         ("L1 read, one core", f"{model['l1_bytes_per_cycle']:.1f} B/cycle", "l1_bytes_per_cycle"),
         ("L2 read, one core", f"{model['l2_bytes_per_cycle']:.1f} B/cycle", "l2_bytes_per_cycle"),
+        ("L2 to a register tile, one core", f"{model['l2_tile_bytes_per_cycle']:.1f} B/cycle",
+         "l2_tile_bytes_per_cycle"),
         ("L3 read, one core", f"{model['l3_bytes_per_cycle']:.1f} B/cycle", "l3_bytes_per_cycle"),
         ("DRAM read, one core", f"{model['dram_bytes_per_s'] / 1e9:.1f} GB/s", "dram_bytes_per_s"),
         ("DRAM read, every core", f"{model['dram_total_bytes_per_s'] / 1e9:.1f} GB/s",
