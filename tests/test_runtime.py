@@ -103,3 +103,22 @@ def test_buffers_convgen_allocates_are_cache_line_aligned():
     assert _scratch(kernel.workspace_elements, kernel.dtype)[0].ctypes.data % ALIGNMENT == 0
     shifted = np.empty(y.size + 1, np.float32)[1:].reshape(y.shape)   # 4 bytes off a line
     np.testing.assert_array_equal(kernel(x[...], w, b, out=shifted), y)
+
+
+def test_packed_weights_pickle_and_copy():
+    """PackedWeights hold a C pointer of their process: pickled or copied, they come back
+    with a fresh one, read-only and on a cache line again."""
+    import copy
+    import pickle
+
+    from convgen.runtime.arrays import ALIGNMENT
+    kernel = convgen.compile(convgen.ConvSpec.conv(2, 8, 16, 3, padding=1), (1, 8, 12, 12))
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((1, 8, 12, 12)).astype(np.float32)
+    w = rng.standard_normal((16, 8, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(16).astype(np.float32)
+    packed = kernel.prepack(w)
+    y = kernel(x, packed, b)
+    for again in (pickle.loads(pickle.dumps(packed)), copy.deepcopy(packed)):
+        assert again.packed.ctypes.data % ALIGNMENT == 0 and not again.packed.flags.writeable
+        np.testing.assert_array_equal(kernel(x, again, b), y)

@@ -45,6 +45,15 @@ class PackedWeights:
         self.kernel_key, self.packed = kernel_key, packed
         self.pointer = loader.FFI.from_buffer(packed)   # read-only: made once, not per call
 
+    def __getstate__(self) -> dict:    # the C pointer is this process's: not pickled
+        return {"kernel_key": self.kernel_key, "packed": self.packed}
+
+    def __setstate__(self, state: dict) -> None:   # back on a cache line, read-only
+        packed = aligned_empty(state["packed"].shape, state["packed"].dtype)
+        packed[...] = state["packed"]
+        packed.setflags(write=False)
+        self.__init__(state["kernel_key"], packed)
+
     def __repr__(self) -> str:
         return (f"<convgen.PackedWeights {self.packed.size} elements for kernel "
                 f"{self.kernel_key[:12]}>")

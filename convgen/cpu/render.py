@@ -20,6 +20,7 @@ from ..target.isa import masked_store
 from . import winograd
 from .derived import Derived, derive
 from .layout import Lowering
+from .memory import LINE
 from .plan import GATHER_ALGORITHMS, WINOGRAD_ALGORITHMS, Plan
 
 TEMPLATES = {"direct": "cpu/direct.c.j2", "transposed_gather": "cpu/transposed_gather.c.j2",
@@ -136,7 +137,7 @@ def _simd_context(workload: Workload, plan: Plan, target: Target, facts: Derived
                             and masked_store(target.isa_row, target.cpu_features, 64) == "avx512"),
         "k_block": _k_block(workload, plan, low),
         "weight_prefetch": any(ph["pf_block_lines"] for ph in phases),
-        "line_bytes": LINE_BYTES,
+        "line_bytes": LINE,   # what one prefetch instruction fetches
         # depthwise unrolls its taps with constant offsets: no table of them
         "tap_table": plan.algorithm != "depthwise",
         **(_depthwise_rows(workload, plan, low, axes) if plan.algorithm == "depthwise" else {}),
@@ -232,15 +233,12 @@ def _phases(workload: Workload, plan: Plan, facts: Derived, axes: list[dict]):
     return phases, list(tiles.values())
 
 
-# A cache line, in bytes: what one prefetch instruction fetches.
-LINE_BYTES = 64
-
-
 def _weight_prefetch(workload: Workload, plan: Plan, ph: dict) -> dict:
     """implicit_gemm's oc_outer order reads one channel tile's weights (a block) for every
     tile of every row, then moves to the next block; the first reads of each block would
     wait for L3 or DRAM while the FMAs idle (weights too big for L2 are evicted between
-    calls: upconv_512_small, 8 MiB of weights, 1.09 ms with cold caches, 0.97 with this).
+    calls: upconv_512_small, 8 MiB of weights, 1.09-1.13 ms with cold caches, 0.96-0.97
+    with this).
     So the last tiles of a block prefetch the next block into L2, pf_per_ic lines per
     input channel each: just enough tiles to cover it, so the next block arrives while the
     current one is still being read from L2 and does not evict it early.
@@ -253,7 +251,7 @@ def _weight_prefetch(workload: Workload, plan: Plan, ph: dict) -> dict:
         return {"pf_block_lines": 0}
     cin = workload.spec.cin_per_group
     per_row = sum((run["end"] - run["first"]) // run["step"] for run in ph["runs"])
-    block_lines = -(-cin * ntaps * plan.oc_tile * itemsize(workload.dtype) // LINE_BYTES)
+    block_lines = -(-cin * ntaps * plan.oc_tile * itemsize(workload.dtype) // LINE)
     tiles = per_row * ph["rows"]
     per_ic = min(-(-block_lines // (cin * tiles)), -(-block_lines // cin))
     window = -(-block_lines // (cin * per_ic))
