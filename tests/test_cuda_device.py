@@ -180,14 +180,16 @@ def test_producer_stream_is_synchronised(monkeypatch):
         def stream_synchronize(self, stream):
             synced.append(stream)
 
+    # the kernel (and its target, which asks the real driver for a GPU) before the fake
+    # driver: with the target not yet cached, the fake would be asked for devices too
+    kernel = cuda_kernel(FakeLibrary())
     monkeypatch.setattr(driver, "driver", FakeDriver)
-    library = FakeLibrary()
     x, w, b, y = operands()
     x = FakeDeviceArray((2, 4, 5, 5), stream=1)      # the legacy default stream: ours
-    cuda_kernel(library)(x, w, b, out=y)
+    kernel(x, w, b, out=y)
     assert synced == []
     x = FakeDeviceArray((2, 4, 5, 5), stream=0x5000)  # another stream: wait for it
-    cuda_kernel(library)(x, w, b, out=y, stream=0)
+    kernel(x, w, b, out=y, stream=0)
     assert synced == [0x5000]
     assert same_stream(1, 0) and not same_stream(2, 0)
 
