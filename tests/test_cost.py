@@ -41,6 +41,23 @@ def test_winograd_weights_streamed_from_l3_are_charged_per_block():
     assert gain_small > 1.0 and gain_small > gain_big + 0.1, (gain_small, gain_big)
 
 
+def test_winograd_weights_from_l3_stall_by_the_rate_they_are_needed_at():
+    """Measured on a 2 MiB-L2 core (Intel Xeon, 2026-11-30): vgg_conv1_2 (64 x 64 channels,
+    224 x 224) with 4 x 64 tiles, its 1.1 MiB of scratch in the L2 and its 576 KiB of
+    weights read at a tenth of the L3's rate, runs as fast as 16 x 16 (5.2-6.4 ms against
+    6.3-6.9); the model charged it 1.4x (a spill past half the L2, weights added whole).
+    conv1d_dilated's 16 x 16 tiles, needing its 1.5 MiB of weights at 70% of that rate,
+    measured 1.76x slower than 4 x 64."""
+    machine = dataclasses.replace(SMALL_L2, l2_tile_bytes_per_cycle=36.0)
+    vgg, _ = workload_of(ConvSpec.conv(2, 64, 64, 3, padding=1), (1, 64, 224, 224), "float32")
+    dilated, _ = workload_of(ConvSpec.conv(1, 256, 256, 3, padding=4, dilation=4),
+                             (1, 256, 4096), "float32")
+    short = Plan("winograd4", 16, 16, VECTOR, "pixel_outer", 2)
+    long = Plan("winograd4", 4, 64, VECTOR, "pixel_outer", 2)
+    assert seconds(long, vgg, machine) <= 1.05 * seconds(short, vgg, machine)
+    assert seconds(short, dilated, machine) >= 1.25 * seconds(long, dilated, machine)
+
+
 def test_scattered_inputs_from_l3_do_not_overlap_the_fmas():
     """A 1-D layer of 256 channels x 4096, 3 taps dilated by 4 (4 MiB, channel rows 16 KiB
     apart: no prefetcher follows a tile's walk over the channels). From L3 each line waits

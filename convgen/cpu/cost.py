@@ -66,16 +66,20 @@ def _winograd_cost(plan: Plan, workload: Workload, facts: Derived, machine: Mach
     v_point = spec.cin_per_group * plan.pixel_tile * size
     weights = points * spec.out_channels * spec.cin_per_group * size
     memory = read_cycles(v_point, level_of(v_point, machine), machine, tile=True)
-    weight_level = level_of(weights + geo.scratch * size, machine)   # beside V and M in L2
+    # the weights stay in L2 beside V and M while the three fill at most 3/4 of it
+    resident = weights + geo.scratch * size <= machine.l2_bytes * 3 // 4
+    weight_level = level_of(weights, machine) if resident else "l3"
     weight_reads = read_cycles(spec.cin_per_group * plan.oc_tile * size, weight_level, machine,
                                tile=True)
     # Every block reads all the transformed weights once. From L1/L2 that overlaps the
-    # FMAs; streamed from L3 (with the thread's scratch, more than half the L2) it does
-    # not: conv1d_dilated (256 x 256 channels, 1.5 MiB of weights) measured 6.2 ms with
-    # blocks of 16 tiles and 5.4 with blocks of 32 (half the weight traffic), where
-    # overlapped reads predicted 3.4 and 3.8.
+    # FMAs. Streamed from L3 (with the thread's scratch, more than half the L2) it stalls
+    # them in proportion to how much of the L3's rate the stream needs: conv1d_dilated
+    # (256 x 256 channels, 1.5 MiB of weights; 16 x 16 tiles need 70% of it) measured
+    # 6.7 ms with blocks of 16 tiles and 3.8 with 4 x 64 (20%), where overlapped reads
+    # predicted the same for both; vgg_conv1_2's 4 x 64 (10%) runs as fast as from L2.
     if weight_level in ("l3", "dram"):
-        item = _overlap(core, memory) + weight_reads
+        core_of_item = core + (memory if memory > core else 0.0)
+        item = _overlap(core, memory) + weight_reads * min(1.0, weight_reads / core_of_item)
     else:
         item = _overlap(core, memory + weight_reads)
     gemm = points * (spec.cout_per_group // plan.oc_tile) * item
@@ -83,7 +87,9 @@ def _winograd_cost(plan: Plan, workload: Workload, facts: Derived, machine: Mach
     transforms = nv * (spec.cin_per_group + spec.cout_per_group) * vector_ops / 2
     stores = spec.cout_per_group * plan.pixel_tile * geo.m ** spec.ndim
     scratch = geo.scratch * size
-    spill = 1.0 if scratch <= machine.l2_bytes // 2 else 1.3   # V and M out of L2
+    # V and M are written and read back once per block: from L2 while they fit in it
+    # (vgg_conv1_2's 4 x 64 tiles, 1.1 MiB of them in a 2 MiB L2, run fastest)
+    spill = 1.0 if scratch <= machine.l2_bytes * 3 // 4 else 1.3
     block_cycles = spec.groups * (gemm + transforms + stores) * spill
     blocks = (workload.input_shape[0] * math.prod(geo.dilation) * math.prod(geo.tiles[:-1])
               * geo.blocks)
