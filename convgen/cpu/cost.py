@@ -72,14 +72,13 @@ def _winograd_cost(plan: Plan, workload: Workload, facts: Derived, machine: Mach
     weight_reads = read_cycles(spec.cin_per_group * plan.oc_tile * size, weight_level, machine,
                                tile=True)
     # Every block reads all the transformed weights once. From L1/L2 that overlaps the
-    # FMAs. Streamed from L3 (with the thread's scratch, more than half the L2) it stalls
+    # FMAs. Streamed from L3 (with the thread's scratch, more than 3/4 of the L2) it stalls
     # them in proportion to how much of the L3's rate the stream needs: conv1d_dilated
     # (256 x 256 channels, 1.5 MiB of weights; 16 x 16 tiles need 70% of it) measured
     # 6.7 ms with blocks of 16 tiles and 3.8 with 4 x 64 (20%), where overlapped reads
     # predicted the same for both; vgg_conv1_2's 4 x 64 (10%) runs as fast as from L2.
     if weight_level in ("l3", "dram"):
-        core_of_item = core + (memory if memory > core else 0.0)
-        item = _overlap(core, memory) + weight_reads * min(1.0, weight_reads / core_of_item)
+        item = _overlap(core, memory) + _l3_stall(weight_reads, max(core, memory))
     else:
         item = _overlap(core, memory + weight_reads)
     gemm = points * (spec.cout_per_group // plan.oc_tile) * item
@@ -248,6 +247,14 @@ class _Reads:
 def _overlap(core: float, memory: float) -> float:
     """Prefetched reads overlap the FMAs, nearly perfectly."""
     return max(core, memory) + 0.1 * min(core, memory)
+
+
+def _l3_stall(reads: float, busy: float) -> float:
+    """Cycles a stream from L3 (or DRAM) stalls the work it feeds beyond overlapping it:
+    its read time in proportion to the share of the level's rate it needs (``reads`` over
+    the ``busy`` cycles it is spread across). The prefetchers hide a stream needing a small
+    share; one needing most of it waits on nearly every line."""
+    return reads * min(1.0, reads / max(busy, 1.0))
 
 
 def _broadcasts_weights(plan: Plan) -> bool:
