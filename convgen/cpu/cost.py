@@ -15,6 +15,7 @@ from ..core.dtypes import itemsize
 from ..core.spec import Workload
 from ..target import Target
 from ..target.machine import Machine
+from .canonical import planned
 from .derived import Derived, derive
 from .memory import LINE, level_of, read_cycles
 from .plan import GATHER_ALGORITHMS, WINOGRAD_ALGORITHMS, Plan, native_vector
@@ -25,6 +26,7 @@ _GATHER_MACS_PER_S = 2.5e9       # per thread: the scalar gather kernel's rate (
 
 
 def estimate(plan: Plan, workload: Workload, target: Target, machine: Machine) -> tuple[float, str]:
+    workload = planned(workload)
     if plan.algorithm in GATHER_ALGORITHMS:
         seconds = workload.macs / (_GATHER_MACS_PER_S * plan.threads) + _CALL_OVERHEAD_S
         if plan.threads > 1:

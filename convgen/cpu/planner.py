@@ -8,6 +8,7 @@ a checked Plan.
 from __future__ import annotations
 
 import functools
+import math
 
 from ..core.planning import Candidate, check_accuracy, format_explain
 from ..core.spec import Workload
@@ -16,6 +17,7 @@ from ..runtime.threads import default_threads
 from ..target import Target
 from ..target.machine import Machine
 from . import measure
+from .canonical import planned
 from .cost import estimate
 from .plan import ALGORITHMS, Plan, algorithms_for, check_plan, enumerate_plans
 
@@ -29,6 +31,7 @@ def candidates(workload: Workload, target: Target, threads: int | None = None,
                accuracy: str = "fast", machine: Machine | None = None) -> list[Candidate]:
     """Every legal plan for the workload, cheapest first, priced for ``machine`` (default:
     the current model of this host)."""
+    workload = planned(workload)
     threads = threads or default_threads()
     machine = machine or model(target)
     found = []
@@ -75,7 +78,7 @@ def resolve(requested, workload: Workload, target: Target, accuracy: str = "fast
     else:
         raise ValueError(f"plan must be 'auto', an algorithm name {ALGORITHMS}, a plan string "
                          f"or a Plan, got {requested!r}")
-    check_plan(chosen, workload, target, accuracy)
+    check_plan(chosen, planned(workload), target, accuracy)
     return chosen
 
 
@@ -85,4 +88,8 @@ def explain(workload: Workload, target: Target, top: int = 5, accuracy: str = "f
     accuracy = check_accuracy(accuracy)
     ranked = candidates(workload, target, accuracy=accuracy)
     chosen = chosen if chosen is not None else (ranked[0].plan if ranked else None)
-    return format_explain(workload, target, ranked, chosen, top, f", accuracy {accuracy}")
+    notes = f", accuracy {accuracy}"
+    if planned(workload) is not workload:
+        notes += (f"\nplanned as one row of {math.prod(workload.out_spatial)} pixels "
+                  f"(a 1x1 kernel, unit stride, no padding: the same computation)")
+    return format_explain(workload, target, ranked, chosen, top, notes)

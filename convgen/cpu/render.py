@@ -18,6 +18,7 @@ from ..core.spec import AXIS_NAMES, Workload
 from ..target import Target
 from ..target.isa import masked_store
 from . import winograd
+from .canonical import planned
 from .derived import Derived, derive
 from .layout import Lowering
 from .memory import LINE
@@ -410,6 +411,7 @@ def context(workload: Workload, plan: Plan, target: Target, prefix: str) -> dict
 def render(workload: Workload, plan: Plan, target: Target,
            prefix: str) -> tuple[tuple[str, str], ...]:
     """The kernel's sources: ("kernel.c", text), and ("exact.c", text) for Winograd."""
+    workload = planned(workload)
     main = render_template(TEMPLATES[plan.algorithm], context(workload, plan, target, prefix),
                            plan)
     if plan.algorithm not in WINOGRAD_ALGORITHMS:
