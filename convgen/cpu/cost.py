@@ -128,7 +128,8 @@ def _depthwise_cost(plan: Plan, workload: Workload, facts: Derived, machine: Mac
         if len(phase.axes) > 1 and phase.axes[0].in_step == 1:
             shared = (row_count + kernel_rows - 1) / (row_count * kernel_rows)
         fma = chains / (machine.fma_per_cycle * width)
-        loads = (chains * machine.vector_load_cost / width + 1) / machine.loads_per_cycle
+        # one load per input vector the tile's rows share (render._shared_loads)
+        loads = (chains * shared * machine.vector_load_cost / width + 1) / machine.loads_per_cycle
         inputs = chains * shared * plan.vector * size / bandwidth
         return phase.taps * max(fma, loads, inputs, machine.fma_latency) + chains + 12
 
