@@ -10,7 +10,7 @@ TEST_WORKERS ?= auto
 
 BENCH_STAMP   := $(VENV)/.bench-installed
 
-.PHONY: demo examples test lint fuzz bench bench-pytest bench-tune clean-cache clean gpu-check gpu-wheels
+.PHONY: demo examples test lint fuzz bench bench-classes bench-pytest bench-tune clean-cache clean gpu-check gpu-wheels
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,11 @@ $(BENCH_STAMP): pyproject.toml $(TEST_STAMP)
 bench: $(BENCH_STAMP)
 	$(PY) bench/compare.py --threads 2 --repeat 3 $(BENCH_ARGS)
 	$(PY) bench/compare.py --threads 1 --repeat 3 --skip-threading-check $(BENCH_ARGS)
+
+# The machine-model issue's layer classes (bench/suite_classes.json), 2 threads.
+bench-classes: $(BENCH_STAMP)
+	$(PY) bench/compare.py --threads 2 --repeat 3 --skip-threading-check \
+		--suite bench/suite_classes.json $(BENCH_ARGS)
 
 # The same layers through pytest-benchmark (statistics, history, --benchmark-compare).
 bench-pytest: $(BENCH_STAMP)
