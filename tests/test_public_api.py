@@ -27,6 +27,19 @@ def test_kernel_explain_ranks_candidates_and_marks_its_plan():
         k.explain(0)
 
 
+def test_kernel_explain_shows_the_ranking_it_is_asked_for():
+    """A kernel compiled with accuracy="strict" shows the exact algorithms' ranking when
+    asked: no Winograd plan among them, its own plan marked."""
+    k = convgen.compile(convgen.ConvSpec.conv(2, 32, 32, 3, padding=1), (1, 32, 28, 28),
+                        accuracy="strict")
+    strict = k.explain(50, accuracy="strict")
+    assert "winograd" not in strict and "accuracy strict" in strict
+    assert [line for line in strict.splitlines() if line.lstrip().startswith("*")]
+    assert "winograd" in k.explain(50)          # the default ranking is the fast one
+    with pytest.raises(ValueError, match="accuracy"):
+        k.explain(accuracy="exact")
+
+
 def test_threading_status_is_public_and_says_what_was_done(monkeypatch):
     assert "threading_status" in convgen.__all__
     cores = len(os.sched_getaffinity(0))

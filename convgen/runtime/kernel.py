@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..core.planning import check_accuracy
 from ..core.spec import Workload
 from ..target import Target
 from . import cache, pipeline
@@ -62,10 +63,13 @@ class KernelBase:
         """Every generated file of this kernel, by name."""
         return dict(self._library.sources)
 
-    def explain(self, top: int = 5) -> str:
+    def explain(self, top: int = 5, accuracy: str = "fast") -> str:
         """The planner's ranked candidate plans for this workload with their predicted cost
-        (as ``convgen plan`` prints them); this kernel's plan is marked."""
-        return self._backend.explain(self.workload, self.target, top=top, chosen=self.plan)
+        (as ``convgen plan`` prints them); this kernel's plan is marked. ``accuracy`` is the
+        ranking to show: a kernel does not know which one it was chosen from (the same plan
+        serves both), so pass ``"strict"`` for a kernel compiled with it."""
+        return self._backend.explain(self.workload, self.target, top=top,
+                                     accuracy=check_accuracy(accuracy), chosen=self.plan)
 
     def __repr__(self) -> str:
         return (f"<convgen.{self.kind} {self.spec.op} input={self.input_shape} "
