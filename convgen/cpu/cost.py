@@ -221,7 +221,8 @@ def _gemm_like_cost(plan: Plan, workload: Workload, facts: Derived, machine: Mac
         used += phase.outputs * spec.out_channels * batch
         issued += (rows * facts.oc_blocks * plan.oc_tile
                    * sum(n * px for n, px in _row_tiles(plan, count, padded=True)))
-    if not facts.copy_stride:     # a thread's own copy is in its own caches already
+    # A thread's own copy, or the band of rows it padded itself, is in its own caches.
+    if not facts.copy_stride and not facts.copy_by_rows:
         busiest += _first_touch(plan, reads, batch * spec.groups, machine)
     return busiest, items_total, used / max(issued, 1), core_total, memory_total
 

@@ -130,6 +130,7 @@ def _simd_context(workload: Workload, plan: Plan, target: Target, facts: Derived
         "chunk": plan.chunk, "pixel_tile": plan.pixel_tile,
         "stage_pitch": facts.stage_pitch, "thread_stride": facts.thread_stride,
         "copy_stride": facts.copy_stride, "buffers_at": facts.buffers_at,
+        "copy_by_rows": facts.copy_by_rows,
         "phase_groups": _phase_groups(low, phases),
         # implicit_gemm stores 16 x 16 blocks transposed in registers where a row's outputs
         # are consecutive and the ISA has 512-bit float shuffles and masked stores
