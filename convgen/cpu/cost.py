@@ -105,9 +105,10 @@ def _winograd_cost(plan: Plan, workload: Workload, facts: Derived, machine: Mach
 
 def _depthwise_cost(plan: Plan, workload: Workload, facts: Derived, machine: Machine,
                     width: float):
-    """Per input channel: pad it into the thread's plane (from wherever the input lives),
-    then per output channel its register tiles; every tap step of a tile issues
-    row_tile * NV FMAs, unless fewer chains than the FMA latency make it wait."""
+    """Per input channel: pad it into the thread's plane (from wherever the input lives;
+    not in place, cpu.derived.depthwise_in_place), then per output channel its register
+    tiles; every tap step of a tile issues row_tile * NV FMAs, unless fewer chains than
+    the FMA latency make it wait."""
     spec, size = workload.spec, itemsize(workload.dtype)
     low = facts.lowering
     phase = low.phases[0]
@@ -116,9 +117,10 @@ def _depthwise_cost(plan: Plan, workload: Workload, facts: Derived, machine: Mac
     vectors = -(-inner.count // plan.vector)
     nv = plan.pixel_tile // plan.vector
 
-    # the plane's rows are read once per output channel, from L1 if it fits; a tile's rows
-    # share the input rows of their kernel rows (unit stride: row_tile + kh - 1 of them)
-    plane_bytes = low.padded_spatial * size
+    # the plane's rows (in place: the input channel's) are read once per output channel,
+    # from L1 if it fits; a tile's rows share the input rows of their kernel rows (unit
+    # stride: row_tile + kh - 1 of them)
+    plane_bytes = (math.prod(workload.in_spatial) if facts.in_place else low.padded_spatial) * size
     bandwidth = _level_bandwidth(plane_bytes, machine)
     kernel_rows = len(phase.axes[0].taps) if len(phase.axes) > 1 else 1
 
@@ -147,8 +149,9 @@ def _depthwise_cost(plan: Plan, workload: Workload, facts: Derived, machine: Mac
     stream = moved / _level_bandwidth(moved, machine)        # input in, output out
     # the copy: vector moves along a row, an element at a time into column phases
     in_elems = math.prod(workload.in_spatial)
+    copied = low.copy_input and not facts.in_place
     copy = (in_elems * (1.0 if low.row_split > 1 else 4 / plan.vector)
-            + 10 * low.padded_spatial / low.row_pitch) if low.copy_input else 0
+            + 10 * low.padded_spatial / low.row_pitch) if copied else 0
     per_channel = spec.cout_per_group * (plane + 40) + copy + 60
     compute = math.ceil(items / plan.threads) * per_channel
     stream_per_thread = stream / plan.threads

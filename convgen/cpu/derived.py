@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from ..core.dtypes import itemsize
 from ..core.spec import Workload
 from ..target import Target
+from ..target.isa import masked_store
 from . import winograd
 from .layout import Lowering, line_pitch, lower
 from .plan import GATHER_ALGORITHMS, WINOGRAD_ALGORITHMS, Plan
@@ -40,6 +41,8 @@ class Derived:
     buffers_at: int = 0                  # where the per-thread buffers start in the workspace
     copy_by_rows: bool = False           # the shared copy split among the threads by padded
                                          # rows (as their outputs are), not by channels
+    in_place: bool = False               # depthwise: tiles read the unpadded input, loads
+                                         # past its edges masked or left out (no plane)
 
     @property
     def packed_weights(self) -> int:
@@ -80,7 +83,10 @@ def _derive(workload: Workload, plan: Plan, target: Target) -> Derived:
                        _derive(workload, exact_plan, target), thread_stride=stride)
     low = lowering_for(workload, plan)
     per_group = sum(blocks * spec.cin_per_group * p.taps * plan.oc_tile for p in low.phases)
-    if plan.algorithm == "depthwise":   # each thread pads one channel at a time
+    if plan.algorithm == "depthwise":
+        if depthwise_in_place(workload, plan, target, low):
+            return Derived(low, None, blocks, spec.groups * per_group, 0, in_place=True)
+        # each thread pads one channel at a time
         stride = _thread_stride(low.padded_spatial, itemsize(workload.dtype))
         planes = plan.threads * stride if low.copy_input else 0
         return Derived(low, None, blocks, spec.groups * per_group, planes, thread_stride=stride)
@@ -100,6 +106,16 @@ def _derive(workload: Workload, plan: Plan, target: Target) -> Derived:
     return Derived(low, None, blocks, spec.groups * per_group, copies + plan.threads * stride,
                    panel=panel, stage_pitch=pitch, thread_stride=stride,
                    copy_stride=copy_stride, buffers_at=copies, copy_by_rows=by_rows)
+
+
+def depthwise_in_place(workload: Workload, plan: Plan, target: Target, low: Lowering) -> bool:
+    """Does a depthwise kernel read its zero-padded input where it lies, instead of padding
+    each channel into a plane first? Where the ISA masks loads (AVX-512, AVX2: a masked-off
+    lane neither reads nor faults) and a row's outputs read consecutive inputs. The copy
+    was a third of mbv1_dw_112's time (0.065-0.073 ms, 0.045 without it; C harness)."""
+    vector_bytes = plan.vector * itemsize(workload.dtype)
+    return (low.copy_input and workload.spec.padding_mode == "zeros" and low.row_split == 1
+            and masked_store(target.isa_row, target.cpu_features, vector_bytes) is not None)
 
 
 def _rows_partitioned(workload: Workload, plan: Plan, low: Lowering, blocks: int) -> bool:

@@ -144,6 +144,9 @@ def _simd_context(workload: Workload, plan: Plan, target: Target, facts: Derived
         "tap_table": plan.algorithm != "depthwise",
         **(_depthwise_rows(workload, plan, low, axes, phases[0]["taps"])
            if plan.algorithm == "depthwise" else {}),
+        "in_place": facts.in_place,
+        **(_in_place(workload, plan, low, phases[0]["runs"], tiles) if facts.in_place
+           else {"bands": [], "in_place_tiles": [], "row_step_in": 0}),
     }
 
 
@@ -187,6 +190,83 @@ def _shared_loads(rows: int, row_in: int, taps: list[int]) -> list[dict]:
         for tap, offset in enumerate(taps):
             uses.setdefault(row * row_in + offset, []).append({"row": row, "tap": tap})
     return [{"offset": offset, "uses": uses[offset]} for offset in sorted(uses)]
+
+
+def _in_place(workload: Workload, plan: Plan, low: Lowering, runs: list[dict],
+              tiles: list[dict]) -> dict:
+    """A depthwise kernel reading the unpadded input (cpu.derived.depthwise_in_place): each
+    channel's output rows in bands of row_tile rows, each band's row in column tiles; a
+    tile whose inputs all lie inside the channel loads them as the padded kernel does, one
+    at the edges leaves out the loads of rows outside it and masks the lanes of columns
+    outside it (a masked lane neither reads nor faults). Bands, then runs of columns, that
+    read alike share a tile function and a loop."""
+    phase = low.phases[0]
+    two_d = len(phase.axes) == 2
+    geo = {"in_w": workload.in_spatial[-1], "in_h": workload.in_spatial[0] if two_d else 1,
+           "step": phase.axes[0].in_step if two_d else 0, "vector": plan.vector,
+           "size": itemsize(workload.dtype)}
+    bw, bh = low.padded[-1].before, (low.padded[0].before if two_d else 0)
+    # each tap's input (row, column) relative to the output's: what the padding shifted
+    taps = [((combo[0][1] - bh) if two_d else 0, combo[-1][1] - bw) for combo in _tap_combos(phase)]
+    rows = phase.axes[0].count if two_d else 1
+    full, tail = divmod(rows, plan.row_tile)
+    bands = [(r0, plan.row_tile) for r0 in range(0, full * plan.row_tile, plan.row_tile)]
+    bands += [(full * plan.row_tile, tail)] if tail else []
+    shapes = {t["name"]: t for t in tiles}
+    variants: dict[tuple, dict] = {}
+    groups: list[dict] = []
+    for r0, count in bands:
+        segments = []
+        for run in runs:
+            shape = shapes[run["tile"]]
+            for q in range(run["first"], run["end"], run["step"]):
+                name = _in_place_tile(variants, geo, taps, r0, count, q, shape)
+                if segments and segments[-1]["tile"] == name and segments[-1]["end"] == q:
+                    segments[-1]["end"] = q + run["step"]
+                else:
+                    segments.append({"tile": name, "first": q, "end": q + run["step"],
+                                     "step": run["step"]})
+        last = groups[-1] if groups else None
+        if last and last["segments"] == segments and last["end"] == r0 and count == last["rows"]:
+            last["end"] = r0 + count
+        else:
+            groups.append({"first": r0, "end": r0 + count, "rows": count,
+                           "segments": segments})
+    return {"bands": groups, "in_place_tiles": list(variants.values()),
+            "row_step_in": geo["step"] * geo["in_w"]}
+
+
+def _in_place_tile(variants: dict, geo: dict, taps: list[tuple[int, int]], r0: int,
+                   count: int, q: int, shape: dict) -> str:
+    """The tile function for ``count`` rows from output row r0, columns from q: its loads
+    (each input vector once, with the products that read it), offsets in bytes from the
+    input at (r0 * step, q); a mask where only some lanes lie inside the row; none for
+    rows outside the channel or vectors wholly outside the row."""
+    vl, in_w, in_h, step = geo["vector"], geo["in_w"], geo["in_h"], geo["step"]
+    uses: dict[tuple[int, int], list[dict]] = {}
+    for row in range(count):
+        for tap, (dy, dx) in enumerate(taps):
+            uses.setdefault((row * step + dy, dx), []).append({"row": row, "tap": tap})
+    loads = []
+    for (rho, kappa) in sorted(uses):
+        if not 0 <= r0 * step + rho < in_h:
+            continue
+        for v in range(shape["vectors"]):
+            first = q + kappa + v * vl
+            lanes = [0 <= first + lane < in_w for lane in range(vl)]
+            if not any(lanes):
+                continue
+            mask = None if all(lanes) else sum(1 << lane for lane, ok in enumerate(lanes) if ok)
+            loads.append({"offset": (rho * in_w + kappa + v * vl) * geo["size"], "mask": mask,
+                          "vector": v, "uses": uses[(rho, kappa)]})
+    key = (count, shape["name"], tuple(
+        (ld["offset"], ld["mask"], ld["vector"], tuple((u["row"], u["tap"]) for u in ld["uses"]))
+        for ld in loads))
+    if key not in variants:
+        variants[key] = {"name": f"{count}x{shape['name']}_{len(variants)}", "rows": count,
+                         "vectors": shape["vectors"], "last_lanes": shape["last_lanes"],
+                         "loads": loads}
+    return variants[key]["name"]
 
 
 def _simd_axes(workload: Workload, low: Lowering, names) -> list[dict]:
