@@ -604,7 +604,9 @@ def test_native_threads_come_from_this_machine(monkeypatch):
 ])
 def test_the_portable_twin_packs_like_the_target(algorithm, op, w_shape, x_shape, args):
     """Where the build machine cannot run the target's code, its kernel's packing code is
-    built without ISA flags: the layout must be the target's own."""
+    built without ISA flags: the layout must be the target's own, and the scratch the build
+    reserves is the target kernel's (a twin without masked loads pads depthwise channels
+    into planes the target's kernel reads in place)."""
     from convgen.aot.model import ConvLayer
 
     chosen = plans.build_target("x86-64-v4")
@@ -620,7 +622,13 @@ def test_the_portable_twin_packs_like_the_target(algorithm, op, w_shape, x_shape
         np.testing.assert_allclose(packed, own.weights, rtol=1e-5, atol=1e-6)
     else:
         np.testing.assert_array_equal(packed, own.weights)
-    assert twin.workspace_elements * 4 == own.workspace_bytes
+    target_kernel = chosen.backend.kernel(workload, plan, chosen.target)
+    assert own.workspace_bytes == target_kernel.workspace_elements * 4
+    assert chosen.backend.workspace_bytes(workload, plan, chosen.target) == own.workspace_bytes
+    if algorithm == "depthwise":    # in place on the target, padded per channel on the twin
+        assert own.workspace_bytes == 0 < twin.workspace_elements
+    else:
+        assert twin.workspace_elements * 4 == own.workspace_bytes
 
 
 def test_the_command_line_builds_and_reports(tmp_path):

@@ -71,7 +71,9 @@ def pack_layer(layer: ConvLayer, workload, plan, build) -> Packed:
                f"{', '.join(missing)})")
     kernel = build.backend.kernel(workload, plan, target)
     packed = kernel.prepack(layer.weight).packed
-    return Packed(np.array(packed, np.float32), kernel.workspace_elements * 4, how)
+    # the target kernel's scratch, which a portable twin's may not be
+    workspace = build.backend.workspace_bytes(workload, plan, build.target)
+    return Packed(np.array(packed, np.float32), workspace, how)
 
 
 def pack_all(layers, workloads, plans, build) -> list[Packed]:

@@ -12,12 +12,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..core.codegen import templates_digest
+from ..core.dtypes import itemsize
 from ..core.spec import Workload
 from ..runtime import machine as machine_model
 from ..runtime.kernel import kernel_for
 from ..target import Target
 from . import compile as compiler
 from . import cost, kernel, measure, peak, planner, render
+from .canonical import planned
+from .derived import derive
 from .plan import Plan
 
 
@@ -38,6 +41,13 @@ class CpuBackend:
 
     def symbols(self, prefix: str) -> tuple[str, ...]:
         return kernel.symbols(prefix)
+
+    def workspace_bytes(self, workload: Workload, plan: Plan, target: Target) -> int:
+        """The scratch a kernel for ``target`` needs (what its ``_workspace_bytes`` returns),
+        without compiling it: the AOT build packs on a portable twin where the build
+        machine cannot run the target's code, and the twin's needs may differ (no masked
+        loads: depthwise pads into per-thread planes)."""
+        return derive(planned(workload), plan, target).workspace * itemsize(workload.dtype)
 
     # -- planning ------------------------------------------------------------------------
     def resolve(self, requested, workload: Workload, target: Target, accuracy: str = "fast"):

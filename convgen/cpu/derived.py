@@ -42,7 +42,7 @@ class Derived:
     copy_by_rows: bool = False           # the shared copy split among the threads by padded
                                          # rows (as their outputs are), not by channels
     in_place: bool = False               # depthwise: tiles read the unpadded input, loads
-                                         # past its edges masked or left out (no plane)
+                                         # past its edges masked (no plane)
 
     @property
     def packed_weights(self) -> int:
@@ -115,7 +115,35 @@ def depthwise_in_place(workload: Workload, plan: Plan, target: Target, low: Lowe
     was a third of mbv1_dw_112's time (0.065-0.073 ms, 0.045 without it; C harness)."""
     vector_bytes = plan.vector * itemsize(workload.dtype)
     return (low.copy_input and workload.spec.padding_mode == "zeros" and low.row_split == 1
-            and masked_store(target.isa_row, target.cpu_features, vector_bytes) is not None)
+            and masked_store(target.isa_row, target.cpu_features, vector_bytes) is not None
+            and _in_place_products(workload, plan, low) <= MAX_UNROLLED_PRODUCTS)
+
+
+# Every edge band and column has a tile function of its own, each unrolling every product
+# of its tile: with large kernels they multiply (a 31 x 31 kernel padded by 15 on a 56 x 56
+# map: 24 edge variants of 8 rows x 2 vectors x 961 taps, 167,000 lines of C). Past this
+# many unrolled products (about what the padded kernel's own tiles unroll for that layer)
+# the channel is padded into a plane instead.
+MAX_UNROLLED_PRODUCTS = 60_000
+
+
+def _in_place_products(workload: Workload, plan: Plan, low: Lowering) -> int:
+    """About how many products the in-place kernel's tile functions unroll: (edge bands at
+    the top and bottom + the interior and a tail band) x (edge column tiles at the left and
+    right + the middle and a tail tile) variants, each of row_tile x vectors x taps."""
+    spec = workload.spec
+    rows_edge, cols_edge = 0, 0
+    if spec.ndim == 2:
+        reach = spec.dilation[0] * (spec.kernel_size[0] - 1)
+        top = -(-low.padded[0].before // spec.stride[0])
+        bottom = -(-max(0, low.padded[0].size - workload.in_spatial[0] - low.padded[0].before)
+                   // spec.stride[0]) + -(-reach // spec.stride[0])
+        rows_edge = -(-top // plan.row_tile) + -(-bottom // plan.row_tile)
+    reach_w = spec.dilation[-1] * (spec.kernel_size[-1] - 1)
+    cols_edge = (-(-low.padded[-1].before // plan.pixel_tile)
+                 + -(-(reach_w + plan.vector) // plan.pixel_tile))
+    variants = (rows_edge + 2) * (cols_edge + 2)
+    return variants * plan.row_tile * (plan.pixel_tile // plan.vector) * math.prod(spec.kernel_size)
 
 
 def _rows_partitioned(workload: Workload, plan: Plan, low: Lowering, blocks: int) -> bool:

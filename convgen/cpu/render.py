@@ -198,8 +198,9 @@ def _in_place(workload: Workload, plan: Plan, low: Lowering, runs: list[dict],
     channel's output rows in bands of row_tile rows, each band's row in column tiles; a
     tile whose inputs all lie inside the channel loads them as the padded kernel does, one
     at the edges leaves out the loads of rows outside it and masks the lanes of columns
-    outside it (a masked lane neither reads nor faults). Bands, then runs of columns, that
-    read alike share a tile function and a loop."""
+    outside it (a masked lane neither reads nor faults), and multiplies zeros for the
+    loads wholly outside it, as the padded kernel multiplies the padding. Bands, then runs
+    of columns, that read alike share a tile function and a loop."""
     phase = low.phases[0]
     two_d = len(phase.axes) == 2
     geo = {"in_w": workload.in_spatial[-1], "in_h": workload.in_spatial[0] if two_d else 1,
@@ -240,8 +241,8 @@ def _in_place_tile(variants: dict, geo: dict, taps: list[tuple[int, int]], r0: i
                    count: int, q: int, shape: dict) -> str:
     """The tile function for ``count`` rows from output row r0, columns from q: its loads
     (each input vector once, with the products that read it), offsets in bytes from the
-    input at (r0 * step, q); a mask where only some lanes lie inside the row; none for
-    rows outside the channel or vectors wholly outside the row."""
+    input at (r0 * step, q); a mask where only some lanes lie inside the channel, 0 (no
+    load, zeros) where none does."""
     vl, in_w, in_h, step = geo["vector"], geo["in_w"], geo["in_h"], geo["step"]
     uses: dict[tuple[int, int], list[dict]] = {}
     for row in range(count):
@@ -249,13 +250,12 @@ def _in_place_tile(variants: dict, geo: dict, taps: list[tuple[int, int]], r0: i
             uses.setdefault((row * step + dy, dx), []).append({"row": row, "tap": tap})
     loads = []
     for (rho, kappa) in sorted(uses):
-        if not 0 <= r0 * step + rho < in_h:
-            continue
+        row_inside = 0 <= r0 * step + rho < in_h
         for v in range(shape["vectors"]):
             first = q + kappa + v * vl
-            lanes = [0 <= first + lane < in_w for lane in range(vl)]
-            if not any(lanes):
-                continue
+            lanes = [row_inside and 0 <= first + lane < in_w for lane in range(vl)]
+            # mask 0: a vector of zeros, still multiplied (an infinite weight times the
+            # zero padding is NaN, as in torch)
             mask = None if all(lanes) else sum(1 << lane for lane, ok in enumerate(lanes) if ok)
             loads.append({"offset": (rho * in_w + kappa + v * vl) * geo["size"], "mask": mask,
                           "vector": v, "uses": uses[(rho, kappa)]})
