@@ -97,8 +97,7 @@ def _row_split_plans(case, dtype, threads) -> list[Plan]:
     return list(best.values())
 
 
-@pytest.mark.parametrize("threads", [2, 3])
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("dtype, threads", [("float32", 2), ("float64", 3)])
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
 def test_kernels_padding_by_rows_compute_as_torch_does(case, dtype, threads):
     case = dataclasses.replace(case, dtype=dtype)
