@@ -14,8 +14,8 @@ from convgen.backends import get_target
 from convgen.core.spec import ConvSpec, workload_of
 from convgen.cpu.canonical import planned
 from convgen.cpu.planner import candidates
-from helpers import assert_matches, poisoned_call, torch_reference
-from test_correctness import make_case, operands, seed_of, spec_of
+from helpers import assert_matches, poisoned_call
+from test_correctness import make_case, operands_and_reference, spec_of
 
 TARGET = get_target("cpu")
 
@@ -84,9 +84,7 @@ def _best_per_algorithm(case, dtype, threads) -> dict:
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
 def test_every_algorithm_computes_a_merged_layer_as_torch_does(case, dtype, threads):
     case = dataclasses.replace(case, dtype=dtype)
-    rng = np.random.default_rng(seed_of(f"canonical {case.name} {dtype} {threads}"))
-    x, w, b = operands(case, rng)
-    ref = torch_reference(case.op, x, w, b, **case.kwargs)
+    x, w, b, ref = operands_and_reference(case, f"canonical {case.name} {dtype} {threads}")
     plans = _best_per_algorithm(case, dtype, threads)
     assert plans, "no plan for a pointwise layer"
     for plan in plans.values():

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import numpy as np
 import pytest
 
 import convgen
@@ -16,8 +15,8 @@ from convgen.core.spec import ConvSpec, workload_of
 from convgen.cpu.derived import derive
 from convgen.cpu.plan import Plan
 from convgen.cpu.planner import candidates
-from helpers import assert_matches, poisoned_call, torch_reference
-from test_correctness import make_case, operands, seed_of, spec_of
+from helpers import assert_matches, poisoned_call
+from test_correctness import make_case, operands_and_reference, spec_of
 
 TARGET = get_target("cpu")
 
@@ -101,9 +100,7 @@ def _row_split_plans(case, dtype, threads) -> list[Plan]:
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
 def test_kernels_padding_by_rows_compute_as_torch_does(case, dtype, threads):
     case = dataclasses.replace(case, dtype=dtype)
-    rng = np.random.default_rng(seed_of(f"copy {case.name} {dtype} {threads}"))
-    x, w, b = operands(case, rng)
-    ref = torch_reference(case.op, x, w, b, **case.kwargs)
+    x, w, b, ref = operands_and_reference(case, f"copy {case.name} {dtype} {threads}")
     plans = _row_split_plans(case, dtype, threads)
     assert plans, "no plan splits this layer's copy by rows"
     for plan in plans:

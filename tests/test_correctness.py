@@ -93,6 +93,12 @@ def operands(case: Case, rng: np.random.Generator):
     return x, w, b
 
 
+def operands_and_reference(case: Case, seed_text: str):
+    """Fresh operands seeded by ``seed_text``, and torch's float64 result for them."""
+    x, w, b = operands(case, np.random.default_rng(seed_of(seed_text)))
+    return x, w, b, torch_reference(case.op, x, w, b, **case.kwargs)
+
+
 def spec_of(case: Case) -> ConvSpec:
     """The ConvSpec of the case, output_size resolved as nn.ConvTransposeNd resolves it."""
     a, nd = case.kwargs, case.ndim
