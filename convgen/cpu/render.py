@@ -197,10 +197,11 @@ def _in_place(workload: Workload, plan: Plan, low: Lowering, runs: list[dict],
     """A depthwise kernel reading the unpadded input (cpu.derived.depthwise_in_place): each
     channel's output rows in bands of row_tile rows, each band's row in column tiles; a
     tile whose inputs all lie inside the channel loads them as the padded kernel does, one
-    at the edges leaves out the loads of rows outside it and masks the lanes of columns
-    outside it (a masked lane neither reads nor faults), and multiplies zeros for the
-    loads wholly outside it, as the padded kernel multiplies the padding. Bands, then runs
-    of columns, that read alike share a tile function and a loop."""
+    at the edges masks the lanes outside the channel (a masked lane neither reads nor
+    faults) and multiplies zeros for the vectors wholly outside it, as the padded kernel
+    multiplies the padding. Bands, then runs of columns, that read alike share a tile
+    function and a loop. (The loads are keyed by input row and column, not by a flat
+    offset as _shared_loads keys them: the masks need both.)"""
     phase = low.phases[0]
     two_d = len(phase.axes) == 2
     geo = {"in_w": workload.in_spatial[-1], "in_h": workload.in_spatial[0] if two_d else 1,
