@@ -25,8 +25,9 @@ SAMPLE = [
     ("conv2d", (1, 6, 5, 5), (6, 2, 5, 5), {"groups": 3}),                  # one output pixel
     ("conv2d", (2, 4, 1, 9), (8, 1, 1, 3), {"stride": (1, 3), "groups": 4, "padding": (0, 1)}),
     ("conv2d", (1, 5, 6, 4), (5, 5, 3, 3), {"padding": (3, 2), "padding_mode": "circular"}),
-    # depthwise with zero padding and unit row stride: read in place, edges masked
-    ("conv2d", (1, 3, 4, 6), (6, 1, 3, 3), {"padding": (2, 1), "groups": 3}),
+    # depthwise with zero padding and unit row stride: read in place, edges masked (a 3 x 5
+    # kernel: no Winograd plans to build besides)
+    ("conv2d", (1, 3, 4, 6), (6, 1, 3, 5), {"padding": (2, 2), "groups": 3}),
     ("conv3d", (1, 2, 3, 4, 5), (3, 2, 2, 3, 2), {"padding": (1, 2, 0), "stride": (2, 1, 2)}),
     ("conv3d", (2, 4, 3, 3, 3), (4, 2, 3, 3, 3), {"padding": 2, "groups": 2,
                                                   "padding_mode": "reflect"}),
