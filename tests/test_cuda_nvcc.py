@@ -310,6 +310,22 @@ def test_sm90a_kernel_has_hgmma_and_tma_in_sass(monkeypatch):
             assert all(".TF32" in i.opcode for i in instructions if i.base == "HGMMA")
 
 
+def test_sm90a_library_builds_as_the_gpu_path_builds_it(monkeypatch):
+    """The whole library (launcher and the wgmma kernel), with the flags a 9.0 GPU gets:
+    ``-arch=sm_90a`` made nvcc 13.0 run a compute_90 PTX pass that rejects wgmma, so the
+    cubin-only SASS test above passed while every sm_90a library failed to build."""
+    from convgen.target.cuda_arch import nvcc_arch_flags
+    assert nvcc_arch_flags("sm_90a") == ("-gencode=arch=compute_90a,code=sm_90a",)
+    assert nvcc_arch_flags("sm_80") == ("-arch=sm_80",)
+    monkeypatch.setenv("CONVGEN_CUDA_ARCH", "sm_90a")
+    monkeypatch.setenv("CONVGEN_CUDA_TF32", "1")
+    spec = spec_from_op("conv2d", (64, 64, 3, 3), True, (8, 64, 28, 28), padding=1)
+    kernel = convgen.compile(spec, (8, 64, 28, 28), "float32", target="cuda",
+                             plan="wgmma_gemm")
+    assert kernel.plan.algorithm == "wgmma_gemm" and kernel.target.cuda.name == "sm_90a"
+    assert kernel.target.arch_flags == nvcc_arch_flags("sm_90a")
+
+
 def test_sm90a_is_not_offered_where_it_cannot_run(monkeypatch):
     monkeypatch.setenv("CONVGEN_CUDA_TF32", "1")
     for arch in ("sm_80", "sm_90"):

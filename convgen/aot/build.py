@@ -258,7 +258,7 @@ def _target_context(chosen) -> dict:
         return {"name": chosen.name, "description": f"cuda {target.cuda.name} (nvcc; plans for "
                 f"{target.cuda.sm_count} SMs, float32 without TF32)", "cuda": True,
                 "arch": target.cuda.name, "threads": None, "threads_from": "", "features": [],
-                "std_flag": "", "isa_flags": []}
+                "std_flag": "", "isa_flags": list(target.arch_flags)}
     isa = target.isa_row
     features = [_BUILTIN_FEATURES[f] for f in isa.features if f in _BUILTIN_FEATURES]
     flags = " ".join(target.arch_flags)

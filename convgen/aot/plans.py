@@ -26,7 +26,12 @@ from ..core.planning import check_accuracy
 from ..core.spec import Workload
 from ..runtime.threads import default_threads
 from ..target import Target
-from ..target.cuda_arch import CUDA_ARCHS, DEFAULT_CUDA_ARCH, cuda_arch_named
+from ..target.cuda_arch import (
+    CUDA_ARCHS,
+    DEFAULT_CUDA_ARCH,
+    cuda_arch_named,
+    nvcc_arch_flags,
+)
 
 TARGETS = ("native", "x86-64-v3", "x86-64-v4", "generic", "cuda")
 ALIASES = {"cpu": "native", "c": "generic", "cpu-avx2": "x86-64-v3"}
@@ -88,7 +93,7 @@ def _cuda_target(arch: str | None) -> Target:
     (no TF32)."""
     facts = cuda_arch_named(arch or DEFAULT_CUDA_ARCH)
     base = get_target("cuda")
-    return dataclasses.replace(base, arch_flags=(f"-arch={facts.name}",), isa=facts.name,
+    return dataclasses.replace(base, arch_flags=nvcc_arch_flags(facts.name), isa=facts.name,
                                cuda=dataclasses.replace(CUDA_ARCHS[facts.name],
                                                         allow_tf32=False))
 

@@ -69,7 +69,7 @@ def flags(target: Target) -> tuple[str, ...]:
     if target.emulated:
         return EMU_FLAGS + (f"-DCG_EMU_SMEM_OPTIN={target.cuda.smem_per_block}",
                             f"-I{emulator_include_dir()}")
-    return NVCC_FLAGS + (f"-arch={target.cuda.name}", "-ccbin", host_compiler_path())
+    return NVCC_FLAGS + target.arch_flags + ("-ccbin", host_compiler_path())
 
 
 def compile_library(source_paths: list[Path], library_path: Path, target: Target) -> None:

@@ -12,7 +12,13 @@ import functools
 import os
 
 from ..target import Target
-from ..target.cuda_arch import CUDA_ARCHS, DEFAULT_CUDA_ARCH, CudaArch, cuda_arch_named
+from ..target.cuda_arch import (
+    CUDA_ARCHS,
+    DEFAULT_CUDA_ARCH,
+    CudaArch,
+    cuda_arch_named,
+    nvcc_arch_flags,
+)
 from . import driver
 
 TARGET_NAMES = ("cuda", "cuda-emu")
@@ -43,7 +49,7 @@ def cuda_target(name: str) -> Target:
     arch = dataclasses.replace(arch, allow_tf32=allow_tf32)
     if emulated:
         return Target("cuda-emu", "cuda", (), "emu", 16, (), cuda=arch)
-    return Target("cuda", "cuda", (f"-arch={arch.name}",), arch.name, 16, (), cuda=arch)
+    return Target("cuda", "cuda", nvcc_arch_flags(arch.name), arch.name, 16, (), cuda=arch)
 
 
 @functools.cache

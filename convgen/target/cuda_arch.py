@@ -47,6 +47,16 @@ CUDA_ARCHS = {
 DEFAULT_CUDA_ARCH = "sm_90"
 
 
+def nvcc_arch_flags(name: str) -> tuple[str, ...]:
+    """nvcc's flags for machine code of architecture ``name``. An arch-specific target such
+    as sm_90a takes the -gencode form: nvcc 13.0 expands ``-arch=sm_90a`` with a plain
+    compute_90 PTX pass too, and ptxas rejects wgmma and setmaxnreg there."""
+    if name.endswith("a"):
+        virtual = "compute_" + name[len("sm_"):]
+        return (f"-gencode=arch={virtual},code={name}",)
+    return (f"-arch={name}",)
+
+
 def cuda_arch_named(name: str) -> CudaArch:
     if name not in CUDA_ARCHS:
         raise ValueError(f"unknown CUDA architecture {name!r}; expected one of "
