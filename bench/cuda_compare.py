@@ -212,25 +212,32 @@ def compile_all(layers: list[dict], target, candidates: int, jobs: int) -> dict:
         spec = spec_from_op(layer["op"], layer["w"], True, layer["x"], **layer["args"])
         workload, _ = workload_of(spec, tuple(layer["x"]), "float32")
         allowed = allowed_maths(workload, target.cuda)
-        plans = [c.plan for c in ranked_plans(workload, target) if c.plan.math in allowed]
-        work += [(layer["name"], i, spec, tuple(layer["x"]), p)
-                 for i, p in enumerate(plans[:max(1, candidates)])]
+        ranked = [c for c in ranked_plans(workload, target) if c.plan.math in allowed]
+        work += [(layer["name"], i, spec, tuple(layer["x"]), c)
+                 for i, c in enumerate(ranked[:max(1, candidates)])]
 
     def build(item):
-        name, i, spec, shape, plan = item
-        t0 = time.perf_counter()
-        kernel = convgen.compile(spec, shape, "float32", target=target, plan=plan)
-        return name, i, kernel, time.perf_counter() - t0
+        name, i, spec, shape, candidate = item
+        kernel = convgen.compile(spec, shape, "float32", target=target, plan=candidate.plan)
+        return name, i, Compiled(kernel, candidate.cost_s)
 
     found: dict = {}
     with ThreadPoolExecutor(max(1, jobs)) as pool:
-        for name, i, kernel, seconds in pool.map(build, work):
-            found.setdefault(name, []).append((i, kernel, seconds))
-    return {name: [k for _, k, _ in sorted(v, key=lambda e: e[0])] for name, v in found.items()}
+        for name, i, compiled in pool.map(build, work):
+            found.setdefault(name, []).append((i, compiled))
+    return {name: [c for _, c in sorted(v, key=lambda e: e[0])] for name, v in found.items()}
 
 
-def bench_layer(torch, layer: dict, kernels: list, timer: Timer, clocks: Clocks,
+class Compiled:
+    """A candidate's kernel and the cost model's predicted seconds for it."""
+
+    def __init__(self, kernel, predicted_s: float):
+        self.kernel, self.predicted_s = kernel, predicted_s
+
+
+def bench_layer(torch, layer: dict, compiled: list, timer: Timer, clocks: Clocks,
                 min_time: float, warmup: float) -> dict:
+    kernels = [c.kernel for c in compiled]
     gen = torch.Generator(device="cuda").manual_seed(0)
     x = torch.randn(layer["x"], device="cuda", generator=gen)
     w = torch.randn(layer["w"], device="cuda", generator=gen)
@@ -247,7 +254,7 @@ def bench_layer(torch, layer: dict, kernels: list, timer: Timer, clocks: Clocks,
         quick = [timer.interleaved([fn], min_time=0.02, min_reps=5)[0] for fn in runners]
         best = min(range(len(kernels)), key=quick.__getitem__)
     else:
-        best = 0
+        quick, best = [None], 0
     timed = [runners[0]] + ([runners[best]] if best else [])
     results = timer.interleaved(timed + [torch_bias, torch_plain], min_time)
     choice_s, best_s = results[0], results[1] if best else results[0]
@@ -258,14 +265,20 @@ def bench_layer(torch, layer: dict, kernels: list, timer: Timer, clocks: Clocks,
            "torch_s": torch_s, "torch_nobias_s": torch_plain_s,
            "speedup": torch_s / best_s, "speedup_nobias": torch_plain_s / best_s,
            "plan": str(kernels[best].plan), "choice_plan": str(kernels[0].plan),
-           "candidates": len(kernels)}
+           "candidates": len(kernels),
+           # every candidate's short timing beside the cost model's prediction, in the
+           # planner's order: what a later calibration of the model fits to
+           "sweep": [{"plan": str(c.kernel.plan), "predicted_s": c.predicted_s,
+                      "measured_s": q} for c, q in zip(compiled, quick)]}
     if layer["x"][0] == 1:   # batch 1: as a network replaying its kernels sees them
         row["convgen_graph_s"] = timer.graph(runners[best])
         row["torch_graph_s"] = timer.graph(torch_bias)
     with torch.no_grad():
         reference = torch_call(torch, layer, x.double(), w.double(), b.double())()
-        runners[best]()
-        row["rel_err"] = rel_err(torch, out, reference)
+        for key, index in (("choice_rel_err", 0), ("rel_err", best)):
+            out.fill_(float("nan"))   # poisoned: an element no candidate writes shows
+            runners[index]()
+            row[key] = rel_err(torch, out, reference)
         row["torch_rel_err"] = rel_err(torch, torch_bias(), reference)
     row.update(clocks.read())
     return row

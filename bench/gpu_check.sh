@@ -10,23 +10,32 @@
 #    installed into a temporary folder put on PYTHONPATH with this checkout (nothing is
 #    installed into the image's Python);
 # 3. the GPU tests: tests/test_cuda_gpu.py (every kernel family against torch on the GPU,
-#    the sm_90a path where the GPU is a 9.0 one) -> gpu_tests.log;
-# 4. bench/cuda_compare.py on the suite in bench/suite_public.json, TF32 then FP32, each with
-#    --candidates 8: the planner's choice (what --candidates 1 times) and the best of its 8
-#    best, so the table has both and the planner's regret -> compare_{tf32,fp32}.{txt,json}.
-# Files written (8 at most, what the device runner returns): gpu_check.log, env.txt,
-# gpu_tests.log, compare_tf32.txt, compare_tf32.json, compare_fp32.txt, compare_fp32.json.
+#    the sm_90a path where the GPU is a 9.0 one), 60 s per test where pytest-timeout is
+#    there -> gpu_tests.log. Where the sm_90a (wgmma) tests fail, the comparisons below run
+#    with CONVGEN_CUDA_ARCH=sm_90 (the sm_80 main loop) and the log says so;
+# 4. bench/cuda_compare.py, each with --candidates 8 (the planner's choice, which is what
+#    --candidates 1 times, and the best of its 8 best, so the table has both and the
+#    planner's regret): the public suite (bench/suite_public.json, batch 1) in TF32 then
+#    FP32, then the GPU-sized suite (bench/suite_gpu.json, batch 32) in TF32 then FP32 ->
+#    compare.txt (every table) and compare_{tf32,fp32,gpu_tf32,gpu_fp32}.json;
+# 5. compute-sanitizer memcheck over the GPU tests of the GEMM, phase-GEMM, wgmma and
+#    depthwise kernels (kernels already compiled by step 3) -> sanitizer.log.
+# Files written (the device runner returns 8 at most): gpu_check.log (the environment
+# too), gpu_tests.log, compare.txt, the four compare_*.json, sanitizer.log.
 # Exit status: 0 all ran and the tests passed; 1 a step failed (see gpu_check.log);
-# 3 no GPU. Each step has its own time limit (GPU_CHECK_TEST_S, GPU_CHECK_COMPARE_S), so the
-# whole run ends within about 9 minutes whatever happens.
+# 3 no GPU. Each step has its own time limit (GPU_CHECK_TEST_S, GPU_CHECK_COMPARE_S for
+# each public-suite run, GPU_CHECK_GPU_SUITE_S for each batch-32 run, GPU_CHECK_SANITIZER_S),
+# so the whole run ends within about 9 minutes whatever happens.
 set -u -o pipefail
 
 PREPARE_ONLY=0
 if [ "${1:-}" = "--prepare-only" ]; then PREPARE_ONLY=1; shift; fi
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OUTDIR="${1:-${OUT:-$ROOT/gpu-check-out}}"
-TEST_S="${GPU_CHECK_TEST_S:-180}"
-COMPARE_S="${GPU_CHECK_COMPARE_S:-170}"
+TEST_S="${GPU_CHECK_TEST_S:-150}"
+COMPARE_S="${GPU_CHECK_COMPARE_S:-110}"
+GPU_SUITE_S="${GPU_CHECK_GPU_SUITE_S:-55}"
+SANITIZER_S="${GPU_CHECK_SANITIZER_S:-50}"
 PYTHON="${GPU_CHECK_PYTHON:-python3}"
 mkdir -p "$OUTDIR"
 LOG="$OUTDIR/gpu_check.log"
@@ -36,7 +45,7 @@ STATUS=0
 
 # -- preparation: files, wheels, a private site folder ------------------------------------
 cd "$ROOT" || exit 1
-for f in bench/suite_public.json bench/cuda_compare.py tests/test_cuda_gpu.py; do
+for f in bench/suite_public.json bench/suite_gpu.json bench/cuda_compare.py tests/test_cuda_gpu.py; do
   [ -f "$f" ] || { log "missing $f: this checkout is incomplete"; exit 1; }
 done
 shopt -s nullglob
@@ -45,16 +54,17 @@ shopt -u nullglob
 [ "${#WHEELS[@]}" -gt 0 ] || { log "no wheels in bench/wheels (run: make gpu-wheels)"; exit 1; }
 log "wheels: ${WHEELS[*]}"
 if [ "$PREPARE_ONLY" = 1 ]; then
-  log "prepared: suite $(grep -c '"name"' bench/suite_public.json) layers, ${#WHEELS[@]} wheels; output in $OUTDIR"
+  log "prepared: suites of $(grep -c '"name"' bench/suite_public.json) and $(grep -c '"name"' bench/suite_gpu.json) layers, ${#WHEELS[@]} wheels; output in $OUTDIR"
   exit 0
 fi
 
+ENV_TXT="$(mktemp)"
 # -- the machine ----------------------------------------------------------------------------
 if ! command -v nvidia-smi > /dev/null 2>&1; then
   log "no GPU: nvidia-smi is not installed here; nothing to check (exit 3)"; exit 3
 fi
-if ! timeout 30 nvidia-smi -L > "$OUTDIR/env.txt" 2>&1; then
-  log "no GPU: nvidia-smi -L failed: $(head -c 300 "$OUTDIR/env.txt"); nothing to check (exit 3)"
+if ! timeout 30 nvidia-smi -L > "$ENV_TXT" 2>&1; then
+  log "no GPU: nvidia-smi -L failed: $(head -c 300 "$ENV_TXT"); nothing to check (exit 3)"
   exit 3
 fi
 SITE="$(mktemp -d)/site"
@@ -79,30 +89,61 @@ import convgen
 from convgen.backends import get_target
 print("convgen", convgen.__version__, "target cuda ->", get_target("cuda").cuda)
 EOF
-} >> "$OUTDIR/env.txt" 2>&1 || { log "the environment check failed: $(tail -5 "$OUTDIR/env.txt")"; exit 1; }
-if ! grep -q "^device " "$OUTDIR/env.txt" || grep -q "^device NONE" "$OUTDIR/env.txt"; then
-  log "no GPU visible to torch: $(tail -3 "$OUTDIR/env.txt") (exit 3)"; exit 3
+} >> "$ENV_TXT" 2>&1 || { log "the environment check failed: $(tail -5 "$ENV_TXT")"; exit 1; }
+if ! grep -q "^device " "$ENV_TXT" || grep -q "^device NONE" "$ENV_TXT"; then
+  log "no GPU visible to torch: $(tail -3 "$ENV_TXT") (exit 3)"; exit 3
 fi
-log "environment: $(grep -E '^(python|device|convgen)' "$OUTDIR/env.txt" | tr '\n' ' ')"
+log "environment: $(grep -E '^(python|device|convgen)' "$ENV_TXT" | tr '\n' ' ')"
+cat "$ENV_TXT" >> "$LOG"
 
 # -- the GPU tests ----------------------------------------------------------------------------
 JOBS="$(nproc 2>/dev/null || echo 8)"
-log "GPU tests (limit ${TEST_S}s, $JOBS workers)"
+export CONVGEN_TEST_CACHE_DIR="$CONVGEN_CACHE_DIR"   # the sanitizer step reuses the kernels
+PER_TEST=()
+"$PYTHON" -c "import pytest_timeout" 2> /dev/null && PER_TEST=(--timeout 60)
+log "GPU tests (limit ${TEST_S}s, $JOBS workers, ${PER_TEST[*]:-no per-test limit})"
 timeout --kill-after=10 "$TEST_S" "$PYTHON" -m pytest -q -n "$JOBS" -p no:cacheprovider \
-  tests/test_cuda_gpu.py > "$OUTDIR/gpu_tests.log" 2>&1
+  "${PER_TEST[@]}" tests/test_cuda_gpu.py > "$OUTDIR/gpu_tests.log" 2>&1
 rc=$?
 log "GPU tests: exit $rc: $(tail -1 "$OUTDIR/gpu_tests.log")"
 [ $rc -eq 0 ] || STATUS=1
+if grep -q "^FAILED.*wgmma" "$OUTDIR/gpu_tests.log"; then
+  export CONVGEN_CUDA_ARCH=sm_90
+  log "the sm_90a (wgmma) tests failed: comparing with CONVGEN_CUDA_ARCH=sm_90 (no wgmma)"
+fi
 
 # -- convgen vs torch, with the planner's regret -------------------------------------------------
-for precision in tf32 fp32; do
-  log "cuda_compare --precision $precision --candidates 8 (limit ${COMPARE_S}s)"
-  timeout --kill-after=10 "$COMPARE_S" "$PYTHON" bench/cuda_compare.py --precision "$precision" \
+: > "$OUTDIR/compare.txt"
+compare() {   # compare NAME SUITE PRECISION LIMIT
+  log "cuda_compare $1: --suite $2 --precision $3 --candidates 8 (limit ${4}s)"
+  echo "=== $1: $2, $3 ===" >> "$OUTDIR/compare.txt"
+  timeout --kill-after=10 "$4" "$PYTHON" bench/cuda_compare.py --suite "$2" --precision "$3" \
     --candidates 8 --jobs "$JOBS" --min-time 0.2 --warmup 0.5 --markdown \
-    --json "$OUTDIR/compare_$precision.json" > "$OUTDIR/compare_$precision.txt" 2>&1
-  rc=$?
-  log "cuda_compare $precision: exit $rc: $(grep -m1 'geometric mean' "$OUTDIR/compare_$precision.txt")"
+    --json "$OUTDIR/compare_$1.json" >> "$OUTDIR/compare.txt" 2>&1
+  local rc=$?
+  log "cuda_compare $1: exit $rc: $(grep 'geometric mean' "$OUTDIR/compare.txt" | tail -1)"
   [ $rc -eq 0 ] || STATUS=1
-done
+}
+compare tf32 bench/suite_public.json tf32 "$COMPARE_S"
+compare fp32 bench/suite_public.json fp32 "$COMPARE_S"
+compare gpu_tf32 bench/suite_gpu.json tf32 "$GPU_SUITE_S"
+compare gpu_fp32 bench/suite_gpu.json fp32 "$GPU_SUITE_S"
+
+# -- out-of-bounds accesses: compute-sanitizer over a sample of the GPU tests ---------------------
+SANITIZER="$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2> /dev/null)"
+if [ -n "$SANITIZER" ]; then
+  log "compute-sanitizer memcheck (limit ${SANITIZER_S}s)"
+  timeout --kill-after=10 "$SANITIZER_S" "$SANITIZER" --tool memcheck --error-exitcode 9 \
+    --print-limit 20 "$PYTHON" -m pytest -q -x -p no:cacheprovider tests/test_cuda_gpu.py \
+    -k "wgmma_on_hopper or depthwise_on_gpu or tf32_on_gpu or phase_gemm_on_gpu" \
+    > "$OUTDIR/sanitizer.log" 2>&1
+  rc=$?
+  log "compute-sanitizer: exit $rc: $(grep -E 'ERROR SUMMARY|passed|failed' "$OUTDIR/sanitizer.log" | tail -2 | tr '\n' ' ')"
+  [ $rc -eq 0 ] || [ $rc -eq 124 ] || STATUS=1   # 124: the sample ran out of time, not an error
+else
+  log "compute-sanitizer not found: memcheck skipped"
+fi
+nvidia-smi --query-gpu=clocks.sm,temperature.gpu,power.draw,clocks_throttle_reasons.active \
+  --format=csv >> "$LOG" 2>&1
 log "done (status $STATUS); files: $(ls "$OUTDIR" | tr '\n' ' ')"
 exit $STATUS

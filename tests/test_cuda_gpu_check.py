@@ -30,7 +30,32 @@ def test_preparation_works(tmp_path):
     result, _ = run_check("--prepare-only", str(tmp_path))
     assert result.returncode == 0, result.stdout + result.stderr
     log = (tmp_path / "gpu_check.log").read_text()
-    assert "prepared: suite 23 layers" in log and "cffi" in log and "pycparser" in log
+    assert "prepared: suites of 23 and 7 layers" in log and "cffi" in log and "pycparser" in log
+
+
+def test_it_writes_no_more_files_than_the_device_returns():
+    """The device runner returns at most 8 files from the output folder: count what the
+    script writes there (each compare call writes one json)."""
+    import re
+    text = SCRIPT.read_text()
+    names = set(re.findall(r'\$OUTDIR/([A-Za-z0-9_.]+)"', text))
+    runs = re.findall(r"^compare (\w+) ", text, flags=re.M)
+    assert len(runs) == 4 and names, (runs, names)
+    assert len(names) + len(runs) <= 8, (sorted(names), runs)
+
+
+def test_the_gpu_suite_is_valid_and_gpu_sized():
+    """bench/suite_gpu.json: every layer builds a spec, and each fills a 132-SM GPU (at
+    least 1 GFLOP), unlike the public suite's batch-1 layers."""
+    from convgen.core.layers import spec_from_op
+    from convgen.core.spec import workload_of
+    layers = json.loads((ROOT / "bench" / "suite_gpu.json").read_text())["layers"]
+    assert len({layer["name"] for layer in layers}) == len(layers) == 7
+    for layer in layers:
+        spec = spec_from_op(layer["op"], layer["w"], True, layer["x"], **layer["args"])
+        workload, _ = workload_of(spec, tuple(layer["x"]), "float32")
+        assert layer["x"][0] == 32
+        assert workload.flops >= 1e8 if "dw" in layer["name"] else workload.flops >= 1e9
 
 
 def test_the_carried_wheels_fit_the_gpu_image():
@@ -105,3 +130,120 @@ def test_cuda_compare_helpers():
     assert not cuda_compare.is_depthwise(layers["grouped_32"])
     assert not cuda_compare.is_depthwise(layers["deconv3d"])
     assert cuda_compare.geomean([2.0, 0.5, None]) == pytest.approx(1.0)
+
+
+# -- bench/cuda_compare.py end to end on a stand-in GPU: the CPU build of torch behind a
+# proxy whose "cuda" tensors live on the CPU and whose events read the host clock, and
+# stand-in kernels that compute with torch. What runs is the script's own control flow
+# (compile list, warm-up, candidate sweep, interleaved timing, graph fallback, poisoned
+# error check, table, JSON): a mistake there would cost a lent GPU's minutes.
+class _StandInCuda:
+    class Event:
+        def __init__(self, enable_timing=False):
+            self.at = None
+
+        def record(self):
+            self.at = time.perf_counter()
+
+        def synchronize(self):
+            pass
+
+        def elapsed_time(self, end):
+            return (end.at - self.at) * 1e3
+
+    @staticmethod
+    def is_available():
+        return True
+
+    @staticmethod
+    def synchronize():
+        pass
+
+    @staticmethod
+    def get_device_properties(index):
+        from types import SimpleNamespace
+        return SimpleNamespace(name="stand-in GPU", multi_processor_count=132)
+
+    @staticmethod
+    def Stream():
+        raise RuntimeError("the stand-in has no streams")
+
+
+class _StandInTorch:
+    def __init__(self, torch):
+        from types import SimpleNamespace
+        self._torch, self.cuda = torch, _StandInCuda()
+        self.version = SimpleNamespace(cuda="stand-in")
+
+    def __getattr__(self, name):
+        return getattr(self._torch, name)
+
+    def Generator(self, device=None):
+        return self._torch.Generator()
+
+    def randn(self, shape, device=None, generator=None):
+        return self._torch.randn(shape, generator=generator)
+
+    def empty(self, shape, dtype=None, device=None):
+        return self._torch.empty(shape, dtype=dtype or self._torch.float32)
+
+
+class _StandInKernel:
+    def __init__(self, layer, index, torch):
+        import torch.nn.functional as F
+        self.op, self.args, self.torch = getattr(F, layer["op"]), layer["args"], torch
+        self.plan = f"stand-in plan {index}"
+        x = torch.zeros(layer["x"])
+        self.output_shape = tuple(self.op(x, torch.zeros(layer["w"]), **self.args).shape)
+        self.flops = 1e9
+        self.index = index
+
+    def __call__(self, x, w, b, out):
+        time.sleep(2e-4 * (1 + self.index % 2))   # the odd candidates are slower
+        out.copy_(self.op(x.double(), w.double(), b.double(), **self.args).float())
+        return out
+
+
+def test_cuda_compare_runs_end_to_end_on_a_stand_in_gpu(tmp_path, monkeypatch):
+    torch = pytest.importorskip("torch")
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import cuda_compare
+    finally:
+        sys.path.pop(0)
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "nvidia-smi").write_text("#!/bin/sh\necho '1980, 0x0000000000000000'\n")
+    (fake / "nvidia-smi").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setitem(sys.modules, "torch", _StandInTorch(torch))
+    monkeypatch.setitem(sys.modules, "pynvml", None)
+    layers = [{"name": "one", "op": "conv2d", "x": [1, 3, 9, 8], "w": [4, 3, 3, 3],
+               "args": {"padding": 1}},
+              {"name": "two", "op": "conv_transpose1d", "x": [2, 4, 7], "w": [4, 2, 3],
+               "args": {"stride": 2}}]
+    suite = tmp_path / "suite.json"
+    suite.write_text(json.dumps({"layers": layers}))
+
+    def compile_all(chosen, target, candidates, jobs):
+        return {layer["name"]: [cuda_compare.Compiled(_StandInKernel(layer, i, torch), 1e-3 * i)
+                                for i in range(candidates)] for layer in chosen}
+    monkeypatch.setattr(cuda_compare, "compile_all", compile_all)
+    precision = torch.backends.cudnn.conv.fp32_precision
+    try:
+        rc = cuda_compare.main(["--suite", str(suite), "--candidates", "3", "--min-time",
+                                "0.01", "--warmup", "0.01", "--no-flush", "--markdown",
+                                "--json", str(tmp_path / "out.json")])
+    finally:
+        torch.backends.cudnn.conv.fp32_precision = precision
+    assert rc == 0
+    result = json.loads((tmp_path / "out.json").read_text())
+    assert result["complete"] and result["environment"]["gpu"] == "stand-in GPU"
+    for row in result["layers"]:
+        assert row["rel_err"] < 1e-6 and row["choice_rel_err"] < 1e-6
+        assert [s["plan"] for s in row["sweep"]] == [f"stand-in plan {i}" for i in range(3)]
+        assert all(s["measured_s"] > 0 for s in row["sweep"])
+        assert row["plan"] != "stand-in plan 1" and row["regret"] >= 1.0
+        assert row["sm_mhz"] == "1980"
+    assert "convgen_graph_s" in result["layers"][0] and result["layers"][0]["convgen_graph_s"] \
+        is None   # the stand-in refuses graphs: reported, not fatal
