@@ -63,8 +63,16 @@ def is_depthwise(layer: dict) -> bool:
         and groups > 1 and layer["w"][1] == 1
 
 
+HOLD_CYCLES = 1_000_000   # about 0.5 ms of GPU clock: longer than any call's host side
+
+
 class Timer:
-    """CUDA-event timing on torch's current stream, with an L2 flush before each call."""
+    """CUDA-event timing on torch's current stream, with an L2 flush before each call and
+    the GPU held busy (``torch.cuda._sleep``) while the host enqueues the call, so that the
+    events time the GPU's work and not the host's: a Python call that takes longer to
+    enqueue than the kernel runs would otherwise be timed as the kernel (the first GPU run
+    measured 55 us of host time in every convgen call, 5-10 us in torch's).
+    ``host_seconds`` times the host's side of a call alone."""
 
     def __init__(self, torch, flush: bool = True):
         self.torch = torch
@@ -77,11 +85,23 @@ class Timer:
         if self.scratch is not None:
             self.scratch.zero_()
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda._sleep(HOLD_CYCLES)
         start.record()
         fn()
         end.record()
         end.synchronize()
         return start.elapsed_time(end) / 1e3   # seconds
+
+    def host_seconds(self, fn, calls: int = 50) -> float:
+        """Host seconds per call, the GPU held busy so that no call waits for it."""
+        torch = self.torch
+        torch.cuda._sleep(HOLD_CYCLES * 20)
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        seconds = (time.perf_counter() - start) / calls
+        torch.cuda.synchronize()
+        return seconds
 
     def warm(self, runners: list, seconds: float) -> None:
         deadline = time.perf_counter() + seconds
@@ -99,33 +119,45 @@ class Timer:
         return [statistics.median(times) for times in samples]
 
     def graph(self, fn, calls: int = 20, reps: int = 10) -> float | None:
-        """Seconds per call by CUDA graph replay of ``calls`` calls (None if capture fails)."""
+        """Seconds per call by CUDA graph replay of ``calls`` calls (None if capture fails).
+        torch's graph context leaves its capture stream current when capture_end raises:
+        the caller's stream is put back whatever happens, or every later call and event
+        would run on the capture stream, unordered with the legacy stream."""
         torch = self.torch
+        caller = torch.cuda.current_stream()
         try:
-            stream = torch.cuda.Stream()
-            stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream):
-                fn()   # warm on the capture stream
-            torch.cuda.synchronize()
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, stream=stream):
-                for _ in range(calls):
-                    fn()
-            graph.replay()
-            torch.cuda.synchronize()
-            times = []
-            for _ in range(reps):
-                start = torch.cuda.Event(enable_timing=True)
-                end = torch.cuda.Event(enable_timing=True)
-                start.record()
-                graph.replay()
-                end.record()
-                end.synchronize()
-                times.append(start.elapsed_time(end) / 1e3 / calls)
-            return statistics.median(times)
+            return self._graph(fn, calls, reps)
         except Exception as exc:   # a capture the runtime refuses: report, do not stop
-            print(f"  (graph replay unavailable: {type(exc).__name__}: {exc})", file=sys.stderr)
+            print(f"  (graph replay unavailable: {type(exc).__name__}: "
+                  f"{str(exc).splitlines()[0]})", file=sys.stderr)
             return None
+        finally:
+            torch.cuda.set_stream(caller)
+            torch.cuda.synchronize()
+
+    def _graph(self, fn, calls: int, reps: int) -> float:
+        torch = self.torch
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            fn()   # warm on the capture stream
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, stream=stream):
+            for _ in range(calls):
+                fn()
+        graph.replay()
+        torch.cuda.synchronize()
+        times = []
+        for _ in range(reps):
+            start = torch.cuda.Event(enable_timing=True)
+            end = torch.cuda.Event(enable_timing=True)
+            start.record()
+            graph.replay()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1e3 / calls)
+        return statistics.median(times)
 
 
 class Clocks:
@@ -247,7 +279,10 @@ def bench_layer(torch, layer: dict, compiled: list, timer: Timer, clocks: Clocks
     torch_bias = torch_call(torch, layer, x, w, b)
     torch_plain = torch_call(torch, layer, x, w, None)
     out = torch.empty(kernels[0].output_shape, device="cuda")
-    runners = [lambda k=k: k(x, w, b, out=out) for k in kernels]
+    # on torch's current stream (inside a graph capture: the capture stream), as a torch
+    # user would pass it; no stream would mean the legacy stream, which a capture refuses
+    runners = [lambda k=k: k(x, w, b, out=out, stream=torch.cuda.current_stream())
+               for k in kernels]
 
     timer.warm([runners[0], torch_bias, torch_plain], warmup)
     if len(kernels) > 1:   # the best of the planner's few, by a short timing each
@@ -270,6 +305,8 @@ def bench_layer(torch, layer: dict, compiled: list, timer: Timer, clocks: Clocks
            # planner's order: what a later calibration of the model fits to
            "sweep": [{"plan": str(c.kernel.plan), "predicted_s": c.predicted_s,
                       "measured_s": q} for c, q in zip(compiled, quick)]}
+    row["convgen_host_s"] = timer.host_seconds(runners[best])
+    row["torch_host_s"] = timer.host_seconds(torch_bias)
     if layer["x"][0] == 1:   # batch 1: as a network replaying its kernels sees them
         row["convgen_graph_s"] = timer.graph(runners[best])
         row["torch_graph_s"] = timer.graph(torch_bias)
@@ -357,7 +394,8 @@ def main(argv=None) -> int:
           f"{'kept' if args.no_flush else 'flushed'}; graph = CUDA graph replay (batch 1)\n")
     header = (f"{'layer':<19}{'vs':>9}{'GFLOP':>8}{'convgen ms':>11}{'TFLOP/s':>8}"
               f"{'torch ms':>10}{'no bias':>9}{'speedup':>8}{'nobias':>7}{'regret':>7}"
-              f"{'graph cg':>9}{'graph t':>9}{'rel err':>9}{'SM MHz':>7}  throttle  plan")
+              f"{'graph cg':>9}{'graph t':>9}{'host cg':>8}{'host t':>7}{'rel err':>9}"
+              f"{'SM MHz':>7}  throttle  plan")
     print(header)
     timer, clocks = Timer(torch, flush=not args.no_flush), Clocks()
     results = []
@@ -369,7 +407,8 @@ def main(argv=None) -> int:
               f"{r['gflop'] / r['convgen_s'] / 1e3:8.2f}{_ms(r['torch_s']):>10}"
               f"{_ms(r['torch_nobias_s']):>9}{r['speedup']:7.2f}x{r['speedup_nobias']:6.2f}x"
               f"{r['regret']:7.2f}{_ms(r.get('convgen_graph_s')):>9}"
-              f"{_ms(r.get('torch_graph_s')):>9}{r['rel_err']:9.1e}{r['sm_mhz']!s:>7}  "
+              f"{_ms(r.get('torch_graph_s')):>9}{r['convgen_host_s'] * 1e6:7.1f}u"
+              f"{r['torch_host_s'] * 1e6:6.1f}u{r['rel_err']:9.1e}{r['sm_mhz']!s:>7}  "
               f"{r['throttle']}  {r['plan']}", flush=True)
         if args.json:   # after every layer: a run cut short still leaves its rows
             args.json.write_text(json.dumps({"environment": env, "precision": args.precision,
@@ -390,13 +429,15 @@ def main(argv=None) -> int:
           f"{args.candidates} candidates): {summary['geomean_regret']:.2f}; target: >= 1.0x")
     if args.markdown:
         print("\n| layer | vs | GFLOP | convgen ms | TFLOP/s | torch ms | torch no-bias ms | "
-              "speedup | no-bias speedup | regret | rel err |")
-        print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+              "speedup | no-bias speedup | regret | host us convgen / torch | rel err |")
+        print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for r in results:
             print(f"| {r['name']} | {r['competitor']} | {r['gflop']:.3f} | "
                   f"{_ms(r['convgen_s'])} | {r['gflop'] / r['convgen_s'] / 1e3:.2f} | "
                   f"{_ms(r['torch_s'])} | {_ms(r['torch_nobias_s'])} | {r['speedup']:.2f}x | "
-                  f"{r['speedup_nobias']:.2f}x | {r['regret']:.2f} | {r['rel_err']:.1e} |")
+                  f"{r['speedup_nobias']:.2f}x | {r['regret']:.2f} | "
+                  f"{r['convgen_host_s'] * 1e6:.0f} / {r['torch_host_s'] * 1e6:.0f} | "
+                  f"{r['rel_err']:.1e} |")
     if args.json:
         args.json.write_text(json.dumps({"environment": env, "precision": args.precision,
                                          "candidates": args.candidates, "complete": True,

@@ -19,12 +19,16 @@
 #    FP32, then the GPU-sized suite (bench/suite_gpu.json, batch 32) in TF32 then FP32 ->
 #    compare.txt (every table) and compare_{tf32,fp32,gpu_tf32,gpu_fp32}.json;
 # 5. compute-sanitizer memcheck over the GPU tests of the GEMM, phase-GEMM, wgmma and
-#    depthwise kernels (kernels already compiled by step 3) -> sanitizer.log.
+#    depthwise kernels (kernels already compiled by step 3) -> sanitizer.log;
+# 6. bench/cuda_check_plans.py: the planner's GPU_CHECK_PLANS_N (8) best plans of every
+#    public-suite layer, both precisions, at the layer's real size against torch, through
+#    convgen's own arrays and torch tensors -> appended to gpu_tests.log.
 # Files written (the device runner returns 8 at most): gpu_check.log (the environment
 # too), gpu_tests.log, compare.txt, the four compare_*.json, sanitizer.log.
 # Exit status: 0 all ran and the tests passed; 1 a step failed (see gpu_check.log);
 # 3 no GPU. Each step has its own time limit (GPU_CHECK_TEST_S, GPU_CHECK_COMPARE_S for
-# each public-suite run, GPU_CHECK_GPU_SUITE_S for each batch-32 run, GPU_CHECK_SANITIZER_S),
+# each public-suite run, GPU_CHECK_GPU_SUITE_S for each batch-32 run, GPU_CHECK_SANITIZER_S,
+# GPU_CHECK_PLANS_S for each precision of step 6, 0 to skip it),
 # so the whole run ends within about 9 minutes whatever happens.
 set -u -o pipefail
 
@@ -36,6 +40,8 @@ TEST_S="${GPU_CHECK_TEST_S:-150}"
 COMPARE_S="${GPU_CHECK_COMPARE_S:-110}"
 GPU_SUITE_S="${GPU_CHECK_GPU_SUITE_S:-55}"
 SANITIZER_S="${GPU_CHECK_SANITIZER_S:-50}"
+PLANS_S="${GPU_CHECK_PLANS_S:-90}"
+PLANS_N="${GPU_CHECK_PLANS_N:-8}"
 PYTHON="${GPU_CHECK_PYTHON:-python3}"
 mkdir -p "$OUTDIR"
 LOG="$OUTDIR/gpu_check.log"
@@ -45,7 +51,8 @@ STATUS=0
 
 # -- preparation: files, wheels, a private site folder ------------------------------------
 cd "$ROOT" || exit 1
-for f in bench/suite_public.json bench/suite_gpu.json bench/cuda_compare.py tests/test_cuda_gpu.py; do
+for f in bench/suite_public.json bench/suite_gpu.json bench/cuda_compare.py \
+         bench/cuda_check_plans.py tests/test_cuda_gpu.py; do
   [ -f "$f" ] || { log "missing $f: this checkout is incomplete"; exit 1; }
 done
 shopt -s nullglob
@@ -142,6 +149,20 @@ if [ -n "$SANITIZER" ]; then
   [ $rc -eq 0 ] || [ $rc -eq 124 ] || STATUS=1   # 124: the sample ran out of time, not an error
 else
   log "compute-sanitizer not found: memcheck skipped"
+fi
+# -- every candidate plan at the layers' real sizes ----------------------------------------------
+if [ "$PLANS_S" -gt 0 ]; then
+  for precision in tf32 fp32; do
+    log "cuda_check_plans $precision: $PLANS_N plans a layer (limit ${PLANS_S}s)"
+    echo "=== cuda_check_plans --precision $precision --candidates $PLANS_N ===" \
+      >> "$OUTDIR/gpu_tests.log"
+    timeout --kill-after=10 "$PLANS_S" "$PYTHON" bench/cuda_check_plans.py \
+      --precision "$precision" --candidates "$PLANS_N" --jobs "$JOBS" \
+      >> "$OUTDIR/gpu_tests.log" 2>&1
+    rc=$?
+    log "cuda_check_plans $precision: exit $rc: $(grep 'plans checked' "$OUTDIR/gpu_tests.log" | tail -1)"
+    [ $rc -eq 0 ] || STATUS=1
+  done
 fi
 nvidia-smi --query-gpu=clocks.sm,temperature.gpu,power.draw,clocks_throttle_reasons.active \
   --format=csv >> "$LOG" 2>&1

@@ -260,6 +260,64 @@ def test_dlpack_on_another_device_kind_is_refused():
         device_view(FakeDLPack(np.zeros(3, np.int32)), "input")
 
 
+class FakeTorchTensor:
+    """What a torch CUDA tensor exposes (its class lives in module "torch"): read through
+    data_ptr/shape/stride/dtype/device, not torch's slow __cuda_array_interface__."""
+
+    def __init__(self, shape, stride, dtype="torch.float32", device="cuda", index=0,
+                 pointer=0x7F0000001000, requires_grad=False):
+        from types import SimpleNamespace
+        self.shape, self._stride, self.dtype = tuple(shape), tuple(stride), dtype
+        self.device = SimpleNamespace(type=device, index=index if device == "cuda" else None)
+        self._pointer, self.requires_grad = pointer, requires_grad
+
+    def data_ptr(self):
+        return self._pointer
+
+    def stride(self):
+        return self._stride
+
+    @property
+    def __cuda_array_interface__(self):
+        raise AssertionError("the torch fast path must not build the interface dict")
+
+
+FakeTorchTensor.__module__ = "torch"
+
+
+def test_torch_tensors_are_read_through_their_attributes():
+    x = FakeTorchTensor((2, 4, 5, 5), (100, 25, 5, 1), index=1)
+    view = device_view(x, "input")
+    assert (view.pointer, view.shape, view.dtype, view.device) == \
+        (0x7F0000001000, (2, 4, 5, 5), np.float32, 1)
+    assert view.strides == (400, 100, 20, 4) and view.c_contiguous and not view.readonly
+    assert view.stream is None and view.owner is x
+    cl = FakeTorchTensor((2, 4, 5, 5), (100, 1, 20, 4), dtype="torch.float64")
+    view = device_view(cl, "input")
+    assert view.dtype == np.float64 and view.strides == (800, 8, 160, 32)
+    assert not view.c_contiguous
+    with pytest.raises(TypeError, match="input is a torch tensor on cpu"):
+        device_view(FakeTorchTensor((3,), (1,), device="cpu"), "input")
+    with pytest.raises(TypeError, match=r"weight requires grad.*weight.detach\(\)"):
+        device_view(FakeTorchTensor((3,), (1,), requires_grad=True), "weight")
+    with pytest.raises(TypeError, match="float32 or float64, got dtype torch.float16"):
+        device_view(FakeTorchTensor((3,), (1,), dtype="torch.float16"), "bias")
+    library = FakeLibrary()   # a whole call: the kernel takes them like any device array
+    kernel = cuda_kernel(library)
+    pointers = [0x7F0000000000 + i * 0x100000 for i in range(4)]
+    tensors = [FakeTorchTensor(shape, stride, pointer=p) for (shape, stride), p in zip(
+        [((2, 4, 5, 5), (100, 25, 5, 1)), ((6, 4, 3, 3), (36, 9, 3, 1)), ((6,), (1,)),
+         ((2, 6, 5, 5), (150, 25, 5, 1))], pointers)]
+    assert kernel(*tensors[:3], out=tensors[3]) is tensors[3]
+    assert library.calls[0][:4] == tuple(pointers)
+
+
+def test_a_real_cpu_torch_tensor_is_refused_by_name():
+    torch = pytest.importorskip("torch")
+    with pytest.raises(TypeError, match="input is a torch tensor on cpu"):
+        device_view(torch.ones(3), "input")
+
+
 # -- the driver ----------------------------------------------------------------------------
 def test_no_gpu_here_is_reported_clearly():
     if driver.available():

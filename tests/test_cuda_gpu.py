@@ -208,3 +208,24 @@ def test_channels_last_torch_tensors_on_gpu():
         torch.cuda.synchronize()
         assert out.stride()[1] == 1                      # channels innermost, as given
         assert_matches(out.cpu().numpy(), ref, "float32")
+
+
+def test_torch_fast_path_reads_what_the_array_interface_says():
+    """device_view reads torch tensors through data_ptr/stride/dtype, not torch's
+    __cuda_array_interface__ (a dict built in Python on every call): the same pointer,
+    shape, dtype, layout and device, on contiguous, channels-last, float64 and offset views."""
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("this torch build has no CUDA")
+    from convgen.cuda.device import _from_cai, device_view
+    from convgen.cuda.kernel import layout_of
+    base = torch.randn(3, 8, 6, 5, device="cuda")
+    for tensor in (base, base.to(memory_format=torch.channels_last), base.double(), base[1:],
+                   base[:, 2:5]):
+        fast, cai = device_view(tensor, "input"), _from_cai(tensor, "input")
+        assert (fast.pointer, fast.shape, fast.dtype) == (cai.pointer, cai.shape, cai.dtype)
+        assert fast.device == tensor.device.index and fast.stream is None
+        assert layout_of(fast.shape, fast.strides, fast.dtype.itemsize) == \
+            layout_of(cai.shape, cai.strides, cai.dtype.itemsize)
+    with pytest.raises(TypeError, match="requires grad"):
+        device_view(base.clone().requires_grad_(True), "weight")

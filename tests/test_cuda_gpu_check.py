@@ -164,9 +164,23 @@ class _StandInCuda:
         from types import SimpleNamespace
         return SimpleNamespace(name="stand-in GPU", multi_processor_count=132)
 
+    current = "the caller's stream"
+
     @staticmethod
     def Stream():
-        raise RuntimeError("the stand-in has no streams")
+        raise RuntimeError("the stand-in has no graphs")
+
+    @staticmethod
+    def _sleep(cycles):
+        pass
+
+    @classmethod
+    def current_stream(cls):
+        return cls.current
+
+    @classmethod
+    def set_stream(cls, stream):
+        cls.current = stream
 
 
 class _StandInTorch:
@@ -198,7 +212,8 @@ class _StandInKernel:
         self.flops = 1e9
         self.index = index
 
-    def __call__(self, x, w, b, out):
+    def __call__(self, x, w, b, out, stream=None):
+        assert stream == "the caller's stream"   # torch's current stream, passed on
         time.sleep(2e-4 * (1 + self.index % 2))   # the odd candidates are slower
         out.copy_(self.op(x.double(), w.double(), b.double(), **self.args).float())
         return out
@@ -243,7 +258,9 @@ def test_cuda_compare_runs_end_to_end_on_a_stand_in_gpu(tmp_path, monkeypatch):
         assert row["rel_err"] < 1e-6 and row["choice_rel_err"] < 1e-6
         assert [s["plan"] for s in row["sweep"]] == [f"stand-in plan {i}" for i in range(3)]
         assert all(s["measured_s"] > 0 for s in row["sweep"])
-        assert row["plan"] != "stand-in plan 1" and row["regret"] >= 1.0
+        assert row["plan"] in {s["plan"] for s in row["sweep"]} and row["regret"] > 0
         assert row["sm_mhz"] == "1980"
+        # the stand-in kernels sleep at least 0.2 ms a call: the host's share is measured
+        assert row["convgen_host_s"] >= 2e-4 and row["torch_host_s"] > 0
     assert "convgen_graph_s" in result["layers"][0] and result["layers"][0]["convgen_graph_s"] \
         is None   # the stand-in refuses graphs: reported, not fatal
