@@ -9,10 +9,11 @@ holds what ptxas and the SASS say of every tile the planner enumerates (calibrat
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 from ..core.spec import Workload
 from ..target.cuda_arch import CudaArch
-from . import calibration
+from . import calibration, timings
 from .plan import (
     CudaPlan,
     Launch,
@@ -155,10 +156,80 @@ def _gemm_rate(plan: CudaPlan, arch: CudaArch, real: int) -> float:
     return macs / _overlapped(pipe, issue, smem)
 
 
+@dataclass(frozen=True)
+class Terms:
+    """What the analytical model derives for one plan, before it is turned into seconds:
+    compute on the busiest SM, the bytes that must cross DRAM and L2, the split-K chain,
+    the launches. bench/fit_cuda_model.py fits measured GPU times to these."""
+
+    kind: str              # "wgmma", "mma" (TF32 mma.sync), "fp32" (SIMT GEMM), "direct",
+                           # "depthwise"
+    compute_s: float       # the busiest SM's work at the rate its loop can issue
+    unique_bytes: float    # every operand read once and the output written once
+    l2_bytes: float        # what the blocks read through L2
+    dram_bytes_per_s: float
+    split_k: int
+    output_bytes: float
+    launches: int
+    why: str
+
+    @property
+    def memory_s(self) -> float:
+        return max(self.unique_bytes / self.dram_bytes_per_s,
+                   self.l2_bytes / (3 * self.dram_bytes_per_s))
+
+
 def cost_of(plan: CudaPlan, workload: Workload, arch: CudaArch) -> tuple[float, str]:
-    """Predicted seconds on ``arch``: the longest of compute on the busiest SM (at the rate
-    the inner loop can issue, discounted for latency the resident warps cannot hide), DRAM
-    traffic and L2 traffic, plus the launches."""
+    """Predicted seconds on ``arch``, and the reasoning in a line. Where GPU timings of this
+    architecture were measured (timings.json, fitted by bench/fit_cuda_model.py), the terms
+    are weighed as they fitted; elsewhere, analytically: the longest of compute, DRAM and L2
+    traffic (the split-K partial sums counted as traffic), plus the launches."""
+    t = terms_of(plan, workload, arch)
+    fitted = timings.for_arch(arch)
+    if fitted is not None:
+        return fitted.seconds(t), f"{t.why}; weighed as timed on {fitted.gpu}"
+    return analytical_seconds(t), t.why
+
+
+# The direct kernel was timed on grouped and depthwise layers only (a few channels per
+# group): on denser layers the fitted weights have nothing to say about it
+DIRECT_TIMED_BELOW = 16
+
+
+def costs_of(plans: list[CudaPlan], workload: Workload,
+             arch: CudaArch) -> list[tuple[float, str]]:
+    """cost_of for each of ``plans`` (of one workload). Where measured weights apply, a
+    direct kernel on a layer of DIRECT_TIMED_BELOW or more channels per group keeps the
+    analytical model's judgement against the SIMT GEMM: its analytical seconds scaled as the
+    fitted model scales the GEMM the fitted model ranks first."""
+    terms = [terms_of(plan, workload, arch) for plan in plans]
+    fitted = timings.for_arch(arch)
+    if fitted is None:
+        return [(analytical_seconds(t), t.why) for t in terms]
+    note = f"; weighed as timed on {fitted.gpu}"
+    priced = [(fitted.seconds(t), t.why + note) for t in terms]
+    gemms = [(seconds, t) for (seconds, _), t in zip(priced, terms) if t.kind == "fp32"]
+    if workload.spec.cin_per_group < DIRECT_TIMED_BELOW or not gemms:
+        return priced
+    seconds, best = min(gemms, key=lambda g: g[0])
+    scale = seconds / analytical_seconds(best)
+    return [(analytical_seconds(t) * scale, t.why + f"; analytical x {scale:.2f}, as the "
+             f"SIMT GEMM (the direct kernel was never timed at this size)")
+            if t.kind == "direct" else p for p, t in zip(priced, terms)]
+
+
+def analytical_seconds(t: Terms) -> float:
+    """The terms as seconds without measurements: the longest of compute, DRAM and L2
+    traffic (split-K's partial sums counted as traffic), plus the launches."""
+    split_bytes = 2 * t.split_k * t.output_bytes if t.split_k > 1 else 0.0
+    memory_s = max((t.unique_bytes + split_bytes) / t.dram_bytes_per_s,
+                   t.l2_bytes / (3 * t.dram_bytes_per_s))
+    return max(t.compute_s, memory_s) + t.launches * _LAUNCH_S
+
+
+def terms_of(plan: CudaPlan, workload: Workload, arch: CudaArch) -> Terms:
+    """The analytical terms: compute on the busiest SM (at the rate the inner loop can issue,
+    discounted for latency the resident warps cannot hide), DRAM and L2 traffic, launches."""
     launch = launch_of(plan, workload)
     real = real_bytes(workload)
     spec = workload.spec
@@ -178,7 +249,7 @@ def cost_of(plan: CudaPlan, workload: Workload, arch: CudaArch) -> tuple[float, 
         rate = _WGMMA_TF32_PER_CLOCK * 0.75     # TMA-fed, warp-specialised: most of the peak
         hiding = 1.0
         l2_bytes = real * -(-m // bm) * -(-spec.out_channels // bn) * (bm + bn) * k
-        what = f"wgmma, {rate:.0f} FMA/clk/SM"
+        kind, what = "wgmma", f"wgmma, {rate:.0f} FMA/clk/SM"
     elif plan.is_gemm:
         bm, bn, bk = plan.tile
         phases = gemm_phases(workload)
@@ -195,8 +266,7 @@ def cost_of(plan: CudaPlan, workload: Workload, arch: CudaArch) -> tuple[float, 
         hiding = 0.3 + 0.7 * min(1.0, warps / 4)     # register tiles give ILP: 4 warps suffice
         l2_bytes = real * sum(-(-p.m // bm) * tiles_n * (bm + bn) * t * bk
                               for p, t in zip(phases, k_tiles)) * spec.groups
-        if plan.split_k > 1:
-            unique_bytes += 2 * plan.split_k * real * math.prod(workload.output_shape)
+        kind = "mma" if plan.math == "tf32" else "fp32"
         what = f"{len(phases)} phase(s), {rate:.0f} FMA/clk/SM"
     elif plan.algorithm == "depthwise":
         tile = math.prod(plan.tile)
@@ -205,7 +275,7 @@ def cost_of(plan: CudaPlan, workload: Workload, arch: CudaArch) -> tuple[float, 
         hiding = 0.2 + 0.8 * min(1.0, warps / 16)
         halo = math.prod(depthwise_halo(workload, plan.tile))
         l2_bytes = real * blocks * halo
-        what = f"halo {halo} for a tile of {tile}"
+        kind, what = "depthwise", f"halo {halo} for a tile of {tile}"
     else:
         pixels, oc_block = plan.tile
         block_macs = pixels * oc_block * spec.cin_per_group * math.prod(spec.kernel_size)
@@ -216,14 +286,12 @@ def cost_of(plan: CudaPlan, workload: Workload, arch: CudaArch) -> tuple[float, 
             rate /= math.prod(spec.stride)
         hiding = 0.2 + 0.8 * min(1.0, warps / 16)
         l2_bytes = real * workload.macs / oc_block / 8
-        what = f"{oc_block} channel(s) per thread"
+        kind, what = "direct", f"{oc_block} channel(s) per thread"
     compute_s = busiest * block_macs / (rate * hiding * _CLOCK_HZ)
     dram = _DRAM_BYTES_PER_S.get(arch.number, 1.0e12)
     memory_s = max(unique_bytes / dram, l2_bytes / (3 * dram))
-    launches = 2 if launch.zero_output else 1
     why = (f"{blocks} blocks of {plan.threads} threads, {resident}/SM resident on the busiest "
            f"of {arch.sm_count} SMs ({busiest} blocks), {what}; compute {compute_s * 1e6:.1f} "
            f"us, memory {memory_s * 1e6:.1f} us")
-    return max(compute_s, memory_s) + launches * _LAUNCH_S, why
-
-
+    return Terms(kind, compute_s, unique_bytes, l2_bytes, dram, plan.split_k,
+                 real * math.prod(workload.output_shape), 2 if launch.zero_output else 1, why)

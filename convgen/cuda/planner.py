@@ -1,7 +1,7 @@
 """The CUDA planner: every legal plan for a workload, ranked by the cost model; the choice.
 
 ``candidates`` enumerates (``plan.enumerate_plans``), refuses the illegal (``check_plan``)
-and those that would spill, and prices the rest (``cost.cost_of``); ``choose`` takes the
+and those that would spill, and prices the rest (``cost.costs_of``); ``choose`` takes the
 cheapest of the allowed arithmetic; ``resolve`` turns a user's ``plan=`` into a CudaPlan.
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ from ..core.planning import Candidate, format_explain
 from ..core.spec import Workload
 from ..target import Target
 from ..target.cuda_arch import CudaArch
-from .cost import REGISTER_LIMIT, cost_of, fits_gemm_budget, registers
+from .cost import REGISTER_LIMIT, costs_of, fits_gemm_budget, registers
 from .plan import (
     ALGORITHMS,
     CudaPlan,
@@ -28,7 +28,7 @@ from .plan import (
 def candidates(workload: Workload, target: Target) -> list[Candidate]:
     """Every plan the planner considers for the workload, cheapest first."""
     arch = target.cuda
-    found = []
+    legal = []
     for plan in enumerate_plans(workload, arch):
         try:
             check_plan(plan, workload, arch)
@@ -38,8 +38,9 @@ def candidates(workload: Workload, target: Target) -> list[Candidate]:
             continue
         if plan.is_gemm and plan.math == "tf32" and not fits_gemm_budget(plan, workload):
             continue   # TF32 tiles run in 128 registers (2+ blocks per SM) or not at all
-        cost, why = cost_of(plan, workload, arch)
-        found.append(Candidate(plan, cost, why))
+        legal.append(plan)
+    found = [Candidate(plan, cost, why)
+             for plan, (cost, why) in zip(legal, costs_of(legal, workload, arch))]
     found.sort(key=lambda c: (c.cost_s, str(c.plan)))
     return found
 
