@@ -114,9 +114,11 @@ def _is_torch_tensor(value) -> bool:
 
 
 def _from_torch(value, name: str) -> DeviceView:
-    """A torch tensor read through its own attributes: torch's __cuda_array_interface__ is
-    Python code that builds a dict (about 10 us a tensor, four tensors a call, measured on
-    an H200 host as most of a 55 us call). The same fields, the same rules."""
+    """A torch tensor read through its own attributes rather than torch's
+    __cuda_array_interface__, a dict built in Python for every tensor of every call (which
+    also raises a RuntimeError of torch's own for a tensor that requires grad). The same
+    fields, the same rules. On the H200 host a call took about 55 us either way: the rest
+    of a call's host time lies elsewhere (bench/RESULTS.md)."""
     device = value.device
     if device.type != "cuda":
         raise TypeError(f"{name} is a torch tensor on {device.type}; target 'cuda' takes CUDA "
