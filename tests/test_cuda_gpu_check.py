@@ -241,7 +241,8 @@ def test_cuda_compare_runs_end_to_end_on_a_stand_in_gpu(tmp_path, monkeypatch):
     suite.write_text(json.dumps({"layers": layers}))
 
     def compile_all(chosen, target, candidates, jobs):
-        return {layer["name"]: [cuda_compare.Compiled(_StandInKernel(layer, i, torch), 1e-3 * i)
+        return {layer["name"]: [cuda_compare.Compiled(_StandInKernel(layer, i, torch), 1e-3 * i,
+                                                      analytical_first=i == 1)
                                 for i in range(candidates)] for layer in chosen}
     monkeypatch.setattr(cuda_compare, "compile_all", compile_all)
     precision = torch.backends.cudnn.conv.fp32_precision
@@ -260,7 +261,35 @@ def test_cuda_compare_runs_end_to_end_on_a_stand_in_gpu(tmp_path, monkeypatch):
         assert all(s["measured_s"] > 0 for s in row["sweep"])
         assert row["plan"] in {s["plan"] for s in row["sweep"]} and row["regret"] > 0
         assert row["sm_mhz"] == "1980"
+        assert [s["analytical_first"] for s in row["sweep"]] == [False, True, False]
+        assert row["analytical_choice_regret"] >= 1.0 and row["choice_quick_regret"] >= 1.0
         # the stand-in kernels sleep at least 0.2 ms a call: the host's share is measured
         assert row["convgen_host_s"] >= 2e-4 and row["torch_host_s"] > 0
     assert "convgen_graph_s" in result["layers"][0] and result["layers"][0]["convgen_graph_s"] \
         is None   # the stand-in refuses graphs: reported, not fatal
+
+
+def test_the_analytical_models_choice_is_timed_beside_the_fitted_ones(monkeypatch):
+    """Where the planner's weights come from GPU timings (sm_90), cuda_compare also times
+    what the analytical model would have chosen: vgg_conv1_2 with TF32, where the fit moved
+    the choice from the mma.sync GEMM to wgmma."""
+    import dataclasses
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import cuda_compare
+    finally:
+        sys.path.pop(0)
+    from convgen.backends import get_target
+    from convgen.core.layers import spec_from_op
+    from convgen.core.spec import workload_of
+    from convgen.cuda import candidates
+    from convgen.target.cuda_arch import CUDA_ARCHS
+    target = dataclasses.replace(get_target("cuda"), cuda=dataclasses.replace(
+        CUDA_ARCHS["sm_90a"], allow_tf32=True))
+    spec = spec_from_op("conv2d", (64, 64, 3, 3), True, (1, 64, 224, 224), padding=1)
+    load = workload_of(spec, (1, 64, 224, 224), "float32")[0]
+    ranked = [c for c in candidates(load, target) if c.plan.math == "tf32"]
+    analytical = cuda_compare.analytical_choice(ranked, load, target)
+    assert ranked[0].plan.algorithm == "wgmma_gemm"
+    assert analytical.plan.algorithm == "implicit_gemm"
