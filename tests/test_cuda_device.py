@@ -81,6 +81,33 @@ def test_pointers_and_stream_reach_the_launcher():
     assert library.calls == [(0x7F0000000000, 0x7F0000010000, 0x7F0000020000, 0x7F0000030000, 7)]
 
 
+def test_a_repeated_call_skips_the_checks_a_changed_one_does_not(monkeypatch):
+    """The checks of a call are kept for the next with the same operands (pointers,
+    shapes, strides, dtypes, read-only flags, devices, stream); anything else is checked
+    again, so a bad call after good ones is still refused before the launch."""
+    library = FakeLibrary()
+    kernel = cuda_kernel(library)
+    checked = []
+    original = kernel._check_views
+    monkeypatch.setattr(kernel, "_check_views", lambda *a: (checked.append(1), original(*a)))
+    x, w, b, y = operands()
+    for _ in range(3):
+        kernel(x, w, b, out=y)
+    assert len(checked) == 1 and len(library.calls) == 3
+    kernel(x, w, b, out=y, stream=5)                       # another stream: checked again
+    assert len(checked) == 2
+    with pytest.raises(ValueError, match="overlaps the input"):
+        kernel(x, w, b, out=FakeDeviceArray((2, 6, 5, 5), pointer=0x7F0000000000))
+    with pytest.raises(ValueError, match="read-only"):
+        kernel(x, w, b, out=FakeDeviceArray((2, 6, 5, 5), pointer=0x7F0000030000,
+                                            readonly=True))
+    with pytest.raises(ValueError, match="shape"):
+        kernel(FakeDeviceArray((2, 4, 5, 6), pointer=0x7F0000000000), w, b, out=y)
+    assert len(library.calls) == 4                         # none of the bad calls launched
+    kernel(x, w, b, out=y)
+    assert len(checked) == 6 and len(library.calls) == 5
+
+
 @pytest.mark.parametrize("stream,handle", [
     (None, 0), (5, 5), (np.int64(9), 9),
     (type("TorchStream", (), {"cuda_stream": 11})(), 11),
