@@ -183,12 +183,10 @@ def cost_of(plan: CudaPlan, workload: Workload, arch: CudaArch) -> tuple[float, 
     """Predicted seconds on ``arch``, and the reasoning in a line. Where GPU timings of this
     architecture were measured (timings.json, fitted by bench/fit_cuda_model.py), the terms
     are weighed as they fitted; elsewhere, analytically: the longest of compute, DRAM and L2
-    traffic (the split-K partial sums counted as traffic), plus the launches."""
-    t = terms_of(plan, workload, arch)
-    fitted = timings.for_arch(arch)
-    if fitted is not None:
-        return fitted.seconds(t), f"{t.why}; weighed as timed on {fitted.gpu}"
-    return analytical_seconds(t), t.why
+    traffic (the split-K partial sums counted as traffic), plus the launches. One plan
+    alone: a direct kernel on a dense layer is priced against the layer's GEMMs only among
+    them (costs_of, as the planner prices)."""
+    return costs_of([plan], workload, arch)[0]
 
 
 # The direct kernel was timed on grouped and depthwise layers only (a few channels per
