@@ -68,7 +68,7 @@ def rows_of(paths: list[Path]) -> list[dict]:
                 if not entry.get("measured_s"):
                     continue
                 plan = CudaPlan.parse(entry["plan"])
-                rows.append({"group": (path.name, row["name"]), "plan": entry["plan"],
+                rows.append({"group": (str(path), row["name"]), "plan": entry["plan"],
                              "terms": terms_of(plan, workload, arch),
                              "measured_s": entry["measured_s"], "gpu": env["gpu"],
                              "arch": arch})
@@ -150,6 +150,13 @@ def fitted_record(theta: np.ndarray, gpu: str) -> dict:
             "split_k_s_per_byte": b, "overlap": overlap}
 
 
+def source_name(path: Path) -> str:
+    """A results file as the table records it: relative to the checkout where it lies in
+    it (a run's results kept in bench/gpu_results/), else by its own path."""
+    resolved = path.resolve()
+    return str(resolved.relative_to(ROOT)) if resolved.is_relative_to(ROOT) else str(path)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("results", nargs="*", type=Path)
@@ -186,12 +193,12 @@ def main(argv=None) -> int:
             else {"about": timings.__doc__.split("\n\n")[0], "archs": {}}
         table["archs"][str(arch.number)] = {
             "fitted": fitted_record(theta, gpu),
-            "fit": {"sources": [str(p.relative_to(ROOT)) for p in paths], "rows": len(rows),
+            "fit": {"sources": [source_name(p) for p in paths], "rows": len(rows),
                     "median_relative_error": float(np.median(relative)),
                     "regret_analytical": summary(before.values()),
                     "regret_fitted": summary(after.values())}}
         timings.TABLE.write_text(json.dumps(table, indent=1) + "\n")
-        print(f"written: {timings.TABLE.relative_to(ROOT)} (architecture {arch.number})")
+        print(f"written: {source_name(timings.TABLE)} (architecture {arch.number})")
     return 0
 
 

@@ -19,19 +19,26 @@
 #    --candidates 1 times, and the best of its 8 best, so the table has both and the
 #    planner's regret): the public suite (bench/suite_public.json, batch 1) in TF32 then
 #    FP32, then the GPU-sized suite (bench/suite_gpu.json, batch 32) in TF32 then FP32 ->
-#    compare.txt (every table) and compare_{tf32,fp32,gpu_tf32,gpu_fp32}.json;
+#    compare.txt (every table) and compare_{tf32,fp32,gpu_tf32,gpu_fp32}.json (packed);
 # 5. compute-sanitizer memcheck over the GPU tests of the GEMM, phase-GEMM, wgmma and
 #    depthwise kernels (kernels already compiled by step 3) -> sanitizer.log;
-# 6. bench/cuda_check_plans.py: the planner's GPU_CHECK_PLANS_N (8) best plans of every
+# 6. the cost model refitted to this run's timings and every earlier run's
+#    (bench/gpu_results/*/), then the public suite compared again in TF32 with the refitted
+#    planner, so one lease both measures the planner and checks its correction
+#    (GPU_CHECK_REFIT_S, 0 to skip) -> compare.txt, compare_refit_tf32.json, timings.json;
+# 7. bench/cuda_check_plans.py: the planner's GPU_CHECK_PLANS_N (4) best plans of every
 #    public-suite layer, both precisions, at the layer's real size against torch, through
 #    convgen's own arrays and torch tensors -> appended to gpu_tests.log.
 # Files written (the device runner returns 8 at most): gpu_check.log (the environment
-# too), gpu_tests.log, compare.txt, the four compare_*.json, sanitizer.log.
+# too), gpu_tests.log, compare.txt, sanitizer.log and results.tar.gz (every compare_*.json
+# and the refitted timings.json; unpack it into bench/gpu_results/NEW/).
 # Exit status: 0 all ran and the tests passed; 1 a step failed (see gpu_check.log);
 # 3 no GPU. Each step has its own time limit (GPU_CHECK_TEST_S, GPU_CHECK_COMPARE_S for
 # each public-suite run, GPU_CHECK_GPU_SUITE_S for each batch-32 run, GPU_CHECK_SANITIZER_S,
-# GPU_CHECK_PLANS_S for each precision of step 6, 0 to skip it),
-# so the whole run ends within about 9 minutes whatever happens.
+# GPU_CHECK_REFIT_S, GPU_CHECK_PLANS_S for each precision of step 7; 0 skips 6 or 7). On an
+# H200 the whole run takes about 7 minutes; the limits together allow 15, so under a 600 s
+# lease the last steps (the least needed) may be cut: the tarball is rewritten after every
+# comparison, so a run stopped at its limit still returns what it measured.
 set -u -o pipefail
 
 PREPARE_ONLY=0
@@ -42,8 +49,9 @@ TEST_S="${GPU_CHECK_TEST_S:-150}"
 COMPARE_S="${GPU_CHECK_COMPARE_S:-110}"
 GPU_SUITE_S="${GPU_CHECK_GPU_SUITE_S:-55}"
 SANITIZER_S="${GPU_CHECK_SANITIZER_S:-50}"
-PLANS_S="${GPU_CHECK_PLANS_S:-90}"
-PLANS_N="${GPU_CHECK_PLANS_N:-8}"
+PLANS_S="${GPU_CHECK_PLANS_S:-60}"
+PLANS_N="${GPU_CHECK_PLANS_N:-4}"
+REFIT_S="${GPU_CHECK_REFIT_S:-100}"
 PYTHON="${GPU_CHECK_PYTHON:-python3}"
 mkdir -p "$OUTDIR"
 LOG="$OUTDIR/gpu_check.log"
@@ -129,16 +137,22 @@ if grep -q "^FAILED.*wgmma" "$OUTDIR/gpu_tests.log"; then
 fi
 
 # -- convgen vs torch, with the planner's regret -------------------------------------------------
+RESULTS="$(mktemp -d)/results"   # packed into one file at the end: the runner returns 8
+mkdir -p "$RESULTS"
 : > "$OUTDIR/compare.txt"
 compare() {   # compare NAME SUITE PRECISION LIMIT
   log "cuda_compare $1: --suite $2 --precision $3 --candidates 8 (limit ${4}s)"
   echo "=== $1: $2, $3 ===" >> "$OUTDIR/compare.txt"
   timeout --kill-after=10 "$4" "$PYTHON" bench/cuda_compare.py --suite "$2" --precision "$3" \
     --candidates 8 --jobs "$JOBS" --min-time 0.2 --warmup 0.5 --markdown \
-    --json "$OUTDIR/compare_$1.json" >> "$OUTDIR/compare.txt" 2>&1
+    --json "$RESULTS/compare_$1.json" >> "$OUTDIR/compare.txt" 2>&1
   local rc=$?
   log "cuda_compare $1: exit $rc: $(grep 'geometric mean' "$OUTDIR/compare.txt" | tail -1)"
   [ $rc -eq 0 ] || STATUS=1
+  pack
+}
+pack() {   # after every step that adds results: a run stopped at its limit keeps them
+  tar -czf "$OUTDIR/results.tar.gz" -C "$RESULTS" . 2>> "$LOG" || STATUS=1
 }
 compare tf32 bench/suite_public.json tf32 "$COMPARE_S"
 compare fp32 bench/suite_public.json fp32 "$COMPARE_S"
@@ -158,6 +172,20 @@ if [ -n "$SANITIZER" ]; then
   [ $rc -eq 0 ] || [ $rc -eq 124 ] || STATUS=1   # 124: the sample ran out of time, not an error
 else
   log "compute-sanitizer not found: memcheck skipped"
+fi
+# -- the cost model refitted to these timings, and checked at once ------------------------------
+if [ "$REFIT_S" -gt 0 ] && ls "$RESULTS"/compare_*.json > /dev/null 2>&1; then
+  log "refitting the CUDA cost model to this run's timings and bench/gpu_results/*/"
+  echo "=== bench/fit_cuda_model.py ===" >> "$OUTDIR/compare.txt"
+  if timeout 60 "$PYTHON" bench/fit_cuda_model.py bench/gpu_results/*/compare_*.json \
+      "$RESULTS"/compare_*.json --write >> "$OUTDIR/compare.txt" 2>&1; then
+    cp convgen/cuda/timings.json "$RESULTS/timings.json"
+    pack
+    log "refit: $(grep 'regret within' "$OUTDIR/compare.txt" | tail -1)"
+    compare refit_tf32 bench/suite_public.json tf32 "$REFIT_S"
+  else
+    log "the refit failed (see compare.txt)"; STATUS=1
+  fi
 fi
 # -- every candidate plan at the layers' real sizes ----------------------------------------------
 if [ "$PLANS_S" -gt 0 ]; then

@@ -183,3 +183,23 @@ def test_the_fitted_form_is_what_timings_documents():
     assert json.loads(timings.TABLE.read_text())["archs"]["90"]["fitted"]["gpu"] == \
         "NVIDIA H200"
     assert math.isfinite(expected)
+
+
+def test_the_fit_script_refits_from_results_anywhere(fit_module, tmp_path, monkeypatch,
+                                                       capsys):
+    """As the GPU check runs it on a lent machine: this run's results (outside the
+    checkout) with the recorded ones, written to the table."""
+    import shutil
+    for path in RESULTS.glob("compare_*.json"):
+        shutil.copy(path, tmp_path / path.name)
+    table = tmp_path / "timings.json"
+    monkeypatch.setattr(timings, "TABLE", table)
+    relative = [str(p.relative_to(ROOT)) for p in sorted(RESULTS.glob("compare_*.json"))]
+    monkeypatch.chdir(ROOT)
+    assert fit_module.main([*relative, *map(str, sorted(tmp_path.glob("compare_*.json"))),
+                            "--write"]) == 0
+    record = json.loads(table.read_text())["archs"]["90"]
+    assert record["fit"]["rows"] == 960
+    assert record["fit"]["sources"][:4] == relative
+    assert all(s.startswith(str(tmp_path)) for s in record["fit"]["sources"][4:])
+    assert "regret within the measured candidates, fitted" in capsys.readouterr().out
