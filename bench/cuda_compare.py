@@ -255,7 +255,8 @@ def compile_all(layers: list[dict], target, candidates: int, jobs: int) -> dict:
     def build(item):
         name, i, spec, shape, candidate = item
         kernel = convgen.compile(spec, shape, "float32", target=target, plan=candidate.plan)
-        return name, i, Compiled(kernel, candidate.cost_s)
+        return name, i, Compiled(kernel, candidate.cost_s,
+                                 candidate.plan == analytical_plans[name])
 
     found: dict = {}
     with ThreadPoolExecutor(max(1, jobs)) as pool:

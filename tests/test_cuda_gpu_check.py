@@ -296,3 +296,25 @@ def test_the_analytical_models_choice_is_timed_beside_the_fitted_ones(monkeypatc
     analytical = cuda_compare.analytical_choice(ranked, load, target)
     assert ranked[0].plan.algorithm == "wgmma_gemm"
     assert analytical.plan.algorithm == "implicit_gemm"
+
+
+def test_compile_all_adds_and_marks_the_analytical_choice(monkeypatch):
+    """The real compile step (nvcc, no GPU needed): the fitted planner's best plan for
+    vgg_conv1_2 in TF32 (wgmma), then the analytical model's (the mma.sync GEMM), marked."""
+    from convgen.cuda.compile import nvcc_path
+    if nvcc_path() is None:
+        pytest.skip("nvcc (the CUDA compiler) is absent")
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import cuda_compare
+    finally:
+        sys.path.pop(0)
+    from convgen.backends import get_target
+    monkeypatch.setenv("CONVGEN_CUDA_ARCH", "sm_90a")
+    monkeypatch.setenv("CONVGEN_CUDA_TF32", "1")
+    layers = [layer for layer in cuda_compare.load_suite(cuda_compare.DEFAULT_SUITE, None)
+              if layer["name"] == "vgg_conv1_2"]
+    compiled = cuda_compare.compile_all(layers, get_target("cuda"), 1, 2)["vgg_conv1_2"]
+    assert [c.kernel.plan.algorithm for c in compiled] == ["wgmma_gemm", "implicit_gemm"]
+    assert [c.analytical_first for c in compiled] == [False, True]
+    assert compiled[0].predicted_s < compiled[1].predicted_s
