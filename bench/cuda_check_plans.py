@@ -60,12 +60,7 @@ def check_layer(torch, np, layer, compiled, tolerance) -> list[dict]:
     import cuda_compare as cc
     from convgen.cuda import DeviceArray, driver
 
-    gen = torch.Generator(device="cuda").manual_seed(1)
-    x = torch.randn(layer["x"], device="cuda", generator=gen)
-    w = torch.randn(layer["w"], device="cuda", generator=gen)
-    out_channels = layer["w"][1] * layer["args"].get("groups", 1) \
-        if "transpose" in layer["op"] else layer["w"][0]
-    b = torch.randn(out_channels, device="cuda", generator=gen)
+    x, w, b = cc.operands(torch, layer, seed=1)
     reference = cc.torch_call(torch, layer, x.double(), w.double(), b.double())()
     torch.cuda.synchronize()
     own = [DeviceArray.from_host(t.cpu().numpy()) for t in (x, w, b)]

@@ -283,15 +283,20 @@ class Compiled:
         self.analytical_first = analytical_first
 
 
-def bench_layer(torch, layer: dict, compiled: list, timer: Timer, clocks: Clocks,
-                min_time: float, warmup: float) -> dict:
-    kernels = [c.kernel for c in compiled]
-    gen = torch.Generator(device="cuda").manual_seed(0)
+def operands(torch, layer: dict, seed: int):
+    """The layer's input, weight and bias: random, float32, on the GPU."""
+    gen = torch.Generator(device="cuda").manual_seed(seed)
     x = torch.randn(layer["x"], device="cuda", generator=gen)
     w = torch.randn(layer["w"], device="cuda", generator=gen)
     out_channels = layer["w"][1] * layer["args"].get("groups", 1) \
         if "transpose" in layer["op"] else layer["w"][0]
-    b = torch.randn(out_channels, device="cuda", generator=gen)
+    return x, w, torch.randn(out_channels, device="cuda", generator=gen)
+
+
+def bench_layer(torch, layer: dict, compiled: list, timer: Timer, clocks: Clocks,
+                min_time: float, warmup: float) -> dict:
+    kernels = [c.kernel for c in compiled]
+    x, w, b = operands(torch, layer, seed=0)
     torch_bias = torch_call(torch, layer, x, w, b)
     torch_plain = torch_call(torch, layer, x, w, None)
     out = torch.empty(kernels[0].output_shape, device="cuda")
