@@ -28,14 +28,18 @@
 #    (GPU_CHECK_REFIT_S, 0 to skip) -> compare.txt, compare_refit_tf32.json, timings.json;
 # 7. bench/cuda_check_plans.py: the planner's GPU_CHECK_PLANS_N (4) best plans of every
 #    public-suite layer, both precisions, at the layer's real size against torch, through
-#    convgen's own arrays and torch tensors -> appended to gpu_tests.log.
+#    convgen's own arrays and torch tensors -> appended to gpu_tests.log;
+# 8. Nsight Compute on the kernels whose speed the first run questioned (wgmma at 38% of
+#    the TF32 peak, the TF32 mma.sync GEMM, a 1x1 layer): speed of light, occupancy, warp
+#    stalls (GPU_CHECK_NCU_S, 0 to skip) -> ncu.txt.
 # Files written (the device runner returns 8 at most): gpu_check.log (the environment
-# too), gpu_tests.log, compare.txt, sanitizer.log and results.tar.gz (every compare_*.json
-# and the refitted timings.json; unpack it into bench/gpu_results/NEW/).
+# too), gpu_tests.log, compare.txt, sanitizer.log, ncu.txt and results.tar.gz (every
+# compare_*.json and the refitted timings.json; unpack it into bench/gpu_results/NEW/).
 # Exit status: 0 all ran and the tests passed; 1 a step failed (see gpu_check.log);
 # 3 no GPU. Each step has its own time limit (GPU_CHECK_TEST_S, GPU_CHECK_COMPARE_S for
 # each public-suite run, GPU_CHECK_GPU_SUITE_S for each batch-32 run, GPU_CHECK_SANITIZER_S,
-# GPU_CHECK_REFIT_S, GPU_CHECK_PLANS_S for each precision of step 7; 0 skips 6 or 7). On an
+# GPU_CHECK_REFIT_S, GPU_CHECK_PLANS_S for each precision of step 7, GPU_CHECK_NCU_S;
+# 0 skips 6, 7 or 8). On an
 # H200 the whole run takes about 7 minutes; the limits together allow 15, so under a 600 s
 # lease the last steps (the least needed) may be cut: the tarball is rewritten after every
 # comparison, so a run stopped at its limit still returns what it measured.
@@ -52,6 +56,7 @@ SANITIZER_S="${GPU_CHECK_SANITIZER_S:-50}"
 PLANS_S="${GPU_CHECK_PLANS_S:-60}"
 PLANS_N="${GPU_CHECK_PLANS_N:-4}"
 REFIT_S="${GPU_CHECK_REFIT_S:-100}"
+NCU_S="${GPU_CHECK_NCU_S:-90}"
 PYTHON="${GPU_CHECK_PYTHON:-python3}"
 mkdir -p "$OUTDIR"
 LOG="$OUTDIR/gpu_check.log"
@@ -62,7 +67,7 @@ STATUS=0
 # -- preparation: files, wheels, a private site folder ------------------------------------
 cd "$ROOT" || exit 1
 for f in bench/suite_public.json bench/suite_gpu.json bench/cuda_compare.py \
-         bench/cuda_check_plans.py tests/test_cuda_gpu.py; do
+         bench/cuda_check_plans.py bench/cuda_profile_one.py tests/test_cuda_gpu.py; do
   [ -f "$f" ] || { log "missing $f: this checkout is incomplete"; exit 1; }
 done
 shopt -s nullglob
@@ -200,6 +205,32 @@ if [ "$PLANS_S" -gt 0 ]; then
     log "cuda_check_plans $precision: exit $rc: $(grep 'plans checked' "$OUTDIR/gpu_tests.log" | tail -1)"
     [ $rc -eq 0 ] || STATUS=1
   done
+fi
+# -- Nsight Compute on the kernels in question ------------------------------------------------
+NCU="$(command -v ncu || ls /usr/local/cuda/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2> /dev/null \
+       | head -1)"
+if [ "$NCU_S" -gt 0 ] && [ -n "$NCU" ]; then
+  log "Nsight Compute (limit ${NCU_S}s)"
+  : > "$OUTDIR/ncu.txt"
+  deadline=$(( $(date +%s) + NCU_S ))
+  # LAYER PRECISION PLAN: wgmma well below peak; the mma.sync GEMM; a 1x1 layer
+  while read -r layer precision plan; do
+    left=$(( deadline - $(date +%s) ))
+    [ "$left" -gt 5 ] || break
+    echo "=== $layer $precision $plan ===" >> "$OUTDIR/ncu.txt"
+    timeout --kill-after=5 "$left" "$NCU" --clock-control none --section SpeedOfLight \
+      --section Occupancy --section WarpStateStats --section LaunchStats -k regex:cg_ \
+      --launch-skip 2 --launch-count 2 "$PYTHON" bench/cuda_profile_one.py "$layer" \
+      --precision "$precision" --plan "$plan" --calls 3 >> "$OUTDIR/ncu.txt" 2>&1 \
+      || echo "(ncu: exit $?)" >> "$OUTDIR/ncu.txt"
+  done <<'LAYERS'
+resnet_3x3_256_b32 tf32 auto
+resnet_3x3_64_b32 tf32 algorithm=implicit_gemm tile=128x64x32 warp=32x64 stages=4 split_k=1 math=tf32 threads=128
+resnet_1x1_256_64_b32 tf32 auto
+LAYERS
+  log "Nsight Compute: $(grep -c '^===' "$OUTDIR/ncu.txt") kernel runs profiled"
+else
+  log "Nsight Compute skipped (${NCU:-ncu not found}, limit ${NCU_S}s)"
 fi
 nvidia-smi --query-gpu=clocks.sm,temperature.gpu,power.draw,clocks_throttle_reasons.active \
   --format=csv >> "$LOG" 2>&1

@@ -42,7 +42,7 @@ def test_it_writes_no_more_files_than_the_device_returns():
     names = set(re.findall(r'\$OUTDIR/([A-Za-z0-9_.]+)"', text))
     runs = re.findall(r"^\s*compare (\w+) ", text, flags=re.M)
     assert names == {"gpu_check.log", "gpu_tests.log", "compare.txt", "sanitizer.log",
-                     "results.tar.gz"}, names
+                     "ncu.txt", "results.tar.gz"}, names
     assert runs == ["tf32", "fp32", "gpu_tf32", "gpu_fp32", "refit_tf32"], runs
     assert '--json "$RESULTS/compare_$1.json"' in text
 
@@ -318,3 +318,18 @@ def test_compile_all_adds_and_marks_the_analytical_choice(monkeypatch):
     assert [c.kernel.plan.algorithm for c in compiled] == ["wgmma_gemm", "implicit_gemm"]
     assert [c.analytical_first for c in compiled] == [False, True]
     assert compiled[0].predicted_s < compiled[1].predicted_s
+
+
+def test_the_profiled_script_finds_its_layer_and_refuses_clearly_without_a_gpu():
+    pytest.importorskip("torch")
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    script = str(ROOT / "bench" / "cuda_profile_one.py")
+    result = subprocess.run([sys.executable, script, "resnet_3x3_256_b32"],
+                            capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert result.returncode == 2 and "needs an NVIDIA GPU" in result.stderr
+    result = subprocess.run([sys.executable, script, "no_such_layer"],
+                            capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert result.returncode != 0 and "no layer 'no_such_layer'" in result.stderr
