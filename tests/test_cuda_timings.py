@@ -203,3 +203,14 @@ def test_the_fit_script_refits_from_results_anywhere(fit_module, tmp_path, monke
     assert record["fit"]["sources"][:4] == relative
     assert all(s.startswith(str(tmp_path)) for s in record["fit"]["sources"][4:])
     assert "regret within the measured candidates, fitted" in capsys.readouterr().out
+
+
+def test_the_fit_and_the_planner_price_alike(fit_module, recorded):
+    """fit_cuda_model evaluates the fitted form vectorised (numpy) and the planner one plan
+    at a time (timings.Fitted.seconds): the same formula written twice, so they must agree
+    on every timed candidate."""
+    rows, theta = recorded
+    fitted = timings.Fitted.from_dict(fit_module.fitted_record(theta, "test"))
+    vectorised = fit_module.model(theta, fit_module.arrays(rows))
+    one_by_one = np.array([fitted.seconds(r["terms"]) for r in rows])
+    assert np.allclose(vectorised, one_by_one, rtol=1e-12)
