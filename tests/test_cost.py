@@ -24,8 +24,8 @@ SMALL_L2 = Machine(48 << 10, 2 << 20, 256 << 20, 2.0, 3.0, 1.5, 4.0, clock_hz=3.
 BIG_L2 = dataclasses.replace(SMALL_L2, l2_bytes=64 << 20)
 
 
-def seconds(plan: Plan, workload, machine: Machine) -> float:
-    return estimate(plan, workload, TARGET, machine)[0]
+def seconds(plan: Plan, workload, machine: Machine, target=TARGET) -> float:
+    return estimate(plan, workload, target, machine)[0]
 
 
 def test_winograd_weights_streamed_from_l3_are_charged_per_block():
@@ -119,3 +119,46 @@ def test_an_empty_batch_is_costed():
     for order in ("oc_outer", "pixel_outer"):
         assert seconds(Plan("implicit_gemm", VECTOR, 7, VECTOR, order, 2), workload,
                        SMALL_L2) >= 0
+
+
+AVX512 = get_target("x86-64-v4")
+
+
+def _depthwise(pixel_tile: int, row_tile: int) -> Plan:
+    return Plan("depthwise", 1, pixel_tile, 16, "oc_outer", 2, row_tile)
+
+
+def test_depthwise_loads_are_counted_as_the_compiled_code_issues_them():
+    """gcc folds a depthwise tile's plain loads into its FMAs (one load per FMA, whatever the
+    source shares) and keeps only the masked loads at a channel's row ends in registers.
+    mbv1_dw_112 (112-wide rows, in place): 2 of its 21 tap loads per row are masked, and a
+    third of them start on a vector boundary (the others cross a cache line)."""
+    spec = ConvSpec.conv(2, 32, 32, 3, padding=1, groups=32)
+    workload, _ = workload_of(spec, (1, 32, 112, 112), "float32")
+    plan = _depthwise(32, 8)
+    facts = derive(workload, plan, AVX512)
+    inner = facts.lowering.phases[0].axes[-1]
+    assert facts.in_place
+    assert cost._load_shape(workload, inner, 1, 16, True) == pytest.approx((19 / 21, 2 - 7 / 21))
+    assert cost._load_shape(workload, inner, 1, 16, False)[0] == 1.0   # a padded plane: no masks
+    narrow, _ = workload_of(ConvSpec.conv(2, 8, 8, 5, padding=2, groups=8), (1, 8, 28, 28),
+                            "float32")
+    narrow_inner = derive(narrow, plan, AVX512).lowering.phases[0].axes[-1]
+    folded, splits = cost._load_shape(narrow, narrow_inner, 2, 16, True)
+    assert folded == pytest.approx(3 / 10) and splits == 2.0   # rows 28 apart: misaligned
+
+
+def test_tall_depthwise_tiles_gain_only_where_their_loads_stay_shared():
+    """Measured (Intel Xeon, 2 threads, 2026-11-30): on mbv1_dw_112 the 32 x 8 tile was
+    12-20% slower than 3-5-row tiles in every run, which the model had 1.5% faster (it
+    counted each input vector loaded once for all 8 rows); on effnet_dw_5x5 (28-wide rows,
+    most loads masked and kept in registers) 7 rows beat 4 by 5% and 2 by 32%."""
+    big, _ = workload_of(ConvSpec.conv(2, 32, 32, 3, padding=1, groups=32), (1, 32, 112, 112),
+                         "float32")
+    assert (seconds(_depthwise(32, 8), big, SMALL_L2, AVX512)
+            >= seconds(_depthwise(64, 5), big, SMALL_L2, AVX512))
+    effnet, _ = workload_of(ConvSpec.conv(2, 240, 240, 5, padding=2, groups=240),
+                            (1, 240, 28, 28), "float32")
+    seven = seconds(_depthwise(32, 7), effnet, SMALL_L2, AVX512)
+    assert seven < 0.95 * seconds(_depthwise(32, 4), effnet, SMALL_L2, AVX512)
+    assert seven < 0.8 * seconds(_depthwise(32, 2), effnet, SMALL_L2, AVX512)

@@ -124,14 +124,25 @@ def _depthwise_cost(plan: Plan, workload: Workload, facts: Derived, machine: Mac
     bandwidth = _level_bandwidth(plane_bytes, machine)
     kernel_rows = len(phase.axes[0].taps) if len(phase.axes) > 1 else 1
 
+    folded, splits = _load_shape(workload, inner, low.padded[-1].before, plan.vector,
+                                  facts.in_place)
+
     def tile(row_count: int, vecs: int) -> float:
         chains = row_count * vecs
         shared = 1.0
         if len(phase.axes) > 1 and phase.axes[0].in_step == 1:
             shared = (row_count + kernel_rows - 1) / (row_count * kernel_rows)
         fma = chains / (machine.fma_per_cycle * width)
-        # one load per input vector the tile's rows share (render._shared_loads)
-        loads = (chains * shared * machine.vector_load_cost / width + 1) / machine.loads_per_cycle
+        # The source loads each input vector once for every row that reads it
+        # (render._shared_loads), but gcc folds the plain loads back into the FMAs, one per
+        # FMA (mbv1_dw_112: 138-144 of 144 FMAs per tile read memory, in every tile
+        # shape); only the masked loads at a channel's edges stay shared in registers
+        # (effnet_dw_5x5, 28-wide rows: 42-52 of 320-350). Counting every load as shared
+        # ranked 8-row tiles first on mbv1_dw_112, measured 12-20% slower than 3-5-row
+        # ones. The rows do share the lines they bring into L1 (inputs).
+        per_fma = folded + (1.0 - folded) * shared
+        loads = (chains * per_fma * splits * machine.vector_load_cost / width + 1) / \
+            machine.loads_per_cycle
         inputs = chains * shared * plan.vector * size / bandwidth
         return phase.taps * max(fma, loads, inputs, machine.fma_latency) + chains + 12
 
@@ -163,6 +174,24 @@ def _depthwise_cost(plan: Plan, workload: Workload, facts: Derived, machine: Mac
            f"chains per tile, compute {compute / machine.clock_hz * 1e3:.3f} ms/thread, "
            f"streaming {stream_per_thread / machine.clock_hz * 1e3:.3f} ms/thread")
     return seconds, why
+
+
+def _load_shape(workload: Workload, inner, pad: int, vector: int,
+                in_place: bool) -> tuple[float, float]:
+    """A depthwise row's tap loads: the fraction gcc folds into the FMAs (every load that is
+    not masked; in place, those reaching past the channel's row ends are) and the L1
+    accesses per load (two where it crosses a cache line: a column offset that is not a
+    whole vector, or rows that are not whole vectors apart). ``inner.offsets`` index the
+    padded row: ``pad`` of them lie before the input's first column."""
+    row_in, row_out = workload.in_spatial[-1], inner.count
+    loads = [(v * vector * inner.in_step + offset - pad) for v in range(-(-row_out // vector))
+             for offset in inner.offsets]
+    plain = [start for start in loads if not in_place or 0 <= start <= row_in - vector]
+    if row_in % vector:
+        splits = 2.0
+    else:
+        splits = 2.0 - sum(1 for start in loads if start % vector == 0) / len(loads)
+    return len(plain) / len(loads), splits
 
 
 def _level_bandwidth(working_set: int, machine: Machine) -> float:
