@@ -337,3 +337,33 @@ def test_a_panel_chunk_reads_only_the_rows_its_taps_touch():
                             plan=plan)
     phase = derive(three.workload, plan, TARGET).lowering.phases[0]
     assert _chunk_lines(three.workload, phase, 14) == 64 * 3 * (-(-16 * 4 // 64) + 1)
+
+
+# direct_simd's reduction loops unrolled 4 steps (render._reduction_unroll): channel and tap
+# counts that leave every remainder (1 x 1 with 1, 2, 3 channels over a multiple of 4; 7 and
+# 5 taps; 2 accumulator chains over an odd tap count), a blocked long reduction, groups,
+# transposed phases; tiles that fit 16 vector registers (AVX2)
+UNROLL_CASES = [
+    (make_case("pointwise_rem1", "conv2d", cin=13, cout=24, spatial=(7, 37), kernel=1), 4, 3),
+    (make_case("pointwise_rem2", "conv1d", cin=6, cout=16, spatial=(50,), kernel=1,
+               batch=3), 8, 1),
+    (make_case("taps7", "conv1d", cin=11, cout=24, spatial=(41,), kernel=7, padding=3), 4, 2),
+    (make_case("chains", "conv2d", cin=3, cout=4, spatial=(6, 19), kernel=(1, 5),
+               padding=(0, 2)), 2, 1),
+    (make_case("blocked", "conv1d", cin=300, cout=8, spatial=(21,), kernel=3, padding=1), 4, 2),
+    (make_case("groups", "conv2d", cin=12, cout=24, spatial=(5, 18), kernel=3, padding=1,
+               groups=3), 8, 1),
+    (make_case("phases", "conv_transpose1d", cin=9, cout=16, spatial=(17,), kernel=5,
+               stride=1, padding=2), 4, 2),
+]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("case, oc_tile, vectors", UNROLL_CASES,
+                         ids=[c[0].name for c in UNROLL_CASES])
+def test_unrolled_reductions_match_torch(case, oc_tile, vectors, dtype, threads):
+    vector = native_vector(TARGET, dtype)
+    plan = Plan("direct_simd", oc_tile, vectors * vector, vector, "oc_outer", threads)
+    marker = "GCC unroll 4" if vector > 1 else "#define UNROLL_REDUCTION\n"
+    check_kernel(case, plan, dtype, marker, "unroll")
