@@ -1,6 +1,6 @@
 """The tuning database: JSON lines, one record per trial, readable, diffable and mergeable.
 
-    {"schema": 1, "kind": "trial", "id": ..., "when": ..., "convgen": "0.4.5",
+    {"schema": 1, "kind": "trial", "id": ..., "when": ..., "convgen": "0.4.6",
      "plan_space": "Plan-...", "machine_class": "x86_64-...", "machine": {...},
      "target": "cpu", "threads": 2, "accuracy": "fast", "workload": {...},
      "plan": "algorithm=... threads=2", "status": "ok", "time": {"median_s": ...}, ...}
