@@ -4,6 +4,8 @@ and the blocked accumulation that keeps long reductions within twice torch's flo
 Every case runs with poisoned outputs, in float32 and float64, at one and two threads."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -159,15 +161,16 @@ def test_staged_rows_match_torch(case, dtype, order, threads):
     check_kernel(case, plan, dtype, "STAGE_PITCH", f"{order}{threads}")
 
 
-def check_kernel(case, plan: Plan, dtype: str, marker: str, salt: str) -> None:
+def check_kernel(case, plan: Plan, dtype: str, marker: str, salt: str) -> convgen.Kernel:
     """Compile ``plan`` for ``case``, check that its source shows the variant (``marker``),
-    and compare a poisoned call on fresh operands with torch."""
+    and compare a poisoned call on fresh operands with torch; the kernel."""
     kernel = convgen.compile(spec_of(case), case.x_shape, dtype, plan=plan)
     assert marker in kernel.source
     rng = np.random.default_rng(seed_of(f"{case.name}{dtype}{salt}"))
     x, w, b = (a.astype(dtype) for a in operands(case, rng))
     assert_matches(poisoned_call(kernel, x, w, b),
                    torch_reference(case.op, x, w, b, **case.kwargs), dtype)
+    return kernel
 
 
 def test_only_strided_output_rows_are_staged():
@@ -365,5 +368,33 @@ UNROLL_CASES = [
 def test_unrolled_reductions_match_torch(case, oc_tile, vectors, dtype, threads):
     vector = native_vector(TARGET, dtype)
     plan = Plan("direct_simd", oc_tile, vectors * vector, vector, "oc_outer", threads)
-    marker = "GCC unroll 4" if vector > 1 else "#define UNROLL_REDUCTION\n"
-    check_kernel(case, plan, dtype, marker, "unroll")
+    kernel = check_kernel(case, plan, dtype, "UNROLL_REDUCTION for", "unroll")
+    assert ("GCC unroll 4" in kernel.source) == (vector > 1)
+
+
+# implicit_gemm unrolls its tap loop whole up to 9 taps, 9 at a time beyond (a remainder
+# of 2 with 11 taps), one tap per phase of a transposed conv, 27 taps of a 3-D kernel
+TAP_UNROLL_CASES = [
+    (make_case("taps9", "conv2d", cin=5, cout=20, spatial=(9, 13), kernel=3, padding=2,
+               dilation=2), 9),
+    (make_case("taps11", "conv1d", cin=3, cout=24, spatial=(40,), kernel=11, padding=5,
+               stride=2), 9),
+    (make_case("taps7", "conv2d", cin=4, cout=16, spatial=(6, 17), kernel=(1, 7),
+               padding=(0, 3)), 7),
+    (make_case("phases4", "conv_transpose2d", cin=6, cout=18, spatial=(5, 6), kernel=4,
+               stride=2, padding=1), 4),
+    (make_case("taps27", "conv3d", cin=3, cout=16, spatial=(4, 5, 6), kernel=3,
+               padding=1), 9),
+    (make_case("pointwise", "conv2d", cin=7, cout=16, spatial=(5, 9), kernel=1), 1),
+]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("case, unroll", TAP_UNROLL_CASES,
+                         ids=[c[0].name for c in TAP_UNROLL_CASES])
+def test_implicit_gemm_unrolled_taps_match_torch(case, unroll, dtype):
+    vector = native_vector(TARGET, dtype)
+    plan = Plan("implicit_gemm", vector, 5, vector, "oc_outer", 2)
+    kernel = check_kernel(case, plan, dtype, "UNROLL_REDUCTION for", "taps")
+    pragmas = re.findall(r"GCC unroll (\d+)", kernel.source)
+    assert pragmas == ([str(unroll)] if vector > 1 and unroll > 1 else [])
