@@ -127,6 +127,9 @@ def test_convgen_machine_measures_this_host(private_cache, monkeypatch):
     assert 0.4 < model["fma_per_cycle"] < 4.5 and 2 < model["fma_latency"] < 10
     assert model["l1_bytes_per_cycle"] > model["l2_bytes_per_cycle"] > model["l3_bytes_per_cycle"]
     assert info["measure_seconds"] < 10   # about 1 s on an idle machine
+    if info["identity"]["cores"] > 1:     # one fork/join of awake workers: ~1 us, not ms
+        assert info["origin"]["parallel_overhead_s"] == "measured"
+        assert 5e-8 < model["parallel_overhead_s"] < 2e-4
     text = subprocess.run([sys.executable, "-m", "convgen.cli", "machine"], env=env,
                           capture_output=True, text=True, timeout=60).stdout
     assert "measured" in text and "GFLOP/s" in text
@@ -199,3 +202,26 @@ def test_the_l2_tile_rate_is_bound_by_l2_not_by_the_fmas(private_cache):
     l1 = max(tile_rate(max(1, 4_000_000 // l1_steps), l1_steps) for _ in range(3))
     l2 = max(tile_rate(max(1, 2_000_000 // l2_steps), l2_steps) for _ in range(3))
     assert l1 > 1.5 * l2, (l1, l2)
+
+
+@pytest.mark.skipif(TARGET.isa_row.vector_bytes < 32, reason="sized for SIMD kernels")
+def test_the_planner_forks_a_team_by_the_measured_fork_join(measured_here, monkeypatch):
+    """A small layer (16 -> 16 channels, 3x3 at 24 x 24: ~10 us of FMAs on one core) splits
+    over two threads where a parallel region costs what it measured here (about 1 us: the
+    model's old constant, 4 us, was 4x that), and stays on one where it costs 50 us."""
+    from convgen.core.spec import ConvSpec, workload_of
+    from convgen.cpu.planner import choose
+    from convgen.target import host
+
+    workload, _ = workload_of(ConvSpec.conv(2, 16, 16, 3, padding=1), (1, 16, 24, 24),
+                              "float32")
+    chosen = {}
+    for overhead in (1e-6, 50e-6):
+        identity = {**host.identity(), "cpu_model": f"test CPU, fork/join {overhead}"}
+        monkeypatch.setattr(host, "identity", lambda identity=identity: identity)
+        machine.forget()
+        fields = {**TWO_FMA, "parallel_overhead_s": overhead}
+        model = machine.current(TARGET, lambda isa, fields=fields: dict(fields))
+        assert model.parallel_overhead_s == overhead
+        chosen[overhead] = choose(workload, TARGET, threads=2).threads
+    assert chosen == {1e-6: 2, 50e-6: 1}

@@ -38,6 +38,8 @@ def run(args) -> int:
         ("DRAM read, one core", f"{model['dram_bytes_per_s'] / 1e9:.1f} GB/s", "dram_bytes_per_s"),
         ("DRAM read, every core", f"{model['dram_total_bytes_per_s'] / 1e9:.1f} GB/s",
          "dram_total_bytes_per_s"),
+        ("parallel region, every core", f"{model['parallel_overhead_s'] * 1e6:.1f} us",
+         "parallel_overhead_s"),
     ]
     lanes = max(1, info["vector_bytes"] // 4)
     peak = 2 * lanes * model["fma_per_cycle"] * clock

@@ -20,7 +20,6 @@ from .derived import Derived, derive
 from .memory import LINE, level_of, read_cycles
 from .plan import GATHER_ALGORITHMS, WINOGRAD_ALGORITHMS, Plan, native_vector
 
-_PARALLEL_OVERHEAD_S = 4e-6      # one OpenMP fork/join with warm (spinning) workers
 _CALL_OVERHEAD_S = 2e-6
 _GATHER_MACS_PER_S = 2.5e9       # per thread: the scalar gather kernel's rate (depthwise: less)
 
@@ -30,7 +29,7 @@ def estimate(plan: Plan, workload: Workload, target: Target, machine: Machine) -
     if plan.algorithm in GATHER_ALGORITHMS:
         seconds = workload.macs / (_GATHER_MACS_PER_S * plan.threads) + _CALL_OVERHEAD_S
         if plan.threads > 1:
-            seconds += _PARALLEL_OVERHEAD_S
+            seconds += machine.parallel_overhead_s
         return seconds, (f"scalar gather: {workload.macs} MACs at {_GATHER_MACS_PER_S:.0e}/s "
                          f"per thread")
     width = native_vector(target, workload.dtype) / plan.vector   # 2: half-width vectors
@@ -43,7 +42,7 @@ def estimate(plan: Plan, workload: Workload, target: Target, machine: Machine) -
     seconds = ((cycles + _staging_cycles(plan, workload, facts, machine)) / machine.clock_hz
                + _setup_seconds(plan, workload, facts, machine) + _CALL_OVERHEAD_S)
     if plan.threads > 1:
-        seconds += _PARALLEL_OVERHEAD_S
+        seconds += machine.parallel_overhead_s
     why = (f"{items} parallel items over {plan.threads} threads, {lanes:.0%} of vector lanes "
            f"useful, in-core {core / machine.clock_hz * 1e3:.3f} ms/thread, reading "
            f"{memory / machine.clock_hz * 1e3:.3f} ms/thread")
@@ -98,7 +97,7 @@ def _winograd_cost(plan: Plan, workload: Workload, facts: Derived, machine: Mach
     copy = workload.input_shape[0] * spec.in_channels * math.prod(geo.padded) * size * 2
     seconds = (cycles / machine.clock_hz
                + copy / (machine.l3_bytes_per_cycle * machine.clock_hz) / plan.threads
-               + _CALL_OVERHEAD_S + (_PARALLEL_OVERHEAD_S if plan.threads > 1 else 0))
+               + _CALL_OVERHEAD_S + (machine.parallel_overhead_s if plan.threads > 1 else 0))
     return seconds, (f"F({geo.m},3): {blocks} blocks of {plan.pixel_tile} tiles over "
                      f"{plan.threads} threads, {geo.scratch * size // 1024} KiB scratch per thread")
 
@@ -169,7 +168,7 @@ def _depthwise_cost(plan: Plan, workload: Workload, facts: Derived, machine: Mac
     cycles = max(compute, stream_per_thread) + 0.5 * min(compute, stream_per_thread)
     seconds = cycles / machine.clock_hz + _CALL_OVERHEAD_S
     if plan.threads > 1:
-        seconds += _PARALLEL_OVERHEAD_S
+        seconds += machine.parallel_overhead_s
     why = (f"{items} channels over {plan.threads} threads, {plan.row_tile}x{nv} vector "
            f"chains per tile, compute {compute / machine.clock_hz * 1e3:.3f} ms/thread, "
            f"streaming {stream_per_thread / machine.clock_hz * 1e3:.3f} ms/thread")

@@ -5,7 +5,9 @@ kernel cache, like any kernel) and times, on one core: the clock (a chain of dep
 integer adds: one per cycle on every x86-64 core), full-width FMA throughput and latency,
 broadcast and vector load throughput from L1, and the bytes per cycle one core streams
 from L1, L2, L3 and DRAM, plus DRAM with every core reading, and the latency of a load no
-prefetcher saw coming from L2, L3 and DRAM (a pointer chase). About a second in all.
+prefetcher saw coming from L2, L3 and DRAM (a pointer chase); with every core, what a
+parallel region (one fork/join of the thread team, workers awake) costs. About a second in
+all.
 Returns None where it cannot measure (not x86-64, no compiler): the model then keeps the
 ISA row's defaults.
 """
@@ -27,12 +29,14 @@ loader.declare_type("cg_rate_fn", "typedef double (*cg_rate_fn)(long iterations)
 loader.declare_type("cg_load_fn", "typedef double (*cg_load_fn)(long iterations, int b);")
 loader.declare_type("cg_tile_fn", "typedef double (*cg_tile_fn)(long n, size_t steps);")
 loader.declare_type("cg_latency_fn", "typedef double (*cg_latency_fn)(size_t bytes, long n);")
+loader.declare_type("cg_fork_join_fn", "typedef double (*cg_fork_join_fn)(long n, int threads);")
 loader.declare_type("cg_stream_fn",
                     "typedef double (*cg_stream_fn)(size_t bytes, int sweeps, int threads);")
 _FUNCTIONS = {"cg_clock_hz": "cg_rate_fn", "cg_fma_rate": "cg_rate_fn",
               "cg_broadcast_fma_rate": "cg_rate_fn", "cg_l2_tile_rate": "cg_tile_fn",
               "cg_fma_chain_seconds": "cg_rate_fn", "cg_load_rate": "cg_load_fn",
-              "cg_stream_rate": "cg_stream_fn", "cg_load_latency": "cg_latency_fn"}
+              "cg_stream_rate": "cg_stream_fn", "cg_load_latency": "cg_latency_fn",
+              "cg_fork_join_seconds": "cg_fork_join_fn"}
 
 
 def _library(isa: Isa) -> dict:
@@ -90,7 +94,11 @@ def measure(isa: Isa) -> dict | None:
                    "dram": 64 << 20}
     chase = {level: min(f["cg_load_latency"](size, 30_000) for _ in range(2)) * clock
              for level, size in chase_bytes.items()}
-    return {"clock_hz": clock, "fma_per_cycle": fma, "fma_latency": latency,
+    team = {}
+    if host.usable_cores() > 1:   # one core: no team to fork (the model's default stays)
+        team["parallel_overhead_s"] = min(
+            f["cg_fork_join_seconds"](2_000, host.usable_cores()) for _ in range(3))
+    return {**team, "clock_hz": clock, "fma_per_cycle": fma, "fma_latency": latency,
             "broadcast_fma_per_cycle": broadcast_fma, "l2_tile_bytes_per_cycle": l2_tile / clock,
             "loads_per_cycle": broadcasts, "vector_load_cost": broadcasts / vectors,
             "l1_bytes_per_cycle": rates["l1"] / clock, "l2_bytes_per_cycle": rates["l2"] / clock,

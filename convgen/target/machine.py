@@ -34,6 +34,7 @@ class Machine:
     l3_latency: float = 70.0          # ... from L3
     dram_latency: float = 250.0       # ... from DRAM
     misses_in_flight: float = 10.0    # L1 misses one core keeps outstanding
+    parallel_overhead_s: float = 4e-6  # one fork/join of the thread team, workers awake
 
 
 @functools.cache
