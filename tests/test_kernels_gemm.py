@@ -345,7 +345,7 @@ def test_a_panel_chunk_reads_only_the_rows_its_taps_touch():
 # direct_simd's reduction loops unrolled 4 steps (render._reduction_unroll): channel and tap
 # counts that leave every remainder (1 x 1 with 1, 2, 3 channels over a multiple of 4; 7 and
 # 5 taps; 2 accumulator chains over an odd tap count), a blocked long reduction, groups,
-# transposed phases; tiles that fit 16 vector registers (AVX2)
+# a transposed conv (unit stride: one phase); tiles that fit 16 vector registers (AVX2)
 UNROLL_CASES = [
     (make_case("pointwise_rem1", "conv2d", cin=13, cout=24, spatial=(7, 37), kernel=1), 4, 3),
     (make_case("pointwise_rem2", "conv1d", cin=6, cout=16, spatial=(50,), kernel=1,

@@ -16,7 +16,7 @@ from ..core.spec import Workload
 from ..target import Target
 from ..target.machine import Machine
 from .canonical import planned
-from .derived import Derived, derive
+from .derived import Derived, derive, vector_inside
 from .memory import LINE, level_of, read_cycles
 from .plan import GATHER_ALGORITHMS, WINOGRAD_ALGORITHMS, Plan, native_vector
 
@@ -185,7 +185,7 @@ def _load_shape(workload: Workload, inner, pad: int, vector: int,
     row_in, row_out = workload.in_spatial[-1], inner.count
     loads = [(v * vector * inner.in_step + offset - pad) for v in range(-(-row_out // vector))
              for offset in inner.offsets]
-    plain = [start for start in loads if not in_place or 0 <= start <= row_in - vector]
+    plain = [start for start in loads if not in_place or vector_inside(start, vector, row_in)]
     if row_in % vector:
         splits = 2.0
     else:

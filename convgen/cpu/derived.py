@@ -127,6 +127,13 @@ def depthwise_in_place(workload: Workload, plan: Plan, target: Target, low: Lowe
 MAX_UNROLLED_PRODUCTS = 60_000
 
 
+def vector_inside(first: int, vector: int, width: int) -> bool:
+    """Does an in-place depthwise load of ``vector`` lanes from column ``first`` lie wholly
+    inside a row of ``width`` columns? Then it is a plain load; otherwise masked (render),
+    which the compiler keeps in a register instead of folding it into the FMAs (cost)."""
+    return first >= 0 and first + vector <= width
+
+
 def _in_place_products(workload: Workload, plan: Plan, low: Lowering) -> int:
     """About how many products the in-place kernel's tile functions unroll: (edge bands at
     the top and bottom + the interior and a tail band) x (edge column tiles at the left and

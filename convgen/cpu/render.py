@@ -19,7 +19,7 @@ from ..target import Target
 from ..target.isa import masked_store
 from . import winograd
 from .canonical import planned
-from .derived import Derived, derive
+from .derived import Derived, derive, vector_inside
 from .layout import Lowering
 from .memory import LINE
 from .plan import GATHER_ALGORITHMS, WINOGRAD_ALGORITHMS, Plan
@@ -280,7 +280,8 @@ def _in_place_tile(variants: dict, geo: dict, taps: list[tuple[int, int]], r0: i
             lanes = [row_inside and 0 <= first + lane < in_w for lane in range(vl)]
             # mask 0: a vector of zeros, still multiplied (an infinite weight times the
             # zero padding is NaN, as in torch)
-            mask = None if all(lanes) else sum(1 << lane for lane, ok in enumerate(lanes) if ok)
+            mask = (None if row_inside and vector_inside(first, vl, in_w)
+                    else sum(1 << lane for lane, ok in enumerate(lanes) if ok))
             loads.append({"offset": (rho * in_w + kappa + v * vl) * geo["size"], "mask": mask,
                           "vector": v, "uses": uses[(rho, kappa)]})
     key = (count, shape["name"], tuple(
