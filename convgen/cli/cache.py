@@ -20,6 +20,8 @@ def _print_cache_info(info: dict) -> None:
     hit_rate = f" ({info['hits'] / requests:.0%} hits)" if requests else ""
     print(f"cache: {info['root']}\nentries: {info['entries']}\n"
           f"size: {info['bytes'] / 1e6:.2f} MB ({limit}; CONVGEN_CACHE_MAX_BYTES)\n"
+          f"precompiled headers: {info['precompiled_headers']}, "
+          f"{info['precompiled_header_bytes'] / 1e6:.2f} MB (outside the limit)\n"
           f"hits: {info['hits']}  misses: {info['misses']}{hit_rate}  "
           f"discarded: {info['discarded']}  evicted: {info['evicted']}  (since the last clear)")
 

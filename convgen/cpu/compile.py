@@ -10,6 +10,7 @@ from pathlib import Path
 from ..core import toolchain
 from ..core.toolchain import CompileError
 from ..target import Target
+from . import pch
 
 __all__ = ["BASE_FLAGS", "CompileError", "compile_shared", "compiler_identity",
            "compiler_path", "flags"]
@@ -39,6 +40,13 @@ def flags(target: Target) -> tuple[str, ...]:
 def compile_shared(source_paths: list[Path], library_path: Path, target: Target) -> None:
     """Compile the sources into ``library_path``; CompileError with the compiler's message
     (naming the main source) if it fails."""
-    command = [compiler_path(), *flags(target), "-o", str(library_path),
-               *(str(p) for p in source_paths)]
+    compiler, options = compiler_path(), flags(target)
+    command = [compiler, *options, "-o", str(library_path), *(str(p) for p in source_paths)]
+    header = pch.include_args("\n".join(p.read_text() for p in source_paths), compiler, options)
+    if header:
+        try:
+            toolchain.run_compiler(command[:1] + list(header) + command[1:], source_paths[0])
+            return
+        except CompileError:   # a broken PCH must not cost a kernel: try again without it
+            pch.forget(header[1])
     toolchain.run_compiler(command, source_paths[0])

@@ -10,6 +10,9 @@ Layout under the cache root (``CONVGEN_CACHE_DIR``, default ``~/.cache/convgen``
     tmp/                                  entries being built (renamed into kernels/ when whole)
     locks/<key>.lock                      held (flock) while one process compiles that key
     failed/<key>/                         the sources of a kernel that failed to compile
+    pch/<key>/cg_immintrin.h(.gch)        gcc's precompiled <immintrin.h> for one compiler
+             /meta.json                   and flag set (``cpu/pch.py``): speed only; outside
+                                          the cap, a few kept, none under a small cap
     stats.json                            hit/miss counts since the cache was last cleared
 
 Rules, because what is loaded from here runs as native code in the caller's process:
@@ -45,7 +48,7 @@ from pathlib import Path
 
 LIBRARY_NAME, META_NAME = "kernel.so", "meta.json"
 STATS_NAME = "stats.json"
-PRIVATE_SUBDIRS = ("kernels", "tmp", "locks")
+PRIVATE_SUBDIRS = ("kernels", "tmp", "locks", "pch")
 DEFAULT_MAX_BYTES = 2 * 1024 ** 3
 LOCK_TIMEOUT_S = 600.0       # a compile still holding the lock after this is presumed hung
 STALE_TMP_S = 3600.0         # a temp build this old belongs to a process that died
@@ -208,7 +211,7 @@ def _fetch(root: Path, key: str) -> bytes | None:
         return None
     library, problem = _verified_library(entry, key)
     if problem is None:
-        _mark_used(entry)
+        mark_used(entry)
         return library
     if not entry.exists():   # evicted or replaced by another process while we read it
         return None
@@ -216,7 +219,7 @@ def _fetch(root: Path, key: str) -> bytes | None:
                   RuntimeWarning, stacklevel=3)
     STATS.discarded += 1
     _record(root, discarded=1)
-    _remove(entry)
+    remove(entry)
     return None
 
 
@@ -236,13 +239,13 @@ def _verified_library(entry: Path, key: str) -> tuple[bytes | None, str | None]:
     return library, None
 
 
-def _mark_used(entry: Path) -> None:
-    # The meta file's mtime is the entry's last use: what LRU eviction sorts by.
+def mark_used(entry: Path) -> None:
+    """The meta file's mtime is the entry's (or a PCH's) last use: what LRU eviction sorts by."""
     with contextlib.suppress(OSError):
         os.utime(entry / META_NAME)
 
 
-def _remove(entry: Path) -> None:
+def remove(entry: Path) -> None:
     # Rename first so a concurrent reader never sees a half-deleted directory.
     trash = entry.with_name(f".{entry.name}.trash-{os.getpid()}-{os.urandom(4).hex()}")
     try:
@@ -434,7 +437,7 @@ def evict(root: Path | None = None, keep: str | None = None) -> int:
     with _try_lock(root / "locks" / "evict.lock") as ours:
         if not ours:
             return 0
-        sized = [(_last_use(e), _entry_bytes(e), e) for e in entries(root)]
+        sized = [(last_use(e), _entry_bytes(e), e) for e in entries(root)]
         total = sum(size for _, size, _ in sized)
         removed = 0
         for _, size, entry in sorted(sized, key=lambda item: item[0]):
@@ -442,7 +445,7 @@ def evict(root: Path | None = None, keep: str | None = None) -> int:
                 break
             if entry.name == keep:
                 continue
-            _remove(entry)
+            remove(entry)
             _remove_lock_if_free(root / "locks" / f"{entry.name}.lock")
             total -= size
             removed += 1
@@ -452,7 +455,7 @@ def evict(root: Path | None = None, keep: str | None = None) -> int:
     return removed
 
 
-def _last_use(entry: Path) -> float:
+def last_use(entry: Path) -> float:
     try:
         return (entry / META_NAME).stat().st_mtime
     except OSError:
@@ -511,11 +514,15 @@ def _read_counts(root: Path) -> dict[str, int]:
 
 # -- inspection and clearing ------------------------------------------------------------------
 def info() -> dict:
-    """Where the cache is, what it holds, its cap, and how requests were served."""
+    """Where the cache is, what it holds (kernels; gcc's precompiled headers apart), its cap,
+    and how requests were served."""
     root = checked_root()
     found = entries(root)
+    headers = [p for p in (root / "pch").iterdir() if p.is_dir() and not p.name.startswith(".")]
     return {"root": str(root), "entries": len(found),
             "bytes": sum(_entry_bytes(e) for e in found), "max_bytes": max_bytes(),
+            "precompiled_headers": len(headers),
+            "precompiled_header_bytes": sum(_entry_bytes(p) for p in headers),
             **_read_counts(root),
             "this_process": {"compiles": STATS.compiles, "disk_hits": STATS.disk_hits,
                              "memory_hits": STATS.memory_hits, "discarded": STATS.discarded,
@@ -523,13 +530,14 @@ def info() -> dict:
 
 
 def clear() -> int:
-    """Remove every entry, stray temp build, failed source, free lock and the counts;
+    """Remove every entry, stray temp build, failed source, precompiled header, free lock
+    and the counts;
     return how many entries were removed."""
     root = checked_root()
     found = entries(root)
     for entry in found:
-        _remove(entry)
-    for stray in ("tmp", "failed"):
+        remove(entry)
+    for stray in ("tmp", "failed", "pch"):
         shutil.rmtree(root / stray, ignore_errors=True)
     for lock in (root / "locks").glob("*.lock"):
         _remove_lock_if_free(lock)
