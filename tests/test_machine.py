@@ -127,6 +127,9 @@ def test_convgen_machine_measures_this_host(private_cache, monkeypatch):
     assert 0.4 < model["fma_per_cycle"] < 4.5 and 2 < model["fma_latency"] < 10
     assert model["l1_bytes_per_cycle"] > model["l2_bytes_per_cycle"] > model["l3_bytes_per_cycle"]
     assert info["measure_seconds"] < 10   # about 1 s on an idle machine
+    for level in ("l2", "l3", "dram"):    # an out-of-order core overlaps several misses
+        assert info["origin"][f"{level}_misses_in_flight"] == "measured"
+        assert 2 < model[f"{level}_misses_in_flight"] <= 48, level   # 48: the chains walked
     if info["identity"]["cores"] > 1:     # one fork/join of awake workers: ~1 us, not ms
         assert info["origin"]["parallel_overhead_s"] == "measured"
         assert 5e-8 < model["parallel_overhead_s"] < 2e-4
@@ -225,3 +228,37 @@ def test_the_planner_forks_a_team_by_the_measured_fork_join(measured_here, monke
         assert model.parallel_overhead_s == overhead
         chosen[overhead] = choose(workload, TARGET, threads=2).threads
     assert chosen == {1e-6: 2, 50e-6: 1}
+
+
+def test_scattered_reads_cost_the_latency_over_the_misses_in_flight_of_their_level():
+    """The measured misses in flight of each level divide that level's latency: a scattered
+    read from DRAM on a core that keeps twice the misses in flight costs half as much, and
+    a level's own number is the one used."""
+    import dataclasses
+
+    from convgen.cpu.memory import read_cycles
+    from convgen.target.machine import default_machine
+    base = dataclasses.replace(default_machine(TARGET.isa_row), dram_latency=400.0,
+                               l3_latency=300.0, dram_misses_in_flight=10.0,
+                               l3_misses_in_flight=20.0)
+    nbytes = 64 * 1000   # latency-bound at these numbers (streamed: 8000 cycles from L3)
+    assert read_cycles(nbytes, "dram", base, scattered=True) == pytest.approx(1000 * 400 / 10)
+    assert read_cycles(nbytes, "l3", base, scattered=True) == pytest.approx(1000 * 300 / 20)
+    wider = dataclasses.replace(base, dram_misses_in_flight=20.0)
+    assert read_cycles(nbytes, "dram", wider, scattered=True) == pytest.approx(1000 * 400 / 20)
+    assert read_cycles(nbytes, "l3", wider, scattered=True) == pytest.approx(1000 * 300 / 20)
+
+
+def test_the_overlapped_chains_overlap(private_cache):
+    """The micro-benchmark behind the misses in flight: 48 chains walked together through
+    a DRAM-sized buffer must take well under a single chain's time per line, or it times
+    its own loop rather than the core's overlap."""
+    import platform
+
+    from convgen.cpu.measure import _library
+    if platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip("the micro-benchmarks are x86-64 code")
+    f = _library(TARGET.isa_row)
+    one = min(f["cg_load_latency"](64 << 20, 20_000) for _ in range(2))
+    overlapped = min(f["cg_overlapped_load_seconds"](64 << 20, 1_000) for _ in range(2))
+    assert 0 < overlapped < one / 3, (one, overlapped)

@@ -38,6 +38,11 @@ def run(args) -> int:
         ("DRAM read, one core", f"{model['dram_bytes_per_s'] / 1e9:.1f} GB/s", "dram_bytes_per_s"),
         ("DRAM read, every core", f"{model['dram_total_bytes_per_s'] / 1e9:.1f} GB/s",
          "dram_total_bytes_per_s"),
+        ("latency: L2, L3, DRAM", " ".join(f"{model[f'{level}_latency']:.0f}" for level in
+                                            ("l2", "l3", "dram")) + " cycles", "l3_latency"),
+        ("misses in flight: L2, L3, DRAM", " ".join(
+            f"{model[f'{level}_misses_in_flight']:.1f}" for level in ("l2", "l3", "dram")),
+         "l3_misses_in_flight"),
         ("parallel region, every core", f"{model['parallel_overhead_s'] * 1e6:.1f} us",
          "parallel_overhead_s"),
     ]

@@ -36,6 +36,7 @@ _FUNCTIONS = {"cg_clock_hz": "cg_rate_fn", "cg_fma_rate": "cg_rate_fn",
               "cg_broadcast_fma_rate": "cg_rate_fn", "cg_l2_tile_rate": "cg_tile_fn",
               "cg_fma_chain_seconds": "cg_rate_fn", "cg_load_rate": "cg_load_fn",
               "cg_stream_rate": "cg_stream_fn", "cg_load_latency": "cg_latency_fn",
+              "cg_overlapped_load_seconds": "cg_latency_fn",
               "cg_fork_join_seconds": "cg_fork_join_fn"}
 
 
@@ -94,11 +95,17 @@ def measure(isa: Isa) -> dict | None:
                    "dram": 64 << 20}
     chase = {level: min(f["cg_load_latency"](size, 30_000) for _ in range(2)) * clock
              for level, size in chase_bytes.items()}
+    # misses in flight: a level's latency over the time per line of many chains walked
+    # through the same buffer at once
+    overlapped = {level: min(f["cg_overlapped_load_seconds"](size, 2_000)
+                             for _ in range(2)) * clock for level, size in chase_bytes.items()}
+    in_flight = {f"{level}_misses_in_flight": chase[level] / seconds
+                 for level, seconds in overlapped.items() if seconds > 0}
     team = {}
     if host.usable_cores() > 1:   # one core: no team to fork (the model's default stays)
         team["parallel_overhead_s"] = min(
             f["cg_fork_join_seconds"](2_000, host.usable_cores()) for _ in range(3))
-    return {**team, "clock_hz": clock, "fma_per_cycle": fma, "fma_latency": latency,
+    return {**team, **in_flight, "clock_hz": clock, "fma_per_cycle": fma, "fma_latency": latency,
             "broadcast_fma_per_cycle": broadcast_fma, "l2_tile_bytes_per_cycle": l2_tile / clock,
             "loads_per_cycle": broadcasts, "vector_load_cost": broadcasts / vectors,
             "l1_bytes_per_cycle": rates["l1"] / clock, "l2_bytes_per_cycle": rates["l2"] / clock,

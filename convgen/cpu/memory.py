@@ -4,7 +4,8 @@ A working set lives in the smallest cache level holding twice its size (L1, L2, 
 in DRAM. Reading it costs bytes over that level's measured bandwidth when a hardware
 prefetcher follows the reads (a few sequential streams), or, for scattered reads that no
 prefetcher follows (many streams far apart, as an input's channels are when a tile walks
-them), each cache line's measured latency divided by the misses a core keeps in flight.
+them), each cache line's measured latency divided by the misses a core keeps in flight there
+(measured too).
 """
 from __future__ import annotations
 
@@ -44,6 +45,7 @@ def read_cycles(nbytes: float, level: str, machine: Machine, scattered: bool = F
     if not scattered:
         return streamed
     # Scattered lines: each waits for its own miss, a core keeping several in flight.
-    latency = {"l2": machine.l2_latency, "l3": machine.l3_latency,
-               "dram": machine.dram_latency}[level]
-    return max(streamed, nbytes / LINE * latency / machine.misses_in_flight)
+    latency, in_flight = {"l2": (machine.l2_latency, machine.l2_misses_in_flight),
+                          "l3": (machine.l3_latency, machine.l3_misses_in_flight),
+                          "dram": (machine.dram_latency, machine.dram_misses_in_flight)}[level]
+    return max(streamed, nbytes / LINE * latency / in_flight)

@@ -33,7 +33,9 @@ class Machine:
     l2_latency: float = 16.0          # cycles for a load no prefetcher saw coming, from L2
     l3_latency: float = 70.0          # ... from L3
     dram_latency: float = 250.0       # ... from DRAM
-    misses_in_flight: float = 10.0    # L1 misses one core keeps outstanding
+    l2_misses_in_flight: float = 10.0    # misses one core overlaps, reading scattered
+    l3_misses_in_flight: float = 10.0    # lines from L2, L3, DRAM (the L1 fill buffers,
+    dram_misses_in_flight: float = 10.0  # and in DRAM the page walks, bound them)
     parallel_overhead_s: float = 4e-6  # one fork/join of the thread team, workers awake
 
 
