@@ -113,8 +113,9 @@ def print_header() -> None:
           f"{'m(x)':>7}{'rel err':>9}  plan")
 
 
-def print_targets(rows: list[dict], peak: float) -> None:
-    """The machine-model issue's targets (2 threads; 1 thread is reported against the same)."""
+def print_targets(rows: list[dict], peak: float, share: float) -> None:
+    """The machine-model issue's targets (2 threads; 1 thread is reported against the same);
+    ``share``: of the peak, for the GEMM-like layers (``peak_share_target``)."""
     vs_torch = [r["torch_s"] / r["convgen_s"] for r in rows]
     vs_module = [r["torch_module_s"] / r["module_s"] for r in rows]
     print(f"\ngeometric mean torch/convgen, prepacked kernels: {geomean(vs_torch):.2f}x "
@@ -143,12 +144,13 @@ def print_targets(rows: list[dict], peak: float) -> None:
     for key, how in (("convgen_s", "interleaved with torch"), ("convgen_alone_s", "alone")):
         shares = {r["name"]: r["gflop"] / r[key] / peak for r in dense if r[key]}
         if shares:
-            low = [name for name, share in shares.items() if share < 0.75]
+            low = [name for name, got in shares.items() if got < share]
             print(f"GEMM-like layers (one group, >= 64 channels both ways), {how}: "
                   f"{min(shares.values()):.0%} to {max(shares.values()):.0%} of the measured "
                   f"peak")
             named = f" ({', '.join(low)})" if low else ""
-            checks.append((f"GEMM-like layers at >= 75% of peak, {how}{named}", not low))
+            checks.append((f"GEMM-like layers at >= {share:.0%} of peak, {how}{named}",
+                           not low))
     print("targets (issue 11, stated for 2 threads):")
     for text, ok in checks:
         print(f"  [{'met' if ok else 'MISSED'}] {text}")
@@ -214,13 +216,14 @@ def main(argv=None) -> int:
     # as fast as at 1 that way), and a layer's onnxruntime run comes right before its
     # convgen/torch run, so slow drift on a shared machine hits all three alike.
     check = None if args.skip_threading_check else threading_check(args.threads)
-    peak = peak_in_child(args.threads)
+    peak, fma_per_cycle = peak_in_child(args.threads)
     print(f"convgen vs torch {anchors.torch_version()}"
           f"{' vs onnxruntime ' + anchors.onnxruntime_version() if ort_threads else ''}: "
           f"{len(layers)} layers, {args.dtype}, {args.threads} threads, "
           f"medians of interleaved runs, {args.repeat} process(es) per layer")
     print(f"CPU: {cpu_model()}, {usable_cores()} usable cores; "
-          f"measured float32 FMA peak, {args.threads} threads: {peak:.0f} GFLOP/s")
+          f"measured float32 FMA peak, {args.threads} threads: {peak:.0f} GFLOP/s "
+          f"({fma_per_cycle:.2f} full-width FMAs per cycle per core)")
     print("m(x): torch module / convgen module, each called as users call them (a new "
           "output per call)\n")
     print_header()
@@ -228,7 +231,7 @@ def main(argv=None) -> int:
     for layer in layers:
         rows.append(measure_layer(args, layer["name"], bool(ort_threads)))
         print_row(rows[-1], peak)
-    print_targets(rows, peak)
+    print_targets(rows, peak, peak_share_target(fma_per_cycle))
     compile_and_call_costs(args.dtype)
     if check:
         print("\n" + check)
@@ -269,11 +272,22 @@ def layer_in_child(args, name: str) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def peak_in_child(threads: int) -> float:
-    code = f"from convgen.cpu.peak import fma_peak_gflops; print(fma_peak_gflops({threads}))"
+def peak_in_child(threads: int) -> tuple[float, float]:
+    """The measured float32 FMA peak on ``threads`` threads, and the full-width FMAs one core
+    issues per cycle (the machine model's measurement: 1 on a one-FMA core, 2 on a two)."""
+    code = ("from convgen.cpu.peak import fma_peak_gflops; from convgen.backends import "
+            "get_target; from convgen.cpu.planner import model; "
+            f"print(fma_peak_gflops({threads}), model(get_target('cpu')).fma_per_cycle)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True)
-    return float(done.stdout.strip().splitlines()[-1])
+    peak, fma_per_cycle = done.stdout.strip().splitlines()[-1].split()
+    return float(peak), float(fma_per_cycle)
+
+
+def peak_share_target(fma_per_cycle: float) -> float:
+    """Issue 11's share of the peak for GEMM-like layers: 85% on a core with one FMA unit
+    (it is easier to keep one busy), 75% on one with two."""
+    return 0.85 if fma_per_cycle < 1.5 else 0.75
 
 
 def print_row(row: dict, peak: float) -> None:
