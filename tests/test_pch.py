@@ -55,6 +55,10 @@ def _library(name: str, tmp_path, target, use_pch: bool, monkeypatch) -> tuple[b
     def recording(command, source_path):
         commands.append(list(command))
         return real_run(command, source_path)
+    if use_pch:   # the first compile that wants the PCH starts its build and goes without
+        pch.include_args("#include <immintrin.h>", compiler.compiler_path(),
+                         compiler.flags(target))
+        pch.wait()
     with monkeypatch.context() as m:
         m.setattr(toolchain, "run_compiler", recording)
         if not use_pch:
@@ -86,8 +90,11 @@ def _pch_dirs(root):
 
 
 def _fresh_kernel(spec, shape):
+    """A kernel compiled now (not loaded from memory), any PCH build it started finished."""
     runtime_kernel.forget_loaded()
-    return convgen.compile(spec, shape)
+    kernel = convgen.compile(spec, shape)
+    pch.wait()
+    return kernel
 
 
 def _check(kernel, spec, shape):
@@ -105,13 +112,35 @@ def _check(kernel, spec, shape):
 SPEC = ConvSpec.conv(2, 16, 32, 3, padding=1)
 
 
-def test_one_pch_is_built_and_shared_by_later_compiles(private_cache):
+def _recording(monkeypatch) -> list:
+    commands = []
+    real_run = toolchain.run_compiler
+
+    def recording(command, path):
+        commands.append(list(command))
+        return real_run(command, path)
+    monkeypatch.setattr(toolchain, "run_compiler", recording)
+    return commands
+
+
+def _kernel_compiles(commands) -> list:
+    return [c for c in commands if "c-header" not in c]
+
+
+def test_the_first_compile_builds_the_pch_beside_it_and_later_ones_use_it(private_cache,
+                                                                          monkeypatch):
+    commands = _recording(monkeypatch)
     _check(_fresh_kernel(SPEC, (1, 16, 9, 9)), SPEC, (1, 16, 9, 9))
     [first] = _pch_dirs(private_cache)
     meta = json.loads((first / cache.META_NAME).read_text())
     assert meta["parts"]["flags"] == list(compiler.flags(get_target("cpu")))
+    [kernel] = _kernel_compiles(commands)
+    assert "-include" not in kernel                # it did not wait for the PCH
+    assert sum("c-header" in c for c in commands) == 1
     _check(_fresh_kernel(SPEC, (1, 16, 10, 9)), SPEC, (1, 16, 10, 9))
+    assert "-include" in _kernel_compiles(commands)[-1]
     assert _pch_dirs(private_cache) == [first]
+    assert sum("c-header" in c for c in commands) == 1
 
 
 def test_a_pch_that_does_not_match_its_hash_is_rebuilt(private_cache, monkeypatch):
@@ -121,17 +150,15 @@ def test_a_pch_that_does_not_match_its_hash_is_rebuilt(private_cache, monkeypatc
     data = bytearray(gch.read_bytes())
     data[len(data) // 2] ^= 0xFF
     gch.write_bytes(bytes(data))
-    commands = []
-    real_run = toolchain.run_compiler
-    monkeypatch.setattr(toolchain, "run_compiler",
-                        lambda command, path: (commands.append(command), real_run(command,
-                                                                               path))[1])
+    commands = _recording(monkeypatch)
     _check(_fresh_kernel(SPEC, (1, 16, 10, 9)), SPEC, (1, 16, 10, 9))
     # the damaged one was removed before any compile read it, and built again
-    assert "-x" in commands[0] and "c-header" in commands[0]
-    assert "-include" in commands[1]
+    assert all("-include" not in c for c in _kernel_compiles(commands))
+    assert sum("c-header" in c for c in commands) == 1
     [rebuilt] = _pch_dirs(private_cache)
     assert rebuilt == first and gch.read_bytes() != bytes(data)
+    _check(_fresh_kernel(SPEC, (1, 16, 11, 9)), SPEC, (1, 16, 11, 9))
+    assert "-include" in _kernel_compiles(commands)[-1]
 
 
 def test_a_compile_that_fails_with_the_pch_is_retried_without_it(private_cache):
@@ -148,6 +175,7 @@ def test_a_compile_that_fails_with_the_pch_is_retried_without_it(private_cache):
     assert _pch_dirs(private_cache) == []          # removed; the next compile builds it again
     _fresh_kernel(SPEC, (1, 16, 11, 9))
     assert len(_pch_dirs(private_cache)) == 1
+    assert (_pch_dirs(private_cache)[0] / pch.HEADER_NAME).read_text().startswith("/*")
 
 
 def test_a_pch_that_cannot_be_built_costs_nothing_but_time(private_cache, monkeypatch):
@@ -166,6 +194,8 @@ def test_no_pch_for_other_compilers_debug_builds_a_small_cap_or_no_immintrin(mon
                                                                                private_cache):
     source = "#include <stddef.h>\n#include <immintrin.h>\n"
     cc, flags = compiler.compiler_path(), compiler.flags(get_target("cpu"))
+    pch.include_args(source, cc, flags)
+    pch.wait()
     assert pch.include_args(source, cc, flags)[0] == "-include"
     assert pch.include_args("#include <stddef.h>\n", cc, flags) == ()
     sanitized = compiler.flags(get_target("cpu", sanitize=True))   # -g: debug info differs
@@ -184,7 +214,10 @@ def test_only_the_most_recently_used_pchs_are_kept(private_cache):
     base = compiler.flags(get_target("cpu"))
     made = []
     for i in range(pch.KEEP + 2):      # flag sets that differ only in a harmless macro
-        made.append(pch.include_args(source, cc, (*base, f"-DCG_PCH_TEST={i}"))[1])
+        flags = (*base, f"-DCG_PCH_TEST={i}")
+        assert pch.include_args(source, cc, flags) == ()     # building
+        pch.wait()
+        made.append(pch.include_args(source, cc, flags)[1])
     kept = {str(p / pch.HEADER_NAME) for p in _pch_dirs(private_cache)}
     assert kept == set(made[-pch.KEEP:])
 
@@ -207,8 +240,10 @@ CONCURRENT = """
 import sys
 from convgen.backends import get_target
 from convgen.cpu import compile as compiler, pch
-cc = compiler.compiler_path()
-print(pch.include_args("#include <immintrin.h>", cc, compiler.flags(get_target("cpu")))[1])
+cc, flags = compiler.compiler_path(), compiler.flags(get_target("cpu"))
+assert pch.include_args("#include <immintrin.h>", cc, flags) == ()   # started, not waited for
+pch.wait()
+print(pch.include_args("#include <immintrin.h>", cc, flags)[1])
 """
 
 
@@ -223,3 +258,19 @@ def test_processes_that_first_need_the_pch_at_once_all_get_one_whole(private_cac
     assert list((private_cache / "tmp").iterdir()) == []     # the losers' builds are gone
     assert pch.include_args("#include <immintrin.h>", compiler.compiler_path(),
                             compiler.flags(get_target("cpu"))) == ("-include", headers.pop())
+
+
+EXITING = """
+from convgen.backends import get_target
+from convgen.cpu import compile as compiler, pch
+cc, flags = compiler.compiler_path(), compiler.flags(get_target("cpu"))
+assert pch.include_args("#include <immintrin.h>", cc, flags) == ()
+"""
+
+
+def test_a_process_that_exits_right_away_still_leaves_its_pch(private_cache):
+    env = {**os.environ, "CONVGEN_CACHE_DIR": str(private_cache)}
+    subprocess.run([sys.executable, "-c", EXITING], env=env, check=True, timeout=120)
+    [found] = _pch_dirs(private_cache)
+    assert (found / f"{pch.HEADER_NAME}.gch").stat().st_size > 1 << 20
+    assert list((private_cache / "tmp").iterdir()) == []

@@ -15,8 +15,10 @@ cap (``CONVGEN_CACHE_MAX_BYTES`` bounds the kernels), and builds none where that
 under ``MIN_CAP_BYTES``: a user who keeps the cache that small wants the disk more than
 the 0.1 s.
 
-Anything wrong with the PCH costs speed, never a kernel: if it cannot be built the kernel
-compiles without it, and a compile that fails with it is retried without it (and the PCH
+The first compile that wants a PCH does not wait for it: it starts the build (0.4 s) in a
+thread and compiles without, as every compile does until the PCH is there. Anything wrong
+with the PCH costs speed, never a kernel: if it cannot be built the kernels compile
+without it, and a compile that fails with it is retried without it (and the PCH
 removed) before any error reaches the caller.
 """
 from __future__ import annotations
@@ -28,6 +30,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 
 from .._version import __version__
@@ -40,6 +43,8 @@ KEEP = 4                          # PCHs kept: one per compiler and flag set in 
 MIN_CAP_BYTES = 256 << 20
 _INCLUDES_IT = re.compile(r"^[ \t]*#[ \t]*include[ \t]*<immintrin\.h>", re.MULTILINE)
 _VERIFIED: dict[Path, tuple[int, int]] = {}   # a .gch checked this process: (size, mtime)
+_BUILDS: dict[Path, threading.Thread] = {}     # the PCH builds this process started
+_BUILDS_LOCK = threading.Lock()
 
 
 def include_args(source: str, compiler: str, flags: tuple[str, ...]) -> tuple[str, ...]:
@@ -54,9 +59,10 @@ def include_args(source: str, compiler: str, flags: tuple[str, ...]) -> tuple[st
     if not is_gcc(compiler):
         return ()
     try:
-        return ("-include", str(_ensure(compiler, flags)))
-    except (OSError, toolchain.CompileError):
+        header = _ensure(compiler, flags)
+    except OSError:
         return ()
+    return ("-include", str(header)) if header else ()
 
 
 def is_gcc(compiler: str) -> bool:
@@ -71,27 +77,56 @@ def forget(header: str | Path) -> None:
     cache.remove(directory)
 
 
-def _ensure(compiler: str, flags: tuple[str, ...]) -> Path:
-    """The PCH's header, built first where it is missing or damaged."""
+def wait() -> None:
+    """Wait for the PCH builds this process started (the interpreter also waits for them
+    at exit, so that a short-lived process still leaves its PCH for the next)."""
+    with _BUILDS_LOCK:
+        running = list(_BUILDS.values())
+    for thread in running:
+        thread.join()
+
+
+def _ensure(compiler: str, flags: tuple[str, ...]) -> Path | None:
+    """The PCH's header; None while it is missing or damaged, its build then started in the
+    background (0.4 s: the compile that finds it missing does not wait for it)."""
     text = _header_text()
     parts = {"convgen": __version__, "compiler": toolchain.identity(compiler),
              "flags": list(flags), "header": text}
     key = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
     final = cache.checked_root() / "pch" / key
     if not (final.exists() and _intact(final)):
-        _build(final, text, compiler, flags, parts)
-        _prune(final.parent)
-        if not _intact(final):
-            raise OSError(f"{final}: a PCH just built does not match its recorded hash")
+        _start_build(final, text, compiler, flags, parts)
+        return None
     cache.mark_used(final)
     return final / HEADER_NAME
+
+
+def _start_build(final: Path, *args) -> None:
+    """One build per PCH at a time in this process, in a thread of its own (not a daemon:
+    the interpreter finishes it before exiting)."""
+    with _BUILDS_LOCK:
+        running = _BUILDS.get(final)
+        if running is not None and running.is_alive():
+            return
+        thread = threading.Thread(target=_build_quietly, args=(final, *args),
+                                  name="convgen-pch")
+        _BUILDS[final] = thread
+        thread.start()
+
+
+def _build_quietly(final: Path, *args) -> None:
+    try:
+        _build(final, *args)
+        _prune(final.parent)
+    except (OSError, toolchain.CompileError):
+        pass   # kernels compile without it; the next one that finds it missing tries again
 
 
 def _build(final: Path, text: str, compiler: str, flags: tuple[str, ...],
            parts: dict) -> None:
     """Build in a private temp directory and rename it into place: no compile ever sees a
     half-written PCH, and of two processes building at once the first to finish wins."""
-    tmp = Path(tempfile.mkdtemp(prefix="pch-", dir=cache.checked_root() / "tmp"))
+    tmp = Path(tempfile.mkdtemp(prefix="pch-", dir=final.parent.parent / "tmp"))
     try:
         header = tmp / HEADER_NAME
         header.write_text(text)
