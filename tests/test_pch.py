@@ -169,7 +169,7 @@ def test_a_compile_that_fails_with_the_pch_is_retried_without_it(private_cache):
     gch = first / f"{pch.HEADER_NAME}.gch"
     gch.write_bytes(b"not a PCH")
     meta = json.loads((first / cache.META_NAME).read_text())
-    meta["gch_sha256"] = pch._sha256(gch)
+    meta["gch_sha256"] = cache.file_sha256(gch)
     (first / cache.META_NAME).write_text(json.dumps(meta))
     _check(_fresh_kernel(SPEC, (1, 16, 10, 9)), SPEC, (1, 16, 10, 9))
     assert _pch_dirs(private_cache) == []          # removed; the next compile builds it again

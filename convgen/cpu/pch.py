@@ -24,7 +24,6 @@ removed) before any error reaches the caller.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import os
 import re
@@ -92,8 +91,7 @@ def _ensure(compiler: str, flags: tuple[str, ...]) -> Path | None:
     text = _header_text()
     parts = {"convgen": __version__, "compiler": toolchain.identity(compiler),
              "flags": list(flags), "header": text}
-    key = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
-    final = cache.checked_root() / "pch" / key
+    final = cache.checked_root() / "pch" / cache.key_of(parts)[:32]
     if not (final.exists() and _intact(final)):
         _start_build(final, text, compiler, flags, parts)
         return None
@@ -132,7 +130,7 @@ def _build(final: Path, text: str, compiler: str, flags: tuple[str, ...],
         header.write_text(text)
         command = [compiler, *flags, "-x", "c-header", str(header), "-o", f"{header}.gch"]
         toolchain.run_compiler(command, header)
-        meta = {"gch_sha256": _sha256(Path(f"{header}.gch")), "parts": parts}
+        meta = {"gch_sha256": cache.file_sha256(Path(f"{header}.gch")), "parts": parts}
         (tmp / cache.META_NAME).write_text(json.dumps(meta, indent=1, sort_keys=True))
         try:
             os.rename(tmp, final)
@@ -162,21 +160,13 @@ def _intact(final: Path) -> bool:
         if _VERIFIED.get(gch) == stamp:
             return True
         meta = json.loads((final / cache.META_NAME).read_text())
-        if isinstance(meta, dict) and _sha256(gch) == meta.get("gch_sha256"):
+        if isinstance(meta, dict) and cache.file_sha256(gch) == meta.get("gch_sha256"):
             _VERIFIED[gch] = stamp
             return True
     except (OSError, ValueError):    # ValueError: unreadable meta
         pass
     forget(final / HEADER_NAME)
     return False
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @functools.cache
