@@ -127,6 +127,8 @@ def test_convgen_machine_measures_this_host(private_cache, monkeypatch):
     assert 0.4 < model["fma_per_cycle"] < 4.5 and 2 < model["fma_latency"] < 10
     assert model["l1_bytes_per_cycle"] > model["l2_bytes_per_cycle"] > model["l3_bytes_per_cycle"]
     assert info["measure_seconds"] < 10   # about 1 s on an idle machine
+    for field in ("gather_macs_per_s", "transposed_gather_macs_per_s"):   # scalar, 1 thread
+        assert info["origin"][field] == "measured" and 2e7 < model[field] < 2e10, field
     for level in ("l2", "l3", "dram"):    # an out-of-order core overlaps several misses
         assert info["origin"][f"{level}_misses_in_flight"] == "measured"
         assert 2 < model[f"{level}_misses_in_flight"] <= 48, level   # 48: the chains walked
@@ -262,3 +264,32 @@ def test_the_overlapped_chains_overlap(private_cache):
     one = min(f["cg_load_latency"](64 << 20, 20_000) for _ in range(2))
     overlapped = min(f["cg_overlapped_load_seconds"](64 << 20, 1_000) for _ in range(2))
     assert 0 < overlapped < one / 3, (one, overlapped)
+
+
+def test_the_gather_kernels_are_priced_at_their_measured_rates():
+    """The scalar gather kernels cost their MACs at the rate measured for each (forward and
+    transposed separately), per thread; a tiny layer's choice between them and a SIMD
+    kernel moves with it."""
+    import dataclasses
+
+    from convgen.core.spec import ConvSpec, workload_of
+    from convgen.cpu.cost import estimate
+    from convgen.cpu.plan import Plan
+    from convgen.target.machine import default_machine
+    base = default_machine(TARGET.isa_row)
+    forward, _ = workload_of(ConvSpec.conv(2, 16, 16, 3, padding=1), (1, 16, 16, 16), "float32")
+    backward, _ = workload_of(ConvSpec.conv_transpose(2, 16, 16, 4, stride=2, padding=1),
+                              (1, 16, 8, 8), "float32")
+    gather = "oc_tile=1 pixel_tile=1 vector=1 loop_order=oc_outer threads=1"
+    cases = ((forward, f"algorithm=direct {gather}", "gather_macs_per_s"),
+             (backward, f"algorithm=transposed_gather {gather}", "transposed_gather_macs_per_s"))
+    for workload, plan_text, field in cases:
+        plan = Plan.parse(plan_text)
+        slow = dataclasses.replace(base, **{field: 1e9})
+        fast = dataclasses.replace(base, **{field: 4e9})
+        other = next(f for f in ("gather_macs_per_s", "transposed_gather_macs_per_s")
+                     if f != field)
+        untouched = dataclasses.replace(slow, **{other: 1e6})
+        at = {m: estimate(plan, workload, TARGET, m)[0] for m in (slow, fast, untouched)}
+        assert at[slow] - at[fast] == pytest.approx(workload.macs * (1 / 1e9 - 1 / 4e9))
+        assert at[untouched] == at[slow]

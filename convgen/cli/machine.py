@@ -43,6 +43,9 @@ def run(args) -> int:
         ("misses in flight: L2, L3, DRAM", " ".join(
             f"{model[f'{level}_misses_in_flight']:.1f}" for level in ("l2", "l3", "dram")),
          "l3_misses_in_flight"),
+        ("scalar gather: fwd, transposed", " ".join(
+            f"{model[f'{kind}gather_macs_per_s'] / 1e9:.2f}" for kind in ("", "transposed_"))
+         + " GMAC/s", "gather_macs_per_s"),
         ("parallel region, every core", f"{model['parallel_overhead_s'] * 1e6:.1f} us",
          "parallel_overhead_s"),
     ]

@@ -20,18 +20,18 @@ from .derived import Derived, derive, vector_inside
 from .memory import LINE, level_of, read_cycles
 from .plan import GATHER_ALGORITHMS, WINOGRAD_ALGORITHMS, Plan, native_vector
 
-_CALL_OVERHEAD_S = 2e-6
-_GATHER_MACS_PER_S = 2.5e9       # per thread: the scalar gather kernel's rate (depthwise: less)
+_CALL_OVERHEAD_S = 2e-6   # the same for every plan of a call: it orders nothing
 
 
 def estimate(plan: Plan, workload: Workload, target: Target, machine: Machine) -> tuple[float, str]:
     workload = planned(workload)
     if plan.algorithm in GATHER_ALGORITHMS:
-        seconds = workload.macs / (_GATHER_MACS_PER_S * plan.threads) + _CALL_OVERHEAD_S
+        rate = (machine.transposed_gather_macs_per_s if plan.algorithm == "transposed_gather"
+                else machine.gather_macs_per_s)
+        seconds = workload.macs / (rate * plan.threads) + _CALL_OVERHEAD_S
         if plan.threads > 1:
             seconds += machine.parallel_overhead_s
-        return seconds, (f"scalar gather: {workload.macs} MACs at {_GATHER_MACS_PER_S:.0e}/s "
-                         f"per thread")
+        return seconds, f"scalar gather: {workload.macs} MACs at {rate:.2g}/s per thread"
     width = native_vector(target, workload.dtype) / plan.vector   # 2: half-width vectors
     facts = derive(workload, plan, target)
     if plan.algorithm in WINOGRAD_ALGORITHMS:

@@ -5,9 +5,10 @@ kernel cache, like any kernel) and times, on one core: the clock (a chain of dep
 integer adds: one per cycle on every x86-64 core), full-width FMA throughput and latency,
 broadcast and vector load throughput from L1, and the bytes per cycle one core streams
 from L1, L2, L3 and DRAM, plus DRAM with every core reading, and the latency of a load no
-prefetcher saw coming from L2, L3 and DRAM (a pointer chase); with every core, what a
-parallel region (one fork/join of the thread team, workers awake) costs. About a second in
-all.
+prefetcher saw coming from L2, L3 and DRAM (a pointer chase) and how many of them one
+core overlaps; with every core, what a parallel region (one fork/join of the thread team,
+workers awake) costs; and the rate of the two scalar gather kernels as generated (each
+compiled for a reference layer). About a second in all.
 Returns None where it cannot measure (not x86-64, no compiler): the model then keeps the
 ISA row's defaults.
 """
@@ -106,7 +107,8 @@ def measure(isa: Isa) -> dict | None:
     if host.usable_cores() > 1:   # one core: no team to fork (the model's default stays)
         team["parallel_overhead_s"] = min(
             f["cg_fork_join_seconds"](2_000, host.usable_cores()) for _ in range(3))
-    return {**team, **in_flight, "clock_hz": clock, "fma_per_cycle": fma, "fma_latency": latency,
+    return {**team, **in_flight, **_gather_rates(), "clock_hz": clock, "fma_per_cycle": fma,
+            "fma_latency": latency,
             "broadcast_fma_per_cycle": broadcast_fma, "l2_tile_bytes_per_cycle": l2_tile / clock,
             "loads_per_cycle": broadcasts, "vector_load_cost": broadcasts / vectors,
             "l1_bytes_per_cycle": rates["l1"] / clock, "l2_bytes_per_cycle": rates["l2"] / clock,
@@ -114,3 +116,46 @@ def measure(isa: Isa) -> dict | None:
             "dram_total_bytes_per_s": all_cores,
             "l2_latency": chase["l2"], "l3_latency": chase["l3"], "dram_latency": chase["dram"],
             "measure_seconds": time.perf_counter() - started}
+
+
+# The scalar gather kernels (the exact fallback) are no micro-benchmark's loop: each is timed
+# as it is generated, on one thread, on a reference layer of a few hundred thousand MACs:
+# field -> (algorithm, transposed, input shape; 16 -> 16 channels, 2-D).
+_GATHER_REFERENCES = {"gather_macs_per_s": ("direct", False, (1, 16, 16, 16)),
+                      "transposed_gather_macs_per_s": ("transposed_gather", True, (1, 16, 8, 8))}
+
+
+def _gather_rates() -> dict:
+    """MACs per second of each gather kernel on one thread; a rate that cannot be measured
+    (no compiler) is left out, and the model keeps its default."""
+    rates = {}
+    for field, (algorithm, transposed, shape) in _GATHER_REFERENCES.items():
+        try:
+            rates[field] = _gather_rate(algorithm, transposed, shape)
+        except (CompileError, OSError):
+            continue
+    return rates
+
+
+def _gather_rate(algorithm: str, transposed: bool, shape: tuple[int, ...]) -> float:
+    import numpy as np
+
+    from ..api import compile as compile_kernel
+    from ..core.spec import ConvSpec
+    spec = (ConvSpec.conv_transpose(2, 16, 16, 4, stride=2, padding=1) if transposed
+            else ConvSpec.conv(2, 16, 16, 3, padding=1))
+    plan = (f"algorithm={algorithm} oc_tile=1 pixel_tile=1 vector=1 loop_order=oc_outer "
+            f"threads=1")
+    kernel = compile_kernel(spec, shape, dtype="float32", plan=plan)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(shape).astype(np.float32)
+    packed = kernel.prepack(rng.standard_normal(
+        (16, 16, *spec.kernel_size)).astype(np.float32))
+    bias, out = np.zeros(16, np.float32), np.empty(kernel.output_shape, np.float32)
+    kernel(x, packed, bias, out=out)   # warm: pages touched, code in cache
+    seconds = []
+    for _ in range(5):
+        started = time.perf_counter()
+        kernel(x, packed, bias, out=out)
+        seconds.append(time.perf_counter() - started)
+    return kernel.workload.macs / min(seconds)

@@ -37,6 +37,8 @@ class Machine:
     l3_misses_in_flight: float = 10.0    # lines from L2, L3, DRAM (the L1 fill buffers,
     dram_misses_in_flight: float = 10.0  # and in DRAM the page walks, bound them)
     parallel_overhead_s: float = 4e-6  # one fork/join of the thread team, workers awake
+    gather_macs_per_s: float = 2.5e9             # the scalar gather kernels, one thread
+    transposed_gather_macs_per_s: float = 2.5e9  # (the exact fallback paths)
 
 
 @functools.cache
