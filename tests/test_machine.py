@@ -293,3 +293,25 @@ def test_the_gather_kernels_are_priced_at_their_measured_rates():
         at = {m: estimate(plan, workload, TARGET, m)[0] for m in (slow, fast, untouched)}
         assert at[slow] - at[fast] == pytest.approx(workload.macs * (1 / 1e9 - 1 / 4e9))
         assert at[untouched] == at[slow]
+
+
+def test_the_gather_rates_are_measured_on_the_plain_build(private_cache, monkeypatch):
+    """The stored model serves every process: a process under CONVGEN_SANITIZE=1 must not
+    record the rates of its sanitizer builds."""
+    import platform
+
+    from convgen.cpu import BACKEND, measure
+    if platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip("the machine model is measured on x86-64 only")
+    monkeypatch.setenv("CONVGEN_SANITIZE", "1")
+    built = []
+    real_kernel = type(BACKEND).kernel
+
+    def recording(self, workload, plan, target, *args, **kwargs):
+        built.append((plan.algorithm, target.sanitize))
+        return real_kernel(self, workload, plan, target, *args, **kwargs)
+    monkeypatch.setattr(type(BACKEND), "kernel", recording)
+    rates = measure._gather_rates()
+    assert built == [("direct", False), ("transposed_gather", False)]
+    assert set(rates) == {"gather_macs_per_s", "transposed_gather_macs_per_s"}
+    assert all(rate > 0 for rate in rates.values())

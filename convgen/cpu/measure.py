@@ -140,13 +140,16 @@ def _gather_rates() -> dict:
 def _gather_rate(algorithm: str, transposed: bool, shape: tuple[int, ...]) -> float:
     import numpy as np
 
-    from ..api import compile as compile_kernel
-    from ..core.spec import ConvSpec
+    from ..core.spec import ConvSpec, workload_of
+    from . import BACKEND
     spec = (ConvSpec.conv_transpose(2, 16, 16, 4, stride=2, padding=1) if transposed
             else ConvSpec.conv(2, 16, 16, 3, padding=1))
-    plan = (f"algorithm={algorithm} oc_tile=1 pixel_tile=1 vector=1 loop_order=oc_outer "
-            f"threads=1")
-    kernel = compile_kernel(spec, shape, dtype="float32", plan=plan)
+    workload, _ = workload_of(spec, shape, "float32")
+    # the plain build, whatever CONVGEN_SANITIZE says (the model is stored for every process)
+    target = cpu_target("cpu")
+    plan = BACKEND.resolve(f"algorithm={algorithm} oc_tile=1 pixel_tile=1 vector=1 "
+                           f"loop_order=oc_outer threads=1", workload, target)
+    kernel = BACKEND.kernel(workload, plan, target, False)
     rng = np.random.default_rng(0)
     x = rng.standard_normal(shape).astype(np.float32)
     packed = kernel.prepack(rng.standard_normal(
