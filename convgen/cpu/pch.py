@@ -144,8 +144,7 @@ def _build(final: Path, text: str, compiler: str, flags: tuple[str, ...],
 def _prune(root: Path) -> None:
     """Keep the KEEP most recently used PCHs (another compiler, an old convgen, a target
     no longer built for: theirs go)."""
-    found = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
-    for stale in sorted(found, key=cache.last_use, reverse=True)[KEEP:]:
+    for stale in sorted(cache.live_dirs(root), key=cache.last_use, reverse=True)[KEEP:]:
         cache.remove(stale)
 
 

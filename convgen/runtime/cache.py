@@ -188,6 +188,13 @@ def entry_dir(key: str, root: Path | None = None) -> Path:
     return (root or cache_root()) / "kernels" / key[:2] / key
 
 
+def live_dirs(base: Path) -> list[Path]:
+    """The directories in ``base``, less those being removed (``remove`` hides them first)."""
+    if not base.is_dir():
+        return []
+    return [p for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")]
+
+
 def entries(root: Path | None = None) -> list[Path]:
     base = (root or cache_root()) / "kernels"
     if not base.is_dir():
@@ -518,7 +525,7 @@ def info() -> dict:
     and how requests were served."""
     root = checked_root()
     found = entries(root)
-    headers = [p for p in (root / "pch").iterdir() if p.is_dir() and not p.name.startswith(".")]
+    headers = live_dirs(root / "pch")
     return {"root": str(root), "entries": len(found),
             "bytes": sum(_entry_bytes(e) for e in found), "max_bytes": max_bytes(),
             "precompiled_headers": len(headers),
@@ -531,8 +538,7 @@ def info() -> dict:
 
 def clear() -> int:
     """Remove every entry, stray temp build, failed source, precompiled header, free lock
-    and the counts;
-    return how many entries were removed."""
+    and the counts; return how many entries were removed."""
     root = checked_root()
     found = entries(root)
     for entry in found:
