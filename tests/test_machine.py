@@ -300,18 +300,38 @@ def test_the_gather_rates_are_measured_on_the_plain_build(private_cache, monkeyp
     record the rates of its sanitizer builds."""
     import platform
 
-    from convgen.cpu import BACKEND, measure
+    from convgen.cpu import measure
+    from convgen.runtime import kernel as runtime_kernel
     if platform.machine() not in ("x86_64", "AMD64"):
         pytest.skip("the machine model is measured on x86-64 only")
     monkeypatch.setenv("CONVGEN_SANITIZE", "1")
     built = []
-    real_kernel = type(BACKEND).kernel
+    real_kernel_for = runtime_kernel.kernel_for
 
-    def recording(self, workload, plan, target, *args, **kwargs):
+    def recording(backend, kernel_class, workload, plan, target, *args, **kwargs):
         built.append((plan.algorithm, target.sanitize))
-        return real_kernel(self, workload, plan, target, *args, **kwargs)
-    monkeypatch.setattr(type(BACKEND), "kernel", recording)
+        return real_kernel_for(backend, kernel_class, workload, plan, target, *args, **kwargs)
+    monkeypatch.setattr(runtime_kernel, "kernel_for", recording)
     rates = measure._gather_rates()
     assert built == [("direct", False), ("transposed_gather", False)]
     assert set(rates) == {"gather_macs_per_s", "transposed_gather_macs_per_s"}
     assert all(rate > 0 for rate in rates.values())
+
+
+def test_a_users_kernel_is_not_the_one_the_gather_rate_timed(private_cache):
+    """The machine model builds its gather kernels under a prefix of its own, so a user's
+    request for the same layer and plan gets a kernel of the backend's (it can explain its
+    plan)."""
+    import platform
+
+    import convgen
+    from convgen.core.spec import ConvSpec
+    from convgen.cpu import measure
+    if platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip("the machine model is measured on x86-64 only")
+    measure._gather_rates()
+    plan = "algorithm=direct oc_tile=1 pixel_tile=1 vector=1 loop_order=oc_outer threads=1"
+    kernel = convgen.compile(ConvSpec.conv(2, 16, 16, 3, padding=1), (1, 16, 16, 16),
+                             plan=plan)
+    assert kernel.prefix != "cg_machine_gather"
+    assert "scalar gather" in kernel.explain(top=50)

@@ -5,49 +5,22 @@ compiler.
              -> C sources (render.py, templates/cpu/) -> shared library (compile.py)
              -> cache and load (runtime.pipeline) -> Kernel (kernel.py)
 
-``BACKEND`` is what the registry (``convgen.backends``) hands the front ends.
+``BACKEND`` is what the registry (``convgen.backends``) hands the front ends: the build
+(``build.py``: render, compile, symbols) with the planner and the loaded kernels.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
-from ..core.codegen import templates_digest
-from ..core.dtypes import itemsize
 from ..core.spec import Workload
 from ..runtime import machine as machine_model
 from ..runtime.kernel import kernel_for
 from ..target import Target
-from . import compile as compiler
-from . import cost, kernel, measure, peak, planner, render
-from .canonical import planned
-from .derived import derive
+from . import cost, kernel, measure, peak, planner
+from .build import CpuBuild
 from .plan import Plan
 
 
-class CpuBackend:
-    name = "c"
-    fuses_epilogues = True
-    plan_type = Plan
-
-    def toolchain_parts(self, target: Target) -> dict:
-        return {"compiler": compiler.compiler_identity(), "flags": compiler.flags(target),
-                "templates": templates_digest("cpu")}
-
-    def render(self, workload: Workload, plan: Plan, target: Target, prefix: str):
-        return render.render(workload, plan, target, prefix)
-
-    def build(self, paths: list[Path], library_path: Path, target: Target) -> None:
-        compiler.compile_shared(paths, library_path, target)
-
-    def symbols(self, prefix: str) -> tuple[str, ...]:
-        return kernel.symbols(prefix)
-
-    def workspace_bytes(self, workload: Workload, plan: Plan, target: Target) -> int:
-        """The scratch a kernel for ``target`` needs (what its ``_workspace_bytes`` returns),
-        without compiling it: the AOT build packs on a portable twin where the build
-        machine cannot run the target's code, and the twin's needs may differ (no masked
-        loads: depthwise pads into per-thread planes)."""
-        return derive(planned(workload), plan, target).workspace * itemsize(workload.dtype)
+class CpuBackend(CpuBuild):
+    """The build (``build.CpuBuild``) with the planner and the loaded kernels."""
 
     # -- planning ------------------------------------------------------------------------
     def resolve(self, requested, workload: Workload, target: Target, accuracy: str = "fast"):
