@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import convgen
-import convgen.cpu
+import convgen.cpu.build
 from convgen.backends import get_target
 from convgen.core.spec import ConvSpec, Workload
 from convgen.cpu import BACKEND
@@ -66,7 +66,7 @@ def test_key_changes_with_everything_that_changes_the_binary(monkeypatch):
                         lambda: {"path": "/x/cc", "version": "cc 99"})
     assert key_for(workload, plan, target) != base
     monkeypatch.undo()
-    monkeypatch.setattr(convgen.cpu, "templates_digest", lambda *dirs: "0" * 64)
+    monkeypatch.setattr(convgen.cpu.build, "templates_digest", lambda *dirs: "0" * 64)
     assert key_for(workload, plan, target) != base
     monkeypatch.undo()
     monkeypatch.setattr(pipeline, "__version__", "999")
