@@ -44,23 +44,17 @@ def _library(name: str, tmp_path, target, use_pch: bool, monkeypatch) -> tuple[b
     plan = next(c.plan for c in BACKEND.candidates(workload, target)
                 if c.plan.algorithm == algorithm)
     _, sources, _ = pipeline.generate(BACKEND, workload, plan, target)
-    where = tmp_path   # both builds at the same paths: a -g build records them
+    where = tmp_path   # both builds at the same paths: only the PCH differs between them
     paths = []
     for file_name, text in sources:
         paths.append(where / file_name)
         paths[-1].write_text(text)
-    commands = []
-    real_run = toolchain.run_compiler
-
-    def recording(command, source_path):
-        commands.append(list(command))
-        return real_run(command, source_path)
     if use_pch:   # the first compile that wants the PCH starts its build and goes without
         pch.include_args("#include <immintrin.h>", compiler.compiler_path(),
                          compiler.flags(target))
         pch.wait()
     with monkeypatch.context() as m:
-        m.setattr(toolchain, "run_compiler", recording)
+        commands = _recording(m)
         if not use_pch:
             m.setattr(pch, "include_args", lambda *args: ())
         compiler.compile_shared(paths, where / "kernel.so", target)
@@ -113,6 +107,7 @@ SPEC = ConvSpec.conv(2, 16, 32, 3, padding=1)
 
 
 def _recording(monkeypatch) -> list:
+    """Every compiler command run from now on (``monkeypatch`` undoes it), in a list."""
     commands = []
     real_run = toolchain.run_compiler
 
