@@ -44,6 +44,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import anchors
 from convgen.target.host import cpu_model, usable_cores
 
+# CONVGEN_MAX_CPU_ISA=avx2 measures this host as an AVX2 machine: torch is capped alike
+# (ATen's kernels and oneDNN's; main sets them before torch loads here or in a child).
+# onnxruntime's MLAS picks its kernels from cpuid and has no such switch: it sits out.
+MAX_ISA = os.environ.get("CONVGEN_MAX_CPU_ISA", "").strip().lower()
+TORCH_CAPS = {"avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"},
+              "generic": {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41"}}
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SUITE = ROOT.parent / "shared" / "bench" / "suite_public.json"
 
@@ -204,12 +210,15 @@ def main(argv=None) -> int:
     parser.add_argument("--layer-child", help=argparse.SUPPRESS)   # see layer_in_child
     args = parser.parse_args(argv)
     os.environ["CONVGEN_NUM_THREADS"] = str(args.threads)
+    for name, value in TORCH_CAPS.get(MAX_ISA, {}).items():
+        os.environ.setdefault(name, value)
     layers = load_suite(args.suite, set(filter(None, args.layers.split(","))))
     if args.layer_child:
         anchors.setup_torch(args.threads)
         print(json.dumps(bench_layer(layers[0], args.dtype, args.min_time)))
         return 0
-    ort_threads = None if args.no_onnxruntime or not anchors.have_onnxruntime() else args.threads
+    ort_threads = None if args.no_onnxruntime or not anchors.have_onnxruntime() \
+        or MAX_ISA in TORCH_CAPS else args.threads
     # Every measurement that runs OpenMP or another thread pool happens in a child process,
     # one at a time: under OMP_WAIT_POLICY=ACTIVE libgomp's workers spin for good once
     # started and would take a core from the next child (onnxruntime at 2 threads measured
@@ -224,6 +233,10 @@ def main(argv=None) -> int:
     print(f"CPU: {cpu_model()}, {usable_cores()} usable cores; "
           f"measured float32 FMA peak, {args.threads} threads: {peak:.0f} GFLOP/s "
           f"({fma_per_cycle:.2f} full-width FMAs per cycle per core)")
+    if MAX_ISA in TORCH_CAPS:
+        print(f"CONVGEN_MAX_CPU_ISA={MAX_ISA}: convgen and torch capped to {MAX_ISA} "
+              f"({', '.join(f'{k}={v}' for k, v in TORCH_CAPS[MAX_ISA].items())}); "
+              "onnxruntime left out (MLAS has no ISA cap)")
     print("m(x): torch module / convgen module, each called as users call them (a new "
           "output per call)\n")
     print_header()

@@ -18,7 +18,7 @@ from ..target.machine import Machine
 from .canonical import planned
 from .derived import Derived, derive, vector_inside
 from .memory import LINE, level_of, read_cycles
-from .plan import GATHER_ALGORITHMS, WINOGRAD_ALGORITHMS, Plan, native_vector
+from .plan import GATHER_ALGORITHMS, WINOGRAD_ALGORITHMS, Plan, direct_chains, native_vector
 
 _CALL_OVERHEAD_S = 2e-6   # the same for every plan of a call: it orders nothing
 
@@ -239,7 +239,8 @@ def _gemm_like_cost(plan: Plan, workload: Workload, facts: Derived, machine: Mac
             tiles = _row_tiles(plan, count)
             items = rows * facts.oc_blocks
             core = sum(n * _tile_core(plan, machine, width, k_steps, px,
-                                      _vector_store(plan, workload, phase, width))
+                                      _vector_store(plan, workload, phase, width),
+                                      facts.registers, phase.taps)
                        for n, px in tiles)
             streamed, stalled = _row_memory(plan, workload, facts, machine, phase, k_steps,
                                             tiles, reads)
@@ -319,11 +320,13 @@ def _row_tiles(plan: Plan, count: int, padded: bool = False) -> list[tuple[int, 
 
 
 def _tile_core(plan: Plan, machine: Machine, width: float, k_steps: int, pixels: int,
-               vector_store: bool = False) -> float:
+               vector_store: bool = False, regs: int = 32, taps: int = 1) -> float:
     """In-core cycles of one register tile: per step of the reduction its FMAs, its load
     slots or its FMA latency (too few accumulator chains), whichever binds; then adding up
     the blocks of the blocked accumulation, the store, and a fixed cost. ``vector_store``:
-    implicit_gemm's tile is stored transposed in registers (render's transpose_store)."""
+    implicit_gemm's tile is stored transposed in registers (render's transpose_store);
+    ``regs``: the target's vector registers; ``taps``: of the phase (a direct_simd tile's
+    accumulator sets take turns over them: one tap, one set)."""
     if plan.algorithm == "implicit_gemm":
         vectors = plan.oc_tile // plan.vector
         fmas = accumulators = pixels * vectors
@@ -335,7 +338,8 @@ def _tile_core(plan: Plan, machine: Machine, width: float, k_steps: int, pixels:
     else:
         vectors = -(-pixels // plan.vector)
         fmas = plan.oc_tile * vectors
-        accumulators = fmas * max(1, min(4, 16 // fmas))   # several chains for small tiles
+        chains = direct_chains(plan.oc_tile, vectors, regs)   # for small tiles
+        accumulators = fmas * (chains if taps >= chains else 1)
         loads = plan.oc_tile + vectors * machine.vector_load_cost / width
         stores = fmas * 1.0
     broadcasts = pixels if plan.algorithm == "implicit_gemm" else plan.oc_tile
@@ -405,7 +409,8 @@ def _panel_chunk(plan: Plan, workload: Workload, facts: Derived, machine: Machin
                               _chunk_lines(workload, phase, pixels) * LINE),
                           level_of(reads.inputs, machine), machine, reads.scattered))
     store = _vector_store(plan, workload, facts.lowering.phases[0], width)
-    core = sum(n * _tile_core(plan, machine, width, k_steps, px, store) for n, px in tiles)
+    core = sum(n * _tile_core(plan, machine, width, k_steps, px, store, facts.registers,
+                              phase.taps) for n, px in tiles)
     per_tile = (read_cycles(k_steps * plan.pixel_tile * size, level_of(panel, machine), machine,
                             tile=not _broadcasts_weights(plan))
                 + read_cycles(k_steps * plan.oc_tile * size, level_of(reads.weights, machine),

@@ -18,7 +18,7 @@ from ..target import Target
 from ..target.isa import masked_store
 from . import winograd
 from .layout import Lowering, line_pitch, lower
-from .plan import GATHER_ALGORITHMS, WINOGRAD_ALGORITHMS, Plan
+from .plan import GATHER_ALGORITHMS, WINOGRAD_ALGORITHMS, Plan, registers
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,8 @@ class Derived:
                                          # rows (as their outputs are), not by channels
     in_place: bool = False               # depthwise: tiles read the unpadded input, loads
                                          # past its edges masked (no plane)
+    registers: int = 0                   # direct_simd, implicit_gemm: the vector registers
+                                         # a tile may fill (the target's)
 
     @property
     def packed_weights(self) -> int:
@@ -105,7 +107,8 @@ def _derive(workload: Workload, plan: Plan, target: Target) -> Derived:
     stride = _thread_stride(per_thread, size) if per_thread else 0
     return Derived(low, None, blocks, spec.groups * per_group, copies + plan.threads * stride,
                    panel=panel, stage_pitch=pitch, thread_stride=stride,
-                   copy_stride=copy_stride, buffers_at=copies, copy_by_rows=by_rows)
+                   copy_stride=copy_stride, buffers_at=copies, copy_by_rows=by_rows,
+                   registers=registers(target))
 
 
 def depthwise_in_place(workload: Workload, plan: Plan, target: Target, low: Lowering) -> bool:

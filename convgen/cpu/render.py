@@ -22,7 +22,7 @@ from .canonical import planned
 from .derived import Derived, derive, vector_inside
 from .layout import Lowering
 from .memory import LINE
-from .plan import GATHER_ALGORITHMS, WINOGRAD_ALGORITHMS, Plan
+from .plan import GATHER_ALGORITHMS, WINOGRAD_ALGORITHMS, Plan, direct_chains
 
 TEMPLATES = {"direct": "cpu/direct.c.j2", "transposed_gather": "cpu/transposed_gather.c.j2",
              "implicit_gemm": "cpu/implicit_gemm.c.j2", "direct_simd": "cpu/direct_simd.c.j2",
@@ -351,8 +351,9 @@ def _phases(workload: Workload, plan: Plan, facts: Derived, axes: list[dict]):
             "out_steps": [a.out_step for a in phase.axes], "outer": outer,
             "inner_start": inner.start, "rows": phase.outputs // max(inner.count, 1),
             "pack_offset": pack_offset,
-            **(_panel(plan, inner.count, len(flat_offsets), tiles) if plan.chunk else
-               {"runs": _runs(plan, inner.count, tiles)}),
+            **(_panel(plan, inner.count, len(flat_offsets), tiles, facts.registers)
+               if plan.chunk else
+               {"runs": _runs(plan, inner.count, tiles, facts.registers)}),
         })
         phases[-1].update(_weight_prefetch(workload, plan, phases[-1]))
         pack_offset += facts.oc_blocks * spec.cin_per_group * len(flat_offsets) * plan.oc_tile
@@ -396,15 +397,15 @@ def _phase_groups(low: Lowering, phases: list[dict]) -> list[dict]:
             for i, members in enumerate(groups.values())]
 
 
-def _panel(plan: Plan, count: int, ntaps: int, tiles: dict) -> dict:
+def _panel(plan: Plan, count: int, ntaps: int, tiles: dict, regs: int) -> dict:
     """A row of ``count`` outputs in chunks of plan.chunk: the full chunks' tiles, the last
     chunk's, and where each tap's inputs sit in a tile's run of the panel (PIXEL_TILE
     inputs per input channel and tap)."""
     chunks = -(-count // plan.chunk)
     tail = count - (chunks - 1) * plan.chunk
     return {"chunks": chunks, "tail": tail,
-            "chunk_runs": _runs(plan, plan.chunk, tiles) if chunks > 1 else [],
-            "tail_runs": _runs(plan, tail, tiles),
+            "chunk_runs": _runs(plan, plan.chunk, tiles, regs) if chunks > 1 else [],
+            "tail_runs": _runs(plan, tail, tiles, regs),
             "panel_taps": [t * plan.pixel_tile for t in range(ntaps)],
             "panel_cstride": ntaps * plan.pixel_tile}
 
@@ -423,8 +424,9 @@ def _flat(index: tuple[int, ...], sizes: tuple[int, ...]) -> int:
     return flat
 
 
-def _runs(plan: Plan, count: int, tiles: dict) -> list[dict]:
-    """How one row of ``count`` outputs splits into register tiles: full ones, then a tail."""
+def _runs(plan: Plan, count: int, tiles: dict, regs: int) -> list[dict]:
+    """How one row of ``count`` outputs splits into register tiles: full ones, then a tail
+    (``regs``: the vector registers a tile may fill)."""
     runs = []
     if plan.algorithm == "implicit_gemm":
         full, tail = divmod(count, plan.pixel_tile)
@@ -444,9 +446,7 @@ def _runs(plan: Plan, count: int, tiles: dict) -> list[dict]:
         for (vecs, lanes), times in pieces:
             if times:
                 name = f"{vecs}v{lanes}"
-                # enough independent FMA chains to keep loads and FMAs overlapped (measured:
-                # depthwise rows of 7 vectors ran 1.7x faster split in two chains)
-                chains = max(1, min(4, 16 // (plan.oc_tile * vecs)))
+                chains = direct_chains(plan.oc_tile, vecs, regs)
                 tiles.setdefault(name, {"name": name, "vectors": vecs, "last_lanes": lanes,
                                         "chains": chains})
         step = plan.pixel_tile

@@ -9,7 +9,9 @@ backend.
 
 CPU targets:
 
-- ``cpu`` (alias ``native``): the host's widest ISA, ``-march=native``;
+- ``cpu`` (alias ``native``): the host's widest ISA, ``-march=native``; ``CONVGEN_MAX_CPU_ISA``
+  (``avx2`` or ``generic``) caps it, as oneDNN's ``ONEDNN_MAX_CPU_ISA`` does: the kernels,
+  the machine model and the cache key are then those of the host without the wider ISAs;
 - ``x86-64-v3`` (alias ``cpu-avx2``): AVX2 + FMA, ``-march=x86-64-v3``, whatever the host;
 - ``x86-64-v4``: AVX-512 (F, BW, DQ, VL, CD), ``-march=x86-64-v4``, whatever the host;
 - ``c`` (alias ``generic``): portable C with no ISA flag.
@@ -65,21 +67,49 @@ class Target:
         return tuple(f for f in self.cpu_features if f not in have) if self.lang == "c" else ()
 
 
+MAX_ISA_ENV = "CONVGEN_MAX_CPU_ISA"
+_WIDEST_FIRST = ("avx512", "avx2", "generic")
+# What -march=native loses under a cap: gcc's -mno-X also drops every ISA that builds on X
+# (-mno-avx takes AVX2, FMA and AVX-512 with it), and the features the binary may use lose
+# the same flags, so a capped kernel never shares a cache key with an uncapped one.
+_CAP_FLAGS = {"avx512": (), "avx2": ("-mno-avx512f",), "generic": ("-mno-avx",)}
+_CAP_DROPS = {"avx512": (), "avx2": ("avx512", "amx"),
+              "generic": ("avx", "fma", "f16c", "amx")}
+
+
+def max_isa() -> str:
+    """The widest ISA the native target may use: ``CONVGEN_MAX_CPU_ISA``, else "avx512"."""
+    value = os.environ.get(MAX_ISA_ENV, "").strip().lower()
+    if not value:
+        return _WIDEST_FIRST[0]
+    if value not in _WIDEST_FIRST:
+        raise ValueError(f"{MAX_ISA_ENV} must be one of {', '.join(_WIDEST_FIRST)} (the widest "
+                         f"ISA the native target may use), got {os.environ[MAX_ISA_ENV]!r}")
+    return value
+
+
 def host_isa() -> Isa:
+    """The widest ISA row the host has, within ``max_isa()``."""
     features = set(host.cpu_features())
-    for isa in (ISAS["avx512"], ISAS["avx2"]):
-        if set(isa.features) <= features:
-            return isa
+    allowed = _WIDEST_FIRST[_WIDEST_FIRST.index(max_isa()):]
+    for name in allowed:
+        if set(ISAS[name].features) <= features:
+            return ISAS[name]
     return ISAS["generic"]
+
+
+def _native_target() -> Target:
+    isa, cap = host_isa(), max_isa()
+    features = tuple(f for f in host.cpu_features() if not f.startswith(_CAP_DROPS[cap]))
+    return Target("cpu", "c", ("-march=native",) + _CAP_FLAGS[cap], isa.name,
+                  isa.vector_bytes, features)
 
 
 def cpu_target(name: str) -> Target:
     """The CPU target called ``name`` (or one of its aliases)."""
     name = CPU_ALIASES.get(name, name)
     if name == "cpu":
-        isa = host_isa()
-        return Target("cpu", "c", ("-march=native",), isa.name, isa.vector_bytes,
-                      host.cpu_features())
+        return _native_target()
     if name == "c":
         isa = ISAS["generic"]
         return Target("c", "c", (), isa.name, isa.vector_bytes, ())

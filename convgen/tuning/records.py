@@ -81,6 +81,10 @@ def machine_identity(target: Target, backend) -> dict:
 @functools.lru_cache(maxsize=64)
 def _machine_identity(target: Target, backend, *compiler_env) -> tuple:
     identity = dict(host.identity())
+    if target.name == "cpu":
+        # Under CONVGEN_MAX_CPU_ISA the native target is this host without the wider ISAs:
+        # its measurements are those of such a machine (uncapped, the features are equal).
+        identity["features"] = list(target.cpu_features)
     identity["compiler"] = backend.toolchain_parts(target).get("compiler")
     if target.cuda is not None:
         identity["gpu"] = dataclasses.asdict(target.cuda)
