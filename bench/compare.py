@@ -45,11 +45,14 @@ import anchors
 from convgen.target.host import cpu_model, usable_cores
 
 # CONVGEN_MAX_CPU_ISA=avx2 measures this host as an AVX2 machine: torch is capped alike
-# (ATen's kernels and oneDNN's; main sets them before torch loads here or in a child).
-# onnxruntime's MLAS picks its kernels from cpuid and has no such switch: it sits out.
+# (ATen's kernels, oneDNN's, and MKL's, which torch calls for some 1x1 layers on one
+# thread); main sets them before torch loads here or in a child. onnxruntime's MLAS picks
+# its kernels from cpuid and has no such switch: it sits out.
 MAX_ISA = os.environ.get("CONVGEN_MAX_CPU_ISA", "").strip().lower()
-TORCH_CAPS = {"avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"},
-              "generic": {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41"}}
+TORCH_CAPS = {"avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2",
+                       "MKL_ENABLE_INSTRUCTIONS": "AVX2"},
+              "generic": {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41",
+                          "MKL_ENABLE_INSTRUCTIONS": "SSE4_2"}}
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SUITE = ROOT.parent / "shared" / "bench" / "suite_public.json"
 
