@@ -45,7 +45,7 @@ def _library(isa: Isa) -> dict:
     target = cpu_target("cpu")
     source = environment().get_template("bench/machine.c.j2").render(
         version=__version__, isa=isa.name, vector_bytes=isa.vector_bytes,
-        chains=isa.registers - 4, bcast="vbroadcastss",
+        chains=isa.registers - 4, bcast_rows=min(16, isa.registers - 4), bcast="vbroadcastss",
         reg="zmm" if isa.vector_bytes == 64 else "ymm")
     parts = {"convgen": __version__, "bench": "machine", "target": target.name,
              "features": target.cpu_features, "compiler": compiler_identity(),

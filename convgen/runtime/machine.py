@@ -31,7 +31,8 @@ from ..target.isa import Isa
 from ..target.machine import Machine, default_machine
 from . import cache
 
-MODEL_VERSION = 7   # 7: misses in flight per level; 6: a parallel region's fork/join;
+MODEL_VERSION = 8   # 8: the broadcast FMA rate within 16 registers (AVX2 spilled);
+                    # 7: misses in flight per level; 6: a parallel region's fork/join;
                     # 5: the L2 tile rate measured without binding on the FMAs
 _SIZES = {"l1d_bytes", "l2_bytes", "l3_bytes"}
 FIELDS = {f.name for f in dataclasses.fields(Machine)} - _SIZES
