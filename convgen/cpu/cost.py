@@ -320,7 +320,7 @@ def _row_tiles(plan: Plan, count: int, padded: bool = False) -> list[tuple[int, 
 
 
 def _tile_core(plan: Plan, machine: Machine, width: float, k_steps: int, pixels: int,
-               vector_store: bool = False, regs: int = 32, taps: int = 1) -> float:
+               vector_store: bool, regs: int, taps: int) -> float:
     """In-core cycles of one register tile: per step of the reduction its FMAs, its load
     slots or its FMA latency (too few accumulator chains), whichever binds; then adding up
     the blocks of the blocked accumulation, the store, and a fixed cost. ``vector_store``:
