@@ -1,5 +1,7 @@
-"""Register budgets: every tile the planner may choose compiles without spilling
-accumulators in its reduction loop, read from gcc's machine code (objdump).
+"""Register budgets, read from gcc's machine code (objdump): every direct_simd tile the
+planner offers (AVX2 and AVX-512) and the machine model's micro-benchmarks compile without
+spilling in their FMA loops; AVX2's implicit_gemm tiles move at most a vector through the
+stack now and then (AVX-512's widest implicit_gemm tiles are not held to either).
 
 A spilled accumulator turns its FMA chain into a store and a reload per step: gcc 12 did
 so on every step of a 4-channel x 3-vector direct_simd tile that filled all 16 AVX2
