@@ -27,6 +27,7 @@ def run(args) -> int:
         ("clock", f"{clock / 1e9:.2f} GHz", "clock_hz"),
         ("full-width FMAs per cycle", f"{model['fma_per_cycle']:.2f}", "fma_per_cycle"),
         ("FMA latency", f"{model['fma_latency']:.1f} cycles", "fma_latency"),
+        ("FMA chains: 90% of the rate from", _chains_for(model, 0.9), "fma_chain_rates"),
         ("loads per cycle (broadcasts)", f"{model['loads_per_cycle']:.2f}", "loads_per_cycle"),
         ("slots per full-width vector load", f"{model['vector_load_cost']:.2f}",
          "vector_load_cost"),
@@ -57,6 +58,15 @@ def run(args) -> int:
         print(f"  {label:<34} {value:>14}   ({info['origin'][field]})")
     print(f"  {'=> float32 FMA peak, one core':<34} {peak / 1e9:>8.1f} GFLOP/s")
     return 0
+
+
+def _chains_for(model: dict, share: float) -> str:
+    """The fewest independent FMA chains measured to issue ``share`` of the best rate."""
+    rates = model["fma_chain_rates"]
+    if not rates:
+        return "-"
+    chains = next(n for n, rate in enumerate(rates, 1) if rate >= share * max(rates))
+    return f"{chains} chains"
 
 
 def add_parser(sub) -> None:

@@ -61,6 +61,9 @@ def _winograd_cost(plan: Plan, workload: Workload, facts: Derived, machine: Mach
     fmas = plan.oc_tile * nv
     step = max(fmas / (machine.fma_per_cycle * width),
                (plan.oc_tile + nv * machine.vector_load_cost / width) / machine.loads_per_cycle,
+               # the latency x throughput bound, not the measured chain rates: an 8 x 8
+               # tile (8 accumulators) ran dilated_3x3_256 on AVX2 in 3.9 ms, 4 x 8 in 5.2,
+               # where the 8-chain rate priced it 5.4 and lost it to implicit_gemm (5.4)
                machine.fma_latency if fmas < machine.fma_latency * machine.fma_per_cycle
                else 0.0)
     core = spec.cin_per_group * step + fmas + 20
@@ -143,7 +146,8 @@ def _depthwise_cost(plan: Plan, workload: Workload, facts: Derived, machine: Mac
         loads = (chains * per_fma * splits * machine.vector_load_cost / width + 1) / \
             machine.loads_per_cycle
         inputs = chains * shared * plan.vector * size / bandwidth
-        return phase.taps * max(fma, loads, inputs, machine.fma_latency) + chains + 12
+        return phase.taps * max(fma, loads, inputs, chains / chain_rate(chains, machine)) \
+            + chains + 12
 
     full_cols, tail_cols = divmod(vectors, nv)
     full_rows, tail_rows = divmod(rows, plan.row_tile)
@@ -280,6 +284,23 @@ class _Reads:
     scattered: bool    # a tile's walk over the input channels defeats the prefetchers
 
 
+def chain_rate(chains: int, machine: Machine) -> float:
+    """Full-width FMAs per cycle a tile of ``chains`` independent accumulators issues, its
+    latency bound: the measured rate of that many chains (the best of it and fewer: one
+    more accumulator never has to slow a tile), full past the table (as many chains as
+    registers leave); unmeasured, ``chains`` over the latency. Latency x throughput chains
+    are not enough: 8 chains of latency 4 on two FMA units issued 1.6 per cycle (Intel
+    Xeon, AVX2 and AVX-512 alike), 10 issued 2. AVX2's 4 x 16 direct_simd tile (8
+    accumulators) ran pointwise_256_128 in 0.38-0.41 ms where a 16 x 6 implicit_gemm tile
+    (12) took 0.34, both predicted 0.32."""
+    rates = machine.fma_chain_rates
+    if not rates:
+        return min(machine.fma_per_cycle, chains / machine.fma_latency)
+    # the table's shape, scaled to the FMA rate (its own best is that rate, measured again)
+    share = max(rates[:max(chains, 1)]) / max(rates)
+    return machine.fma_per_cycle * share
+
+
 def _overlap(core: float, memory: float) -> float:
     """Prefetched reads overlap the FMAs, nearly perfectly."""
     return max(core, memory) + 0.1 * min(core, memory)
@@ -346,8 +367,7 @@ def _tile_core(plan: Plan, machine: Machine, width: float, k_steps: int, pixels:
     broadcast_rate = machine.broadcast_fma_per_cycle or machine.fma_per_cycle
     step = max(fmas / (machine.fma_per_cycle * width), loads / machine.loads_per_cycle,
                min(broadcasts, fmas) / (broadcast_rate * width),
-               machine.fma_latency * fmas / accumulators
-               if accumulators < machine.fma_latency * machine.fma_per_cycle else 0.0)
+               fmas / chain_rate(accumulators, machine))
     if broadcasts >= fmas and machine.fma_per_cycle > 0.5 * machine.loads_per_cycle:
         # a broadcast per FMA on a core whose FMAs outrun half its load ports: measured
         # 10-20% below the FMA rate once the operands come from L2 (AVX-512, two FMA units,

@@ -3,12 +3,13 @@
 ``measure(isa)`` compiles ``templates/bench/machine.c.j2`` for the host ISA (through the
 kernel cache, like any kernel) and times, on one core: the clock (a chain of dependent
 integer adds: one per cycle on every x86-64 core), full-width FMA throughput and latency,
-broadcast and vector load throughput from L1, and the bytes per cycle one core streams
-from L1, L2, L3 and DRAM, plus DRAM with every core reading, and the latency of a load no
-prefetcher saw coming from L2, L3 and DRAM (a pointer chase) and how many of them one
-core overlaps; with every core, what a parallel region (one fork/join of the thread team,
-workers awake) costs; and the rate of the two scalar gather kernels as generated (each
-compiled for a reference layer). About a second in all.
+the FMA rate of 1, 2, ... independent chains, broadcast and vector load throughput from
+L1, and the bytes per cycle one core streams from L1, L2, L3 and DRAM, plus DRAM with
+every core reading, and the latency of a load no prefetcher saw coming from L2, L3 and
+DRAM (a pointer chase) and how many of them one core overlaps; with every core, what a
+parallel region (one fork/join of the thread team, workers awake) costs; and the rate of
+the two scalar gather kernels as generated (each compiled for a reference layer). About a
+second in all.
 Returns None where it cannot measure (not x86-64, no compiler): the model then keeps the
 ISA row's defaults.
 """
@@ -35,7 +36,8 @@ loader.declare_type("cg_stream_fn",
                     "typedef double (*cg_stream_fn)(size_t bytes, int sweeps, int threads);")
 _FUNCTIONS = {"cg_clock_hz": "cg_rate_fn", "cg_fma_rate": "cg_rate_fn",
               "cg_broadcast_fma_rate": "cg_rate_fn", "cg_l2_tile_rate": "cg_tile_fn",
-              "cg_fma_chain_seconds": "cg_rate_fn", "cg_load_rate": "cg_load_fn",
+              "cg_fma_chain_seconds": "cg_rate_fn", "cg_fma_chain_rate": "cg_load_fn",
+              "cg_load_rate": "cg_load_fn",
               "cg_stream_rate": "cg_stream_fn", "cg_load_latency": "cg_latency_fn",
               "cg_overlapped_load_seconds": "cg_latency_fn",
               "cg_fork_join_seconds": "cg_fork_join_fn"}
@@ -45,7 +47,8 @@ def _library(isa: Isa) -> dict:
     target = cpu_target("cpu")
     source = environment().get_template("bench/machine.c.j2").render(
         version=__version__, isa=isa.name, vector_bytes=isa.vector_bytes,
-        chains=isa.registers - 4, bcast_rows=min(16, isa.registers - 4), bcast="vbroadcastss",
+        chains=isa.registers - 4, chain_table=_chain_table(isa),
+        bcast_rows=min(16, isa.registers - 4), bcast="vbroadcastss",
         reg="zmm" if isa.vector_bytes == 64 else "ymm")
     parts = {"convgen": __version__, "bench": "machine", "target": target.name,
              "features": target.cpu_features, "compiler": compiler_identity(),
@@ -75,6 +78,7 @@ def measure(isa: Isa) -> dict | None:
     fma = _best(lambda: f["cg_fma_rate"](400_000)) / clock
     broadcast_fma = _best(lambda: f["cg_broadcast_fma_rate"](4_000)) / clock
     latency = min(f["cg_fma_chain_seconds"](500_000) for _ in range(3)) * clock
+    chain_rates = _chain_rates(f["cg_fma_chain_rate"], _chain_table(isa), clock)
     broadcasts = _best(lambda: f["cg_load_rate"](400_000, 1)) / clock
     vectors = _best(lambda: f["cg_load_rate"](400_000, 0)) / clock
     caches = host.caches()
@@ -108,7 +112,7 @@ def measure(isa: Isa) -> dict | None:
         team["parallel_overhead_s"] = min(
             f["cg_fork_join_seconds"](2_000, host.usable_cores()) for _ in range(3))
     return {**team, **in_flight, **_gather_rates(), "clock_hz": clock, "fma_per_cycle": fma,
-            "fma_latency": latency,
+            "fma_latency": latency, "fma_chain_rates": chain_rates,
             "broadcast_fma_per_cycle": broadcast_fma, "l2_tile_bytes_per_cycle": l2_tile / clock,
             "loads_per_cycle": broadcasts, "vector_load_cost": broadcasts / vectors,
             "l1_bytes_per_cycle": rates["l1"] / clock, "l2_bytes_per_cycle": rates["l2"] / clock,
@@ -116,6 +120,22 @@ def measure(isa: Isa) -> dict | None:
             "dram_total_bytes_per_s": all_cores,
             "l2_latency": chase["l2"], "l3_latency": chase["l3"], "dram_latency": chase["dram"],
             "measure_seconds": time.perf_counter() - started}
+
+
+def _chain_table(isa: Isa) -> int:
+    """Chain counts the FMA chain table measures: 1 to this (past 16 chains every core
+    measured issues at its full rate)."""
+    return min(16, isa.registers - 4)
+
+
+def _chain_rates(run, most: int, clock: float, rounds: int = 5) -> list[float]:
+    """FMAs per cycle of 1 to ``most`` independent chains, each the best of ``rounds``
+    rounds over every count (a clock that shifts mid-way shifts every count alike)."""
+    best = [0.0] * most
+    for _ in range(rounds):
+        for n in range(1, most + 1):
+            best[n - 1] = max(best[n - 1], run(1_200_000 // n, n) / clock)
+    return best
 
 
 # The scalar gather kernels (the exact fallback) are no micro-benchmark's loop: each is timed

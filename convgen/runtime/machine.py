@@ -31,7 +31,8 @@ from ..target.isa import Isa
 from ..target.machine import Machine, default_machine
 from . import cache
 
-MODEL_VERSION = 8   # 8: the broadcast FMA rate within 16 registers (AVX2 spilled);
+MODEL_VERSION = 9   # 9: the FMA rate of 1, 2, ... independent chains;
+                    # 8: the broadcast FMA rate within 16 registers (AVX2 spilled);
                     # 7: misses in flight per level; 6: a parallel region's fork/join;
                     # 5: the L2 tile rate measured without binding on the FMAs
 _SIZES = {"l1d_bytes", "l2_bytes", "l3_bytes"}
@@ -128,7 +129,16 @@ def remeasure(isa: Isa, measure) -> dict:
 
 def _usable(stored: dict | None) -> dict:
     fields = (stored or {}).get("fields") or {}
-    return {k: float(v) for k, v in fields.items() if k in FIELDS}
+    return {k: tuple(float(x) for x in v) if isinstance(v, list) else float(v)
+            for k, v in fields.items() if k in FIELDS}
+
+
+def _positive(value) -> bool:
+    """A stored field's value: a positive finite number, or a non-empty list of them."""
+    if isinstance(value, list):
+        return bool(value) and all(_positive(x) for x in value)
+    return (isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+            and value != float("inf"))
 
 
 def _read(isa: Isa, kind: str, quiet: bool = False) -> dict | None:
@@ -163,8 +173,7 @@ def _problem(record, isa: Isa) -> str | None:
         return None if record.get("reason") else "no fields and no reason"
     if not isinstance(fields, dict):
         return "malformed fields"
-    bad = [k for k, v in fields.items() if k in FIELDS and not
-           (isinstance(v, (int, float)) and v > 0 and v == v and v != float("inf"))]
+    bad = [k for k, v in fields.items() if k in FIELDS and not _positive(v)]
     return f"fields {bad} are not positive numbers" if bad else None
 
 

@@ -21,6 +21,8 @@ class Machine:
     loads_per_cycle: float            # load slots per cycle; a broadcast takes one
     vector_load_cost: float           # slots a full-width vector load takes
     fma_latency: float = 4.0          # cycles before an FMA's result feeds the next one
+    fma_chain_rates: tuple[float, ...] = ()   # full-width FMAs per cycle with 1, 2, ...
+                                              # independent chains (empty: not measured)
     broadcast_fma_per_cycle: float = 0.0   # FMAs each with a broadcast from memory (0: as
                                            # fma_per_cycle)
     clock_hz: float = 3.3e9
