@@ -59,13 +59,8 @@ def _winograd_cost(plan: Plan, workload: Workload, facts: Derived, machine: Mach
     # the products of one point and one channel tile: a register tile of OC_TILE x NV over
     # the group's input channels, reading that point's transformed inputs (V) and weights
     fmas = plan.oc_tile * nv
-    step = max(fmas / (machine.fma_per_cycle * width),
-               (plan.oc_tile + nv * machine.vector_load_cost / width) / machine.loads_per_cycle,
-               # the latency x throughput bound, not the measured chain rates: an 8 x 8
-               # tile (8 accumulators) ran dilated_3x3_256 on AVX2 in 3.9 ms, 4 x 8 in 5.2,
-               # where the 8-chain rate priced it 5.4 and lost it to implicit_gemm (5.4)
-               machine.fma_latency if fmas < machine.fma_latency * machine.fma_per_cycle
-               else 0.0)
+    step = _step_cycles(fmas, plan.oc_tile + nv * machine.vector_load_cost / width,
+                        plan.oc_tile, fmas, machine, width)
     core = spec.cin_per_group * step + fmas + 20
     v_point = spec.cin_per_group * plan.pixel_tile * size
     weights = points * spec.out_channels * spec.cin_per_group * size
@@ -364,6 +359,16 @@ def _tile_core(plan: Plan, machine: Machine, width: float, k_steps: int, pixels:
         loads = plan.oc_tile + vectors * machine.vector_load_cost / width
         stores = fmas * 1.0
     broadcasts = pixels if plan.algorithm == "implicit_gemm" else plan.oc_tile
+    step = _step_cycles(fmas, loads, broadcasts, accumulators, machine, width)
+    blocks = -(-k_steps // 256)
+    return k_steps * step + (blocks - 1) * fmas * 3 + stores + 30
+
+
+def _step_cycles(fmas: int, loads: float, broadcasts: int, accumulators: int,
+                 machine: Machine, width: float) -> float:
+    """Cycles of one reduction step of a register tile of ``fmas`` FMAs (a broadcast
+    operand times a vector one): its FMAs, its load slots, its broadcast FMAs or the FMA
+    latency of its ``accumulators`` chains, whichever binds."""
     broadcast_rate = machine.broadcast_fma_per_cycle or machine.fma_per_cycle
     step = max(fmas / (machine.fma_per_cycle * width), loads / machine.loads_per_cycle,
                min(broadcasts, fmas) / (broadcast_rate * width),
@@ -374,8 +379,7 @@ def _tile_core(plan: Plan, machine: Machine, width: float, k_steps: int, pixels:
         # three loads), where half as many broadcasts per FMA held 99%. A core of one FMA
         # per cycle has the ports to spare.
         step *= 1.15
-    blocks = -(-k_steps // 256)
-    return k_steps * step + (blocks - 1) * fmas * 3 + stores + 30
+    return step
 
 
 def _row_memory(plan: Plan, workload: Workload, facts: Derived, machine: Machine, phase,
