@@ -98,7 +98,9 @@ def measure(isa: Isa) -> dict | None:
     # latency buffers small enough that TLB misses do not dominate (L3: a few MB past L2)
     chase_bytes = {"l2": levels["l2"], "l3": max(2 * caches.l2_bytes, 4 << 20),
                    "dram": 64 << 20}
-    chase = {level: min(f["cg_load_latency"](size, 30_000) for _ in range(2)) * clock
+    # (DRAM's once: building and walking its 64 MB cycle takes 0.2 s)
+    chase = {level: min(f["cg_load_latency"](size, 30_000)
+                        for _ in range(1 if level == "dram" else 2)) * clock
              for level, size in chase_bytes.items()}
     # misses in flight: a level's latency over the time per line of many chains walked
     # through the same buffer at once (DRAM's once: building its 64 MB cycle is most of it)
