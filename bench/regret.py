@@ -11,8 +11,8 @@ them alike, weights packed once, preallocated outputs, warm threads, medians). T
 is time(planner's first choice) / time(fastest measured) - 1. On one thread the timing is
 the thread's CPU time, so a machine shared with other work does not skew it; on more, wall
 time. A regret above 5% is timed again: the first choice and the fastest alone, head to
-head, five times as long. The table names the CPU model and the machine model the planner used (measured on
-first use: `convgen machine`).
+head, five times as long. The table names the CPU model and the machine model the planner
+used (measured on first use: `convgen machine`).
 """
 from __future__ import annotations
 
