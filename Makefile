@@ -10,7 +10,7 @@ TEST_WORKERS ?= auto
 
 BENCH_STAMP   := $(VENV)/.bench-installed
 
-.PHONY: demo examples test lint fuzz bench bench-classes bench-pytest bench-tune clean-cache clean gpu-check gpu-wheels
+.PHONY: demo examples test lint fuzz bench bench-classes bench-class bench-pytest bench-tune clean-cache clean gpu-check gpu-wheels
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,7 +47,7 @@ $(BENCH_STAMP): pyproject.toml $(TEST_STAMP)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,bench]'
 	touch $@
 
-# convgen vs torch vs onnxruntime on shared/bench/suite_public.json, 2 threads then 1
+# convgen vs torch vs onnxruntime on bench/suite_public.json (shared/bench's), 2 threads then 1
 # (a table per thread count; see bench/RESULTS.md). BENCH_ARGS passes options through.
 bench: $(BENCH_STAMP)
 	$(PY) bench/compare.py --threads 2 --repeat 3 $(BENCH_ARGS)
@@ -57,6 +57,12 @@ bench: $(BENCH_STAMP)
 bench-classes: $(BENCH_STAMP)
 	$(PY) bench/compare.py --threads 2 --repeat 3 --skip-threading-check \
 		--suite bench/suite_classes.json $(BENCH_ARGS)
+
+# Every table RESULTS.md keeps for a machine class (the public suite at 2 and 1 threads, the
+# layer classes, the regret at 2 and 1 threads, the machine model) in one run, written under
+# bench/class_results/<machine class>-<date>/ (bench/class_check.sh; about 20 minutes).
+bench-class: $(BENCH_STAMP)
+	bash bench/class_check.sh $(CLASS_CHECK_OUT)
 
 # The same layers through pytest-benchmark (statistics, history, --benchmark-compare).
 bench-pytest: $(BENCH_STAMP)

@@ -17,7 +17,7 @@ import pytest
 
 import anchors
 
-SUITE = Path(__file__).resolve().parents[1].parent / "shared" / "bench" / "suite_public.json"
+SUITE = Path(__file__).resolve().parent / "suite_public.json"   # shared/bench's, in the repo
 LAYERS = json.loads(SUITE.read_text())["layers"] if SUITE.exists() else []
 THREADS = int(os.environ.get("CONVGEN_NUM_THREADS", len(os.sched_getaffinity(0))))
 

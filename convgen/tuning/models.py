@@ -1,7 +1,7 @@
 """The conv layers of a model file, for ``convgen tune MODEL``.
 
 Read here: a JSON list of layers in the format of the benchmark suite
-(``shared/bench/suite_public.json``)::
+(``bench/suite_public.json``)::
 
     {"layers": [{"name": "conv1", "op": "conv2d", "x": [1, 3, 224, 224],
                  "w": [64, 3, 7, 7], "args": {"stride": 2, "padding": 3},
