@@ -14,7 +14,9 @@ ROOT = Path(__file__).resolve().parents[1]
 STAND_IN = """#!/usr/bin/env bash
 # the machine model's JSON, then every other call recorded and answered with a line
 if [ "$1" = "-c" ]; then exec {python} "$@"; fi
-if [ "$*" = "-m convgen.cli machine --json" ]; then echo '{{"machine_class": "test-class"}}'; exit 0; fi
+if [ "$*" = "-m convgen.cli machine --json" ]; then
+  echo '{{"machine_class": "test-class"}}'; exit 0
+fi
 echo "$*" >> {calls}
 echo "output of: $*"
 case "$*" in *"$FAIL_ON"*) [ -n "$FAIL_ON" ] && exit 7;; esac
