@@ -34,8 +34,8 @@ def compiler_identity() -> dict:
 
 def flags(target: Target) -> tuple[str, ...]:
     # Sanitizer builds at -O1, as ASan's documentation advises: they check the accesses the
-    # source makes, which -O3 neither adds nor takes away, and gcc's -O3 under ASan took 5-7
-    # s per direct_simd or Winograd kernel where -O1 takes 1-2 (test_sanitizers: 183 s).
+    # source makes (-O3 adds none, and may drop dead ones unchecked), and gcc's -O3 under
+    # ASan took 5-7 s per direct_simd or Winograd kernel where -O1 takes 1-2.
     if target.sanitize:
         return ("-O1",) + BASE_FLAGS[1:] + target.arch_flags + SANITIZE_FLAGS
     return BASE_FLAGS + target.arch_flags
