@@ -37,7 +37,8 @@ def flags(target: Target) -> tuple[str, ...]:
     # source makes (-O3 adds none, and may drop dead ones unchecked), and gcc's -O3 under
     # ASan took 5-7 s per direct_simd or Winograd kernel where -O1 takes 1-2.
     if target.sanitize:
-        return ("-O1",) + BASE_FLAGS[1:] + target.arch_flags + SANITIZE_FLAGS
+        base = tuple("-O1" if flag == "-O3" else flag for flag in BASE_FLAGS)
+        return base + target.arch_flags + SANITIZE_FLAGS
     return BASE_FLAGS + target.arch_flags
 
 
