@@ -1,5 +1,6 @@
 """One library alone on the suite's layers, back-to-back calls: prints one JSON object
-{layer: median seconds}.
+{layer: median seconds} (convgen's also {"<layer> peak": the FMA peak measured between its
+calls, GFLOP/s}).
 
     python bench/alone_times.py onnxruntime|convgen SUITE THREADS MIN_TIME [LAYER,...]
 
@@ -44,6 +45,11 @@ def convgen_runner(layer: dict, x, w, b, threads: int):
 RUNNERS = {"onnxruntime": onnxruntime_runner, "convgen": convgen_runner}
 
 
+def peak_probe(threads: int):
+    from convgen.cpu.peak import fma_peak_probe
+    return fma_peak_probe(threads)
+
+
 def main() -> None:
     library, suite = sys.argv[1], Path(sys.argv[2])
     threads, min_time = int(sys.argv[3]), float(sys.argv[4])
@@ -60,12 +66,20 @@ def main() -> None:
         b = rng.standard_normal(out_channels).astype(np.float32)
         run = RUNNERS[library](layer, x, w, b, threads)
         run()
-        times, start = [], time.perf_counter()
+        # convgen's share of the peak is against the peak measured between its calls (a
+        # short FMA run: registers only, the caches keep the layer's data); onnxruntime's
+        # thread pool would fight libgomp's, and its table column has no share of the peak
+        probe = peak_probe(threads) if library == "convgen" else None
+        times, peaks, start = [], [], time.perf_counter()
         while time.perf_counter() - start < min_time or len(times) < 7:
             t0 = time.perf_counter()
             run()
             times.append(time.perf_counter() - t0)
+            if probe:
+                peaks.append(probe())
         results[layer["name"]] = statistics.median(times)
+        if peaks:
+            results[f"{layer['name']} peak"] = statistics.median(peaks)
     print(json.dumps(results))
 
 

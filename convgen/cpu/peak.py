@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import hashlib
 import statistics
+import time
+from collections.abc import Callable
 
 from .._version import __version__
 from ..core.codegen import environment
@@ -43,3 +45,17 @@ def fma_peak_gflops(threads: int, iterations: int = 20_000_000, repeats: int = 5
     run = _library()
     run(1000, threads)   # wake the threads
     return statistics.median(run(iterations, threads) for _ in range(repeats))
+
+
+def fma_peak_probe(threads: int, seconds: float = 1e-3) -> Callable[[], float]:
+    """A short run of the peak benchmark, about ``seconds`` long, as a function that returns
+    its GFLOP/s. bench/compare.py interleaves it with a layer's timed calls, so that the
+    layer's share of the peak is against the peak the machine had meanwhile: a shared VM's
+    moved from 212 to 301 GFLOP/s on 2 threads within a minute, its kernels with it."""
+    run = _library()
+    run(1000, threads)   # wake the threads
+    probe = 100_000
+    start = time.perf_counter()
+    run(probe, threads)
+    iterations = max(1000, round(probe * seconds / (time.perf_counter() - start)))
+    return lambda: run(iterations, threads)
