@@ -4,8 +4,9 @@ its top candidates, measured.
     python bench/regret.py [--threads N] [--candidates 8] [--layers NAME,...] [--json F]
 
 For every layer the planner ranks its candidates; the top N, and the best-ranked plan of
-every other algorithm and loop order that applies (a plan the model ranks far down, below
-the top N, would otherwise never show that it is faster), are compiled and timed (each
+every other algorithm and loop order that applies, of the panel order one per cache level
+its panel fits (a plan the model ranks far down, below the top N, would otherwise never
+show that it is faster), are compiled and timed (each
 layer in a process of its own, candidates interleaved rep by rep so machine noise hits
 them alike, weights packed once, preallocated outputs, warm threads, medians). The regret
 is time(planner's first choice) / time(fastest measured) - 1. On one thread the timing is
@@ -59,23 +60,42 @@ class Swept:
         self.plan, self.cost_s, self.rank = candidate.plan, candidate.cost_s, rank
 
 
-def sweep(ranked, top: int) -> list[Swept]:
-    """The top ``top`` candidates, then the best-ranked plan of each algorithm and loop order
-    not among them (not the scalar fallbacks: seconds per call on the large layers, never
-    close). A loop order the model ranks far down is a different kernel (AVX2 conv1d_k7's
-    panel order ran 10% faster than its choice, ranked 25th), as another algorithm is."""
+def sweep(ranked, top: int, panel_level=lambda plan: "") -> list[Swept]:
+    """The top ``top`` candidates, then the best-ranked plan of each algorithm, loop order
+    and, for the panel order, cache level its panel fits (``panel_level``) not among them
+    (not the scalar fallbacks: seconds per call on the large layers, never close). A loop
+    order the model ranks far down is a different kernel (AVX2 conv1d_k7's panel order ran
+    10% faster than its choice, ranked 25th), as another algorithm is, and so is a panel
+    that stays in L1 against one streamed from L2 (pointwise_256_128 on a 105 MiB-L3 Xeon:
+    the best-ranked panel, 768 pixels wide, ran no faster than the choice; a 48-pixel one,
+    ranked 49th, 25-35% faster)."""
     from convgen.cpu.plan import GATHER_ALGORITHMS
+
+    def kind(plan):
+        return plan.algorithm, plan.loop_order, panel_level(plan)
+
     chosen = [Swept(c, i + 1) for i, c in enumerate(ranked[:top])]
-    seen = {_kind(c.plan) for c in chosen}
+    seen = {kind(c.plan) for c in chosen}
     for i, cand in enumerate(ranked[top:], start=top + 1):
-        if _kind(cand.plan) not in seen and cand.plan.algorithm not in GATHER_ALGORITHMS:
-            seen.add(_kind(cand.plan))
+        if cand.plan.algorithm not in GATHER_ALGORITHMS and kind(cand.plan) not in seen:
+            seen.add(kind(cand.plan))
             chosen.append(Swept(cand, i))
     return chosen
 
 
-def _kind(plan) -> tuple[str, str]:
-    return plan.algorithm, plan.loop_order
+def panel_level_of(workload, target, machine):
+    """The cache level a panel plan's per-thread panel fits: "L1", "L2" or "L3" ("" for the
+    other loop orders)."""
+    from convgen.core.dtypes import itemsize
+    from convgen.cpu.canonical import planned
+    from convgen.cpu.derived import derive
+
+    def level(plan) -> str:
+        if plan.loop_order != "panel":
+            return ""
+        size = derive(planned(workload), plan, target).panel * itemsize(workload.dtype)
+        return "L1" if size <= machine.l1d_bytes else "L2" if size <= machine.l2_bytes else "L3"
+    return level
 
 
 def layer_regret(layer: dict, threads: int, candidates: int, min_time: float) -> dict:
@@ -90,7 +110,9 @@ def layer_regret(layer: dict, threads: int, candidates: int, min_time: float) ->
     target = get_target("cpu")
     backend = backend_for(target)
     from convgen.cpu.planner import candidates as ranked_candidates
-    ranked = sweep(ranked_candidates(workload, target, threads=threads), candidates)
+    from convgen.cpu.planner import model
+    ranked = sweep(ranked_candidates(workload, target, threads=threads), candidates,
+                   panel_level_of(workload, target, model(target)))
     rng = np.random.default_rng(0)
     x = rng.standard_normal(layer["x"]).astype(np.float32)
     w = rng.standard_normal(layer["w"]).astype(np.float32)

@@ -8,7 +8,7 @@ from pathlib import Path
 from convgen.backends import get_target
 from convgen.core.spec import ConvSpec, workload_of
 from convgen.cpu.plan import GATHER_ALGORITHMS
-from convgen.cpu.planner import candidates
+from convgen.cpu.planner import candidates, model
 
 _PATH = Path(__file__).resolve().parents[1] / "bench" / "regret.py"
 _SPEC = importlib.util.spec_from_file_location("regret", _PATH)
@@ -18,13 +18,15 @@ _SPEC.loader.exec_module(regret)
 
 def test_sweep_adds_each_other_algorithm_and_loop_orders_best_plan():
     workload, _ = workload_of(ConvSpec.conv(2, 32, 32, 3, padding=1), (1, 32, 20, 20), "float32")
-    ranked = candidates(workload, get_target("cpu"), threads=2)
-    swept = regret.sweep(ranked, 3)
+    target = get_target("cpu")
+    ranked = candidates(workload, target, threads=2)
+    level = regret.panel_level_of(workload, target, model(target))
+    swept = regret.sweep(ranked, 3, level)
     assert [s.plan for s in swept[:3]] == [c.plan for c in ranked[:3]]
     assert [s.rank for s in swept[:3]] == [1, 2, 3]
 
     def kind(plan):
-        return plan.algorithm, plan.loop_order
+        return plan.algorithm, plan.loop_order, level(plan)
 
     kinds = {kind(c.plan) for c in ranked if c.plan.algorithm not in GATHER_ALGORITHMS}
     assert {kind(s.plan) for s in swept} == kinds
@@ -33,3 +35,27 @@ def test_sweep_adds_each_other_algorithm_and_loop_orders_best_plan():
         first = next(i for i, c in enumerate(ranked) if kind(c.plan) == kind(s.plan))
         assert s.rank == first + 1 > 3 and ranked[first].plan == s.plan
     assert len({kind(s.plan) for s in swept[3:]}) == len(swept) - 3
+
+
+def test_sweep_takes_a_panel_for_each_cache_level_it_fits():
+    """A panel that stays in L1 and one streamed from L2 are different kernels: on a 1x1
+    layer of 256 channels (pointwise_256_128) the sweep times the best-ranked of each, and
+    each panel's level is its per-thread panel's size against the machine's caches."""
+    from convgen.cpu.canonical import planned
+    from convgen.cpu.derived import derive
+
+    workload, _ = workload_of(ConvSpec.conv(2, 256, 128, 1), (1, 256, 28, 28), "float32")
+    target = get_target("cpu")
+    machine = model(target)
+    ranked = candidates(workload, target, threads=2)
+    level = regret.panel_level_of(workload, target, machine)
+    panels = [s.plan for s in regret.sweep(ranked, 3, level) if s.plan.loop_order == "panel"]
+    by_algorithm: dict[str, set[str]] = {}
+    for plan in panels:
+        by_algorithm.setdefault(plan.algorithm, set()).add(level(plan))
+    assert any(len(levels) > 1 for levels in by_algorithm.values())
+    assert "L1" in set().union(*by_algorithm.values())
+    for plan in panels:
+        size = derive(planned(workload), plan, target).panel * 4
+        assert (level(plan) == "L1") == (size <= machine.l1d_bytes)
+    assert all(level(c.plan) == "" for c in ranked if c.plan.loop_order != "panel")
