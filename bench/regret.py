@@ -172,7 +172,7 @@ def main(argv=None) -> int:
     print(machine_summary())
     print(f"\nregret of the planner's first choice against the fastest of its top "
           f"{args.candidates} and the best-ranked plan of every other algorithm and loop "
-          f"order, "
+          f"order (of the panel order, per cache level its panel fits), "
           f"{args.threads} thread(s), float32, "
           f"{'thread CPU time' if args.threads == 1 else 'wall time'} medians\n")
     print(f"{'layer':<20}{'chosen ms':>10}{'best ms':>9}{'regret':>8}{'rank':>6}  best plan")
