@@ -13,9 +13,10 @@ the torch ratio the interleaved pair (each finding the other's). Every layer get
 processes, and this one runs no OpenMP until the end: under OMP_WAIT_POLICY=ACTIVE
 libgomp's workers spin for good once started and would take a core from the next
 process. The table shows medians, GFLOP/s, the share of the machine's FMA peak (measured
-here by a generated micro-benchmark) and the ratios torch/convgen and onnxruntime/convgen
-(> 1: convgen is faster), then geometric means, the issue's targets, the cold compile
-time and the per-call Python overhead.
+by a generated micro-benchmark, a short run of it between each layer's timed calls: a
+shared machine's clock moves from minute to minute) and the ratios torch/convgen and
+onnxruntime/convgen (> 1: convgen is faster), then geometric means, the issue's targets,
+the cold compile time and the per-call Python overhead.
 
 torch's OpenMP workers spin (OMP_WAIT_POLICY=ACTIVE) so the anchor is at its best; torch
 and convgen share one libgomp in a process, so convgen runs so too here. The threading
@@ -330,7 +331,7 @@ def row_peak(row: dict, key: str, peak: float) -> float:
 def print_row(row: dict, peak: float) -> None:
     rate = row["gflop"] / row["convgen_s"]
     ort = f"{row['ort_s'] * 1e3:9.3f}" if row["ort_s"] else f"{'-':>9}"
-    alone_peak = row_peak(row, "convgen_alone_s", peak)
+    paired, alone_peak = row_peak(row, "convgen_s", peak), row_peak(row, "convgen_alone_s", peak)
     alone = (f"{row['convgen_alone_s'] * 1e3:9.3f}"
              f"{100 * row['gflop'] / row['convgen_alone_s'] / alone_peak:5.0f}%"
              if row["convgen_alone_s"] else f"{'-':>9}{'-':>6}")
@@ -338,8 +339,7 @@ def print_row(row: dict, peak: float) -> None:
                  if row["ort_s"] and row["convgen_alone_s"] else f"{'-':>8}")
     module_ratio = row["torch_module_s"] / row["module_s"]
     print(f"{row['name']:<20}{row['gflop']:7.3f}{row['convgen_s'] * 1e3:11.3f}{rate:8.1f}"
-          f"{100 * rate / row_peak(row, 'convgen_s', peak):5.0f}%"
-          f"{row_peak(row, 'convgen_s', peak):6.0f}{row['torch_s'] * 1e3:10.3f}{ort}{alone}"
+          f"{100 * rate / paired:5.0f}%{paired:6.0f}{row['torch_s'] * 1e3:10.3f}{ort}{alone}"
           f"{row['torch_s'] / row['convgen_s']:8.2f}x{ort_ratio}{module_ratio:6.2f}x"
           f"{row['rel_err']:9.1e}  {row['plan']}",
           flush=True)

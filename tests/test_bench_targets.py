@@ -78,5 +78,8 @@ def test_the_peak_probe_is_short_and_measures_the_fma_rate():
     rates = [probe() for _ in range(20)]
     per_call = (time.perf_counter() - start) / 20
     assert 2e-4 < per_call < 2e-2
-    full = fma_peak_gflops(1, iterations=2_000_000, repeats=3)
-    assert 0.5 * full < sorted(rates)[10] < 2.0 * full
+    # each probe beside a longer run of the benchmark, so other load (the suite's other
+    # worker) slows both alike
+    pairs = [(probe(), fma_peak_gflops(1, iterations=1_000_000, repeats=1)) for _ in range(9)]
+    ratios = sorted(short / full for short, full in pairs)
+    assert min(rates) > 0 and 0.5 < ratios[4] < 2.0
