@@ -31,7 +31,8 @@ from ..target.isa import Isa
 from ..target.machine import Machine, default_machine
 from . import cache
 
-MODEL_VERSION = 9   # 9: the FMA rate of 1, 2, ... independent chains;
+MODEL_VERSION = 10  # 10: L3's latency and misses in flight past the L2 (8x its size);
+                    # 9: the FMA rate of 1, 2, ... independent chains;
                     # 8: the broadcast FMA rate within 16 registers (AVX2 spilled);
                     # 7: misses in flight per level; 6: a parallel region's fork/join;
                     # 5: the L2 tile rate measured without binding on the FMAs
