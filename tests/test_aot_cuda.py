@@ -100,7 +100,7 @@ def _emulated_example(out: Path, directory: Path) -> Path:
     linked against them."""
     emu = templates_dir() / "cuda" / "emu"
     runtime = templates_dir() / "aot" / "emu"
-    cxx = [host_compiler_path(), "-std=c++17", "-O1", "-DCONVGEN_EMULATE", "-w", "-fPIC",
+    cxx = [host_compiler_path(), "-std=c++17", "-O0", "-DCONVGEN_EMULATE", "-w", "-fPIC",
            "-fno-strict-aliasing", f"-DCG_EMU_SMEM_OPTIN={CUDA_ARCHS[ARCH].smem_per_block}",
            f"-I{emu}", f"-I{runtime}", f"-I{out}"]
     kernels = sorted(out.glob("kernels/*/kernel.cu"))

@@ -1,9 +1,9 @@
 """The CPU planner: every legal plan for a workload, ranked by the cost model; the choice.
 
-``candidates`` enumerates (``plan.enumerate_plans``), refuses the illegal (``check_plan``)
-and prices the rest (``cost.estimate``); ``choose`` takes the cheapest, memoised per
-(workload, target, threads, accuracy); ``resolve`` turns a user's ``plan=`` argument into
-a checked Plan.
+``legal_plans`` enumerates (``plan.enumerate_plans``) and refuses the illegal
+(``check_plan``); ``candidates`` prices them (``cost.estimate``); ``choose`` takes the
+cheapest, memoised per (workload, target, threads, accuracy); ``resolve`` turns a user's
+``plan=`` argument into a checked Plan.
 """
 from __future__ import annotations
 
@@ -27,21 +27,27 @@ def model(target: Target) -> Machine:
     return machine_model.current(target, measure.measure)
 
 
-def candidates(workload: Workload, target: Target, threads: int | None = None,
-               accuracy: str = "fast", machine: Machine | None = None) -> list[Candidate]:
-    """Every legal plan for the workload, cheapest first, priced for ``machine`` (default:
-    the current model of this host)."""
+def legal_plans(workload: Workload, target: Target, threads: int | None = None,
+                accuracy: str = "fast") -> list[Plan]:
+    """Every legal plan for the workload, in the order enumerated, unpriced."""
     workload = planned(workload)
-    threads = threads or default_threads()
-    machine = machine or model(target)
     found = []
-    for plan in enumerate_plans(workload, target, threads, accuracy):
+    for plan in enumerate_plans(workload, target, threads or default_threads(), accuracy):
         try:
             check_plan(plan, workload, target, accuracy)
         except ValueError:
             continue
-        cost, why = estimate(plan, workload, target, machine)
-        found.append(Candidate(plan, cost, why))
+        found.append(plan)
+    return found
+
+
+def candidates(workload: Workload, target: Target, threads: int | None = None,
+               accuracy: str = "fast", machine: Machine | None = None) -> list[Candidate]:
+    """Every legal plan for the workload, cheapest first, priced for ``machine`` (default:
+    the current model of this host)."""
+    machine, load = machine or model(target), planned(workload)
+    found = [Candidate(plan, *estimate(plan, load, target, machine))
+             for plan in legal_plans(workload, target, threads, accuracy)]
     found.sort(key=lambda c: (c.cost_s, str(c.plan)))
     return found
 
