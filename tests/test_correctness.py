@@ -340,6 +340,8 @@ def test_grid_every_algorithm(case, algorithm):
     if algorithm == choose(workload, _CPU).algorithm:
         rng = np.random.default_rng(seed_of(f"{case.op}-{case.name}-{case.dtype}"))
         check_case(case, rng, via_torch_module=seed_of(case.name + case.op) % 2 == 1)
+        # (the kernel check_case compiled, from the cache: it ran this algorithm)
+        assert convgen.compile(spec_of(case), case.x_shape, case.dtype).plan.algorithm == algorithm
         return
     plan = dict(_forced_plans(case))[algorithm]
     rng = np.random.default_rng(seed_of(f"{case.op}-{case.name}-{case.dtype}-{algorithm}"))
