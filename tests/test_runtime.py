@@ -105,6 +105,28 @@ def test_buffers_convgen_allocates_are_cache_line_aligned():
     np.testing.assert_array_equal(kernel(x[...], w, b, out=shifted), y)
 
 
+def test_a_large_output_convgen_allocates_starts_on_a_cache_line():
+    """Without out=, an output of ALIGNED_OUTPUT_BYTES or more starts on a line (a vector
+    store 16 bytes past one writes two lines); a small one is numpy's own (aligning costs
+    about 2 us a call), and either holds the layer's result."""
+    from convgen.runtime.arrays import ALIGNED_OUTPUT_BYTES, ALIGNMENT, output_array
+    rng = np.random.default_rng(6)
+    for size in (8, 64):   # outputs of 16 x size x size floats: 4 KiB and 256 KiB ...
+        x = rng.standard_normal((4, 8, size, size)).astype(np.float32)
+        w = rng.standard_normal((16, 8, 3, 3)).astype(np.float32)
+        kernel = convgen.compile(convgen.ConvSpec.conv(2, 8, 16, 3, padding=1, bias=False),
+                                 x.shape)
+        y = kernel(x, w)
+        big = y.nbytes >= ALIGNED_OUTPUT_BYTES      # ... times the batch: 16 KiB and 1 MiB
+        assert big == (size == 64)
+        assert not big or y.ctypes.data % ALIGNMENT == 0
+        assert y.shape == (4, 16, size, size) and y.flags.c_contiguous and y.flags.writeable
+        np.testing.assert_allclose(y, convgen.conv2d(x, w, padding=1), rtol=1e-5, atol=1e-5)
+    for _ in range(4):
+        a = output_array((ALIGNED_OUTPUT_BYTES // 4 + 3,), np.dtype(np.float32))
+        assert a.ctypes.data % ALIGNMENT == 0 and a.shape == (ALIGNED_OUTPUT_BYTES // 4 + 3,)
+
+
 def test_packed_weights_pickle_and_copy():
     """PackedWeights hold a C pointer of their process: pickled or copied, they come back
     with a fresh one, read-only and on a cache line again."""

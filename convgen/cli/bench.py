@@ -42,11 +42,12 @@ def _operands(kernel, dtype: str):
     import numpy as np
 
     from .. import backends
+    from ..runtime.arrays import output_array
     rng = np.random.default_rng(0)
     x = rng.standard_normal(kernel.input_shape).astype(dtype)
     w = rng.standard_normal(kernel.spec.weight_shape).astype(dtype)
     b = rng.standard_normal(kernel.spec.out_channels).astype(dtype) if kernel.spec.bias else None
-    out = np.empty(kernel.output_shape, dtype)
+    out = output_array(kernel.output_shape, np.dtype(dtype))   # as a call without out= gets it
     if hasattr(kernel, "prepack"):   # CPU kernels: pack once, as a model would
         w = kernel.prepack(w)
     device = "cuda" if kernel.target.name == "cuda" else "cpu"

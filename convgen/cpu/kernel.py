@@ -19,6 +19,7 @@ from ..runtime.arrays import (
     check_out,
     check_shape,
     native_contiguous,
+    output_array,
     ready,
 )
 from ..runtime.kernel import KernelBase
@@ -135,7 +136,7 @@ class Kernel(KernelBase):
             weight = self._checked_weight(weight)
         bias = self._checked_bias(bias)
         if out is None:
-            out = np.empty(self.output_shape, dtype=self.dtype)
+            out = output_array(self.output_shape, self.dtype)
         else:
             check_out(out, self.output_shape, self.dtype,
                       (x, bias) if packed else (x, weight, bias))

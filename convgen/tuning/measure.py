@@ -26,6 +26,7 @@ import numpy as np
 from ..backends import backend_for, to_device
 from ..core.reference import convolve
 from ..core.spec import Workload
+from ..runtime.arrays import output_array
 from ..target import host
 from .results import TimeStats
 
@@ -116,7 +117,7 @@ class Bench:
         inputs = [data["x"]] + [rng.standard_normal(workload.input_shape).astype(workload.dtype)
                                 for _ in range(buffers - 1)]
         self.inputs = [self._place(x) for x in inputs]
-        self.outputs = [self._place(np.empty(workload.output_shape, workload.dtype))
+        self.outputs = [self._place(output_array(workload.output_shape, np.dtype(workload.dtype)))
                         for _ in range(buffers)]
         weight = self._place(data["w"])
         prepack = getattr(self.kernel, "prepack", None)
