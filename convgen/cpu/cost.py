@@ -257,21 +257,34 @@ def _gemm_like_cost(plan: Plan, workload: Workload, facts: Derived, machine: Mac
                    * sum(n * px for n, px in _row_tiles(plan, count, padded=True)))
     # A thread's own copy, or the band of rows it padded itself, is in its own caches.
     if not facts.copy_stride and not facts.copy_by_rows:
-        busiest += _first_touch(plan, reads, batch * spec.groups, machine)
+        phase = low.phases[0]
+        busiest += _first_touch(plan, reads, batch, spec.groups, facts.oc_blocks,
+                                phase.outputs // max(phase.axes[-1].count, 1), machine)
     return busiest, items_total, used / max(issued, 1), core_total, memory_total
 
 
-def _first_touch(plan: Plan, reads: _Reads, images_groups: int, machine: Machine) -> float:
+def _first_touch(plan: Plan, reads: _Reads, batch: int, groups: int, oc_blocks: int,
+                 rows: int, machine: Machine) -> float:
     """Cycles a thread spends fetching its share of an input that fits its own L2 into it
     (the padded copy was written by every thread, the input itself by the caller): the whole
     input of the images and groups its items cover (oc_outer: a thread owns channel tiles
-    over all their rows), its share of the rows otherwise. (alexnet_conv1, 2 channel tiles on 2
-    threads: pixel_outer 0.50 ms against 0.54 for oc_outer, both tiles alike.)"""
+    over all their rows), its share of the rows otherwise, but never less than the one row
+    (of the groups its tiles cover) where it has fewer pixel_outer items than a row has
+    (pointwise_256_128 flattened to one row of 784 pixels, 16 channel tiles on 2 threads:
+    each thread reads the whole input for its 8). ``rows``: output rows of an image.
+    (alexnet_conv1, 2 channel tiles on 2 threads: pixel_outer 0.50 ms against 0.54 for
+    oc_outer, both tiles alike.)"""
     if level_of(reads.inputs, machine) not in ("l1", "l2"):
         return 0.0       # the reads of every item already come from L3 or DRAM
     share = 1.0 / plan.threads
     if plan.loop_order == "oc_outer":     # every row of the images and groups it covers
-        share = max(share, 1.0 / max(images_groups, 1))   # a batch of 0: no input
+        share = max(share, 1.0 / max(batch * groups, 1))   # a batch of 0: no input
+    elif plan.loop_order == "pixel_outer":
+        # a thread's items are a run of (row, group, channel tile), a row's groups together
+        row_items, units = groups * oc_blocks, max(batch * rows, 1)
+        own = -(-units * row_items // plan.threads)
+        if own < row_items:
+            share = max(share, min(1.0, -(-own // oc_blocks) / groups) / units)
     return reads.inputs * share / machine.l3_bytes_per_cycle
 
 
