@@ -165,8 +165,6 @@ def test_an_empty_batch_is_costed():
                        SMALL_L2) >= 0
 
 
-
-
 def _depthwise(pixel_tile: int, row_tile: int) -> Plan:
     return Plan("depthwise", 1, pixel_tile, 16, "oc_outer", 2, row_tile)
 
