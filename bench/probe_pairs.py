@@ -8,8 +8,9 @@ each call followed by a millisecond of the FMA peak benchmark (convgen.cpu.peak'
 prints the median call by tenth of the probes' readings, lowest first. On a machine of its
 own every tenth shows the same time. On a shared VM a neighbour on the same physical core
 slows the kernel far more than the FMA-only probe: on the 105 MiB-L3 Xeon class
-inception_1x7 (2 threads) took 0.73 ms in the top half of the probe readings and 0.86-0.91
-in the bottom tenths, with the probe only 2-10% lower there (bench/RESULTS.md, 0.4.13).
+inception_1x7 (2 threads) took 0.69-0.71 ms in the top half of the probe readings and
+0.82-0.87 in the bottom three tenths, with the probe only 2-10% lower there
+(bench/RESULTS.md, 0.4.13).
 """
 from __future__ import annotations
 

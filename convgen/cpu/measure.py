@@ -74,8 +74,8 @@ class _CoreRates:
     rounds taken at different moments of the measurement. A neighbour on a shared VM's
     core slows them for a few hundred milliseconds at a time, so repeats back to back all
     land in the same slow spell: on the 105 MiB-L3 Xeon class, five models measured a
-    minute apart read 1.33 to 1.77 full-width FMAs per cycle, and the 1.33 one moved
-    inception_3x3 to a Winograd plan."""
+    minute apart read 1.33 to 1.77 full-width FMAs per cycle, and the 1.33 one planned
+    inception_3x3 differently from the other four."""
 
     def __init__(self, f: dict):
         self._runs = {"clock": lambda: f["cg_clock_hz"](2_000_000),
