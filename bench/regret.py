@@ -4,10 +4,10 @@ its top candidates, measured.
     python bench/regret.py [--threads N] [--candidates 8] [--layers NAME,...] [--json F]
 
 For every layer the planner ranks its candidates; the top N, and the best-ranked plan of
-every other algorithm and loop order that applies, of the panel order one per cache level
-its panel fits (a plan the model ranks far down, below the top N, would otherwise never
-show that it is faster), are compiled and timed (each
-layer in a process of its own, candidates interleaved rep by rep so machine noise hits
+every other algorithm and loop order that applies, of the panel order and of Winograd one
+per cache level their working set fits (a plan the model ranks far down, below the top N,
+would otherwise never show that it is faster), are compiled and timed (each layer in a
+process of its own, candidates interleaved rep by rep so machine noise hits
 them alike, weights packed once, preallocated outputs, warm threads, medians). The regret
 is time(planner's first choice) / time(fastest measured) - 1. On one thread the timing is
 the thread's CPU time, so a machine shared with other work does not skew it; on more, wall
@@ -60,19 +60,23 @@ class Swept:
         self.plan, self.cost_s, self.rank = candidate.plan, candidate.cost_s, rank
 
 
-def sweep(ranked, top: int, panel_level=lambda plan: "") -> list[Swept]:
+def sweep(ranked, top: int, level=lambda plan: "") -> list[Swept]:
     """The top ``top`` candidates, then the best-ranked plan of each algorithm, loop order
-    and, for the panel order, cache level its panel fits (``panel_level``) not among them
-    (not the scalar fallbacks: seconds per call on the large layers, never close). A loop
-    order the model ranks far down is a different kernel (AVX2 conv1d_k7's panel order ran
-    10% faster than its choice, ranked 25th), as another algorithm is, and so is a panel
-    that stays in L1 against one streamed from L2 (pointwise_256_128 on a 105 MiB-L3 Xeon:
-    the best-ranked panel, 768 pixels wide, ran no faster than the choice; a 48-pixel one,
-    ranked 49th, 25-35% faster)."""
+    and, for the plans whose speed turns on it, cache level their working set fits
+    (``level``, from ``working_set_level_of``) not among them (not the scalar fallbacks:
+    seconds per call on the large layers, never close). A loop order the model ranks far
+    down is a different kernel (AVX2 conv1d_k7's panel order ran 10% faster than its
+    choice, ranked 25th), as another algorithm is, and so is a panel that stays in L1
+    against one streamed from L2 (pointwise_256_128 on a 105 MiB-L3 Xeon: the best-ranked
+    panel, 768 pixels wide, ran no faster than the choice; a 48-pixel one, ranked 49th,
+    25-35% faster), or a Winograd block whose scratch fits the L2 beside the transformed
+    weights against one that does not: the model prices the two across a cliff
+    (inception_3x3's 16-tile block, which fits, ranked 70th on 1 thread in 0.4.13 and ran
+    17% faster than the choice)."""
     from convgen.cpu.plan import GATHER_ALGORITHMS
 
     def kind(plan):
-        return plan.algorithm, plan.loop_order, panel_level(plan)
+        return plan.algorithm, plan.loop_order, level(plan)
 
     chosen = [Swept(c, i + 1) for i, c in enumerate(ranked[:top])]
     seen = {kind(c.plan) for c in chosen}
@@ -83,17 +87,28 @@ def sweep(ranked, top: int, panel_level=lambda plan: "") -> list[Swept]:
     return chosen
 
 
-def panel_level_of(workload, target, machine):
-    """The cache level a panel plan's per-thread panel fits: "L1", "L2" or "L3" ("" for the
-    other loop orders)."""
+def working_set_level_of(workload, target, machine):
+    """The cache level ("L1", "L2", "L3") a plan's per-thread working set fits, for the plans
+    whose speed turns on it: a panel order's panel; a Winograd block's scratch with all the
+    transformed weights, which every block reads. "" for the others."""
     from convgen.core.dtypes import itemsize
     from convgen.cpu.canonical import planned
     from convgen.cpu.derived import derive
+    from convgen.cpu.plan import WINOGRAD_ALGORITHMS
+
+    work = planned(workload)
+    spec = work.spec
 
     def level(plan) -> str:
-        if plan.loop_order != "panel":
+        if plan.loop_order == "panel":
+            elements = derive(work, plan, target).panel
+        elif plan.algorithm in WINOGRAD_ALGORITHMS:
+            geo = derive(work, plan, target).winograd
+            points = geo.alpha ** spec.ndim
+            elements = geo.scratch + points * spec.out_channels * spec.cin_per_group
+        else:
             return ""
-        size = derive(planned(workload), plan, target).panel * itemsize(workload.dtype)
+        size = elements * itemsize(workload.dtype)
         return "L1" if size <= machine.l1d_bytes else "L2" if size <= machine.l2_bytes else "L3"
     return level
 
@@ -112,7 +127,7 @@ def layer_regret(layer: dict, threads: int, candidates: int, min_time: float) ->
     from convgen.cpu.planner import candidates as ranked_candidates
     from convgen.cpu.planner import model
     ranked = sweep(ranked_candidates(workload, target, threads=threads), candidates,
-                   panel_level_of(workload, target, model(target)))
+                   working_set_level_of(workload, target, model(target)))
     rng = np.random.default_rng(0)
     x = rng.standard_normal(layer["x"]).astype(np.float32)
     w = rng.standard_normal(layer["w"]).astype(np.float32)
@@ -172,7 +187,7 @@ def main(argv=None) -> int:
     print(machine_summary())
     print(f"\nregret of the planner's first choice against the fastest of its top "
           f"{args.candidates} and the best-ranked plan of every other algorithm and loop "
-          f"order (of the panel order, per cache level its panel fits), "
+          f"order (of the panel order and Winograd, per cache level their working set fits), "
           f"{args.threads} thread(s), float32, "
           f"{'thread CPU time' if args.threads == 1 else 'wall time'} medians\n")
     print(f"{'layer':<20}{'chosen ms':>10}{'best ms':>9}{'regret':>8}{'rank':>6}  best plan")

@@ -2,6 +2,7 @@
 other algorithm and loop order that applies, each with its rank among all candidates."""
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 from pathlib import Path
 
@@ -20,7 +21,7 @@ def test_sweep_adds_each_other_algorithm_and_loop_orders_best_plan():
     workload, _ = workload_of(ConvSpec.conv(2, 32, 32, 3, padding=1), (1, 32, 20, 20), "float32")
     target = get_target("cpu")
     ranked = candidates(workload, target, threads=2)
-    level = regret.panel_level_of(workload, target, model(target))
+    level = regret.working_set_level_of(workload, target, model(target))
     swept = regret.sweep(ranked, 3, level)
     assert [s.plan for s in swept[:3]] == [c.plan for c in ranked[:3]]
     assert [s.rank for s in swept[:3]] == [1, 2, 3]
@@ -48,7 +49,7 @@ def test_sweep_takes_a_panel_for_each_cache_level_it_fits():
     target = get_target("cpu")
     machine = model(target)
     ranked = candidates(workload, target, threads=2)
-    level = regret.panel_level_of(workload, target, machine)
+    level = regret.working_set_level_of(workload, target, machine)
     panels = [s.plan for s in regret.sweep(ranked, 3, level) if s.plan.loop_order == "panel"]
     by_algorithm: dict[str, set[str]] = {}
     for plan in panels:
@@ -59,3 +60,31 @@ def test_sweep_takes_a_panel_for_each_cache_level_it_fits():
         size = derive(planned(workload), plan, target).panel * 4
         assert (level(plan) == "L1") == (size <= machine.l1d_bytes)
     assert all(level(c.plan) == "" for c in ranked if c.plan.loop_order != "panel")
+
+
+def test_sweep_takes_a_winograd_block_for_each_cache_level_it_fits():
+    """A Winograd block whose scratch fits the L2 beside all the transformed weights, and one
+    that does not, are different kernels: on inception_3x3 (96 channels, 35 x 35; 1.27 MiB
+    of F(4,3) weights) the sweep times the best-ranked of each, their level the scratch and
+    the weights against the caches (a 2 MiB L2)."""
+    from convgen.cpu.canonical import planned
+    from convgen.cpu.derived import derive
+    from convgen.cpu.plan import WINOGRAD_ALGORITHMS
+
+    workload, _ = workload_of(ConvSpec.conv(2, 96, 96, 3, padding=1), (1, 96, 35, 35),
+                              "float32")
+    target = get_target("cpu")
+    machine = dataclasses.replace(model(target), l1d_bytes=48 << 10, l2_bytes=2 << 20)
+    ranked = candidates(workload, target, threads=1, machine=machine)
+    level = regret.working_set_level_of(workload, target, machine)
+    swept = [s.plan for s in regret.sweep(ranked, 3, level)
+             if s.plan.algorithm == "winograd4"]
+    assert {level(plan) for plan in swept} == {level(c.plan) for c in ranked
+                                               if c.plan.algorithm == "winograd4"}
+    assert len(swept) > 1
+    for plan in swept:
+        geo = derive(planned(workload), plan, target).winograd
+        size = (geo.scratch + 36 * 96 * 96) * 4
+        assert level(plan) == ("L2" if machine.l1d_bytes < size <= machine.l2_bytes else "L3")
+    assert all(level(c.plan) == "" for c in ranked
+               if c.plan.algorithm not in WINOGRAD_ALGORITHMS and c.plan.loop_order != "panel")
