@@ -14,8 +14,8 @@ os.environ.setdefault("CONVGEN_MACHINE", "defaults")
 # Set before convgen is imported anywhere, so no test touches the user's cache. One cache
 # for the whole run: the process that starts it makes the directory, and the xdist workers,
 # which inherit its environment, compile into it too, so a kernel both need is compiled once
-# (the cache's per-key lock) and each flag set's PCH built once. (Two workers, a cache
-# each: 2552 kernels, the suite 14.3 min; one shared: 13.2.)
+# (the cache's per-key lock) and each flag set's PCH built once. (2552 distinct kernels;
+# two workers with a cache each took 14.3 min, sharing one 13.2.)
 _RUN_CACHE = "CONVGEN_TEST_RUN_CACHE_DIR"
 _IS_WORKER = "PYTEST_XDIST_WORKER" in os.environ
 _OWN_CACHE = not os.environ.get("CONVGEN_TEST_CACHE_DIR") and not (
