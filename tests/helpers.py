@@ -76,3 +76,28 @@ def poisoned_call(kernel: convgen.Kernel, x, w, b=None) -> np.ndarray:
     result = kernel(x, w, b, out=out)
     assert result is out
     return out
+
+
+def gemm_tile(vectors: int, pixels: int, target) -> tuple[int, int]:
+    """An implicit_gemm tile of at most ``vectors`` weight vectors by ``pixels`` pixels that
+    fits the target's registers (accumulators, weights and a broadcast): the pixels cut
+    first, the vectors only where not even two pixels would fit. The tiles the tests name
+    fit AVX-512's 32 registers as they are; on an AVX2 host (16) they shrink, so the same
+    tests run there instead of being refused."""
+    regs = target.isa_row.registers
+    while vectors > 1 and (regs - vectors - 1) // vectors < min(pixels, 2):
+        vectors -= 1
+    return vectors, min(pixels, (regs - vectors - 1) // vectors)
+
+
+def direct_tile(oc_tile: int, vectors: int, target) -> tuple[int, int]:
+    """A direct_simd tile of at most ``oc_tile`` channels by ``vectors`` vectors that fits
+    the target's registers (cpu.plan.direct_registers): the vectors cut first, then the
+    channels (to a divisor of the original, so a tile still divides the channels it did)."""
+    from convgen.cpu.plan import direct_registers
+    regs = target.isa_row.registers
+    while vectors > 1 and direct_registers(oc_tile, vectors) > regs:
+        vectors -= 1
+    while oc_tile > 1 and direct_registers(oc_tile, vectors) > regs:
+        oc_tile = max(d for d in range(1, oc_tile) if oc_tile % d == 0)
+    return oc_tile, vectors

@@ -9,7 +9,9 @@ import sys
 
 import pytest
 
+from convgen.backends import get_target
 from convgen.cli import errors, main
+from convgen.cpu.plan import native_vector
 
 LAYER = ["conv2d", "--input", "1,8,9,7", "--weight", "4,8,3,3", "--padding", "1"]
 # Forces a compile: the plan no other test asks for, so the kernel cannot be in any cache.
@@ -210,7 +212,9 @@ def test_plan_marks_the_plan_named_by_plan(capsys):
     marked = [line for line in text.splitlines() if line.startswith("  *")]
     assert len(marked) == 1 and "algorithm=direct " in marked[0] and "the chosen plan" in marked[0]
     # A valid plan the planner does not enumerate (3 threads) is still shown as the one used.
-    custom = "algorithm=direct_simd oc_tile=1 pixel_tile=16 vector=16 loop_order=oc_outer threads=3"
+    lanes = native_vector(get_target("cpu"), "float32")        # 16 on AVX-512, 8 on AVX2
+    custom = (f"algorithm=direct_simd oc_tile=1 pixel_tile={lanes} vector={lanes} "
+              "loop_order=oc_outer threads=3")
     text = plan_text(capsys, *LAYER, "--plan", custom)
     marked = [line for line in text.splitlines() if line.startswith("  *")]
     assert len(marked) == 1 and marked[0].endswith(custom) and "not one the planner" in marked[0]

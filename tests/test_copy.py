@@ -13,9 +13,9 @@ import convgen
 from convgen.backends import get_target
 from convgen.core.spec import ConvSpec, workload_of
 from convgen.cpu.derived import derive
-from convgen.cpu.plan import Plan
+from convgen.cpu.plan import Plan, native_vector
 from convgen.cpu.planner import candidates
-from helpers import assert_matches, poisoned_call
+from helpers import assert_matches, direct_tile, poisoned_call
 from test_correctness import make_case, operands_and_reference, spec_of
 
 TARGET = get_target("cpu")
@@ -59,15 +59,18 @@ def test_one_row_inputs_and_private_copies_keep_the_channel_split():
 
 def test_the_kernel_pads_by_rows_where_the_plan_says_so():
     spec, shape = BIG_2D
-    by_rows = ("algorithm=direct_simd oc_tile=8 pixel_tile=32 vector=16 loop_order=pixel_outer "
-               "threads=2")
+    lanes = native_vector(TARGET, "float32")       # the host's: the kernels are built here
+    oc_tile, vectors = direct_tile(8, 2, TARGET)
+    by_rows = (f"algorithm=direct_simd oc_tile={oc_tile} pixel_tile={vectors * lanes} "
+               f"vector={lanes} loop_order=pixel_outer threads=2")
     by_channels = by_rows.replace("pixel_outer", "oc_outer")
     assert "pad_rows(x, work, pr)" in convgen.compile(spec, shape, plan=Plan.parse(by_rows)).source
     assert "pad_rows" not in convgen.compile(spec, shape, plan=Plan.parse(by_channels)).source
 
 
 CASES = [
-    make_case("same_3x3", "conv2d", cin=16, cout=12, spatial=(40, 72), kernel=3, batch=1,
+    # 16 x 58 x 82 padded floats: past the private copy's 256 KiB at any row pitch
+    make_case("same_3x3", "conv2d", cin=16, cout=12, spatial=(56, 80), kernel=3, batch=1,
               padding=1),
     make_case("batch_3_strided", "conv2d", cin=16, cout=20, spatial=(33, 70), kernel=3, batch=3,
               stride=2, padding=1),

@@ -14,7 +14,15 @@ import convgen
 from convgen.backends import get_target
 from convgen.cpu.plan import Plan, native_vector
 from convgen.cpu.planner import candidates
-from helpers import assert_matches, poisoned_call, random, rel_l2, torch_reference
+from helpers import (
+    assert_matches,
+    direct_tile,
+    gemm_tile,
+    poisoned_call,
+    random,
+    rel_l2,
+    torch_reference,
+)
 from test_correctness import make_case, operands, seed_of, spec_of
 
 TARGET = get_target("cpu")
@@ -58,10 +66,11 @@ PANEL_CASES = [
 def _plan(case, algorithm, oc_tile, width, chunk_tiles, dtype, threads) -> Plan:
     vector = native_vector(TARGET, dtype)
     if algorithm == "implicit_gemm":
-        oc_tile = -(-oc_tile // vector) * vector
-        vectors = oc_tile // vector     # float64 has half the lanes: keep within the registers
-        pixel_tile = min(width, (TARGET.isa_row.registers - vectors - 1) // vectors)
+        # float64 has half the lanes, AVX2 half the registers: keep within them
+        vectors, pixel_tile = gemm_tile(-(-oc_tile // vector), width, TARGET)
+        oc_tile = vectors * vector
     else:
+        oc_tile, width = direct_tile(oc_tile, width, TARGET)
         pixel_tile = width * vector
     return Plan(algorithm, oc_tile, pixel_tile, vector, "panel", threads,
                 chunk=chunk_tiles * pixel_tile)
@@ -91,8 +100,8 @@ def test_transposed_stores(pixels, cout, order):
     case = make_case("stores", "conv2d", cin=8, cout=cout, spatial=(5, 2 * pixels + 1),
                      kernel=3, padding=1, dtype="float32")
     vector = native_vector(TARGET, "float32")
-    vectors = 1 if pixels > 14 else 2   # within the 32 registers
-    plan = Plan("implicit_gemm", vectors * vector, pixels, vector, order, 2)
+    vectors, pixel_tile = gemm_tile(1 if pixels > 14 else 2, pixels, TARGET)
+    plan = Plan("implicit_gemm", vectors * vector, pixel_tile, vector, order, 2)
     kernel = convgen.compile(spec_of(case), case.x_shape, "float32", plan=plan)
     if vector == 16:
         assert "transpose16(rows)" in kernel.source
@@ -156,8 +165,9 @@ STAGED_CASES = [
 @pytest.mark.parametrize("case", STAGED_CASES, ids=[c.name for c in STAGED_CASES])
 def test_staged_rows_match_torch(case, dtype, order, threads):
     vector = native_vector(TARGET, dtype)
-    vectors = 2 if case.channels[1] // case.kwargs.get("groups", 1) > vector else 1
-    plan = Plan("implicit_gemm", vectors * vector, 7, vector, order, threads)
+    vectors, pixels = gemm_tile(
+        2 if case.channels[1] // case.kwargs.get("groups", 1) > vector else 1, 7, TARGET)
+    plan = Plan("implicit_gemm", vectors * vector, pixels, vector, order, threads)
     check_kernel(case, plan, dtype, "STAGE_PITCH", f"{order}{threads}")
 
 
@@ -312,7 +322,9 @@ def test_a_panel_splits_strided_rows_only_where_the_input_is_copied_anyway():
     needs a copy anyway. Unpadded, the panel gathers the strided rows from the input."""
     from convgen.cpu.derived import derive
     vector = native_vector(TARGET, "float32")
-    plan = Plan("implicit_gemm", 2 * vector, 7, vector, "panel", 2, chunk=14)
+    vectors, pixels = gemm_tile(2, 7, TARGET)
+    plan = Plan("implicit_gemm", vectors * vector, pixels, vector, "panel", 2,
+                chunk=2 * pixels)
 
     def lowering(**kwargs):
         kernel = convgen.compile(convgen.ConvSpec.conv(2, 32, 32, **kwargs), (1, 32, 20, 20),
@@ -331,7 +343,9 @@ def test_a_panel_chunk_reads_only_the_rows_its_taps_touch():
     from convgen.cpu.cost import _chunk_lines
     from convgen.cpu.derived import derive
     vector = native_vector(TARGET, "float32")
-    plan = Plan("implicit_gemm", 2 * vector, 7, vector, "panel", 2, chunk=14)
+    vectors, pixels = gemm_tile(2, 7, TARGET)
+    plan = Plan("implicit_gemm", vectors * vector, pixels, vector, "panel", 2,
+                chunk=2 * pixels)
     kernel = convgen.compile(convgen.ConvSpec.conv(2, 64, 32, 1, stride=2), (1, 64, 56, 56),
                              plan=plan)
     phase = derive(kernel.workload, plan, TARGET).lowering.phases[0]
@@ -345,7 +359,7 @@ def test_a_panel_chunk_reads_only_the_rows_its_taps_touch():
 # direct_simd's reduction loops unrolled 4 steps (render._reduction_unroll): channel and tap
 # counts that leave every remainder (1 x 1 with 1, 2, 3 channels over a multiple of 4; 7 and
 # 5 taps; 2 accumulator chains over an odd tap count), a blocked long reduction, groups,
-# a transposed conv (unit stride: one phase); tiles that fit 16 vector registers (AVX2)
+# a transposed conv (unit stride: one phase); on AVX2 the tiles shrink to fit (direct_tile)
 UNROLL_CASES = [
     (make_case("pointwise_rem1", "conv2d", cin=13, cout=24, spatial=(7, 37), kernel=1), 4, 3),
     (make_case("pointwise_rem2", "conv1d", cin=6, cout=16, spatial=(50,), kernel=1,
@@ -367,6 +381,7 @@ UNROLL_CASES = [
                          ids=[c[0].name for c in UNROLL_CASES])
 def test_unrolled_reductions_match_torch(case, oc_tile, vectors, dtype, threads):
     vector = native_vector(TARGET, dtype)
+    oc_tile, vectors = direct_tile(oc_tile, vectors, TARGET)
     plan = Plan("direct_simd", oc_tile, vectors * vector, vector, "oc_outer", threads)
     kernel = check_kernel(case, plan, dtype, "UNROLL_REDUCTION for", "unroll")
     assert ("GCC unroll 4" in kernel.source) == (vector > 1)

@@ -440,7 +440,9 @@ def test_the_planner_prices_a_tile_at_latency_x_throughput_chains_by_the_measure
     from convgen.target.machine import default_machine
 
     target = get_target("x86-64-v3")
-    base = default_machine(target.isa_row)
+    # that core's caches (48 KiB L1d, 2 MiB L2), not the host's
+    base = dataclasses.replace(default_machine(target.isa_row), l1d_bytes=48 << 10,
+                               l2_bytes=2 << 20, l3_bytes=105 << 20)
     measured = dataclasses.replace(base, fma_chain_rates=(
         0.26, 0.5, 0.74, 0.98, 1.24, 1.46, 1.62, 1.68, 1.84, 1.96, 1.98, 1.98))
     workload, _ = workload_of(ConvSpec.conv(2, 256, 128, 1), (1, 256, 28, 28), "float32")
