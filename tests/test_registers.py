@@ -156,6 +156,25 @@ def test_implicit_gemm_keeps_its_weights_in_registers_on_avx2(tune):
     assert all(20 * loads <= fmas for loads, fmas in folded.values()), folded
 
 
+@pytest.mark.parametrize("target_name", ["x86-64-v3", "x86-64-v4"])
+def test_a_portable_twin_pins_nothing_and_builds(target_name):
+    """A portable twin (an ISA target without its flags: ``aot.pack`` packs with it where
+    the build machine lacks the target's features) keeps the target's vectors in memory,
+    where an empty asm with a register constraint cannot hold them: 0.4.14 pinned an
+    AVX-512 twin's 64-byte weights there, and gcc refused ("impossible constraint")."""
+    from convgen.aot.pack import portable_twin
+    target = get_target(target_name)
+    twin = portable_twin(target)
+    shape = (1, 8, 9, 9)
+    workload = Workload(spec_from_op("conv2d", (16, 8, 3, 3), True, shape, stride=2,
+                                     padding=1), shape, "float32")
+    plan = Plan.parse(f"algorithm=implicit_gemm oc_tile=16 pixel_tile=6 "
+                      f"vector={target.vector_bytes // 4} loop_order=pixel_outer threads=1")
+    _, sources, _ = pipeline.generate(backend_for(twin), workload, plan, twin)
+    assert not any('"+x"' in text for _, text in sources)
+    assert _built(workload, plan, twin).stat().st_size > 0
+
+
 @pytest.mark.parametrize("regs", [16, 32])
 def test_accumulator_sets_fit_the_registers(regs):
     """Small direct_simd tiles take turns between up to 4 accumulator sets, toward 16
