@@ -160,8 +160,8 @@ def test_implicit_gemm_keeps_its_weights_in_registers_on_avx2(tune):
 def test_a_portable_twin_pins_nothing_and_builds(target_name):
     """A portable twin (an ISA target without its flags: ``aot.pack`` packs with it where
     the build machine lacks the target's features) keeps the target's vectors in memory,
-    where an empty asm with a register constraint cannot hold them: 0.4.14 pinned an
-    AVX-512 twin's 64-byte weights there, and gcc refused ("impossible constraint")."""
+    where an empty asm with a register constraint cannot hold them: 0.4.14 pinned the
+    weights of both twins there, and gcc refused ("impossible constraint")."""
     from convgen.aot.pack import portable_twin
     target = get_target(target_name)
     twin = portable_twin(target)

@@ -73,15 +73,15 @@ def _k_block(workload: Workload, plan: Plan, low) -> int:
     return block if block < workload.spec.cin_per_group else 0
 
 
-def _weights_in_registers(plan: Plan, facts: Derived, target, vector_bytes: int) -> bool:
+def _weights_in_registers(plan: Plan, facts: Derived, target: Target, vector_bytes: int) -> bool:
     """Does implicit_gemm pin a step's weight vectors in registers (an empty asm on them)?
     On 16 registers (AVX2, no embedded broadcast) a tile that fills them, 16 x 6's 12
     accumulators, 2 weight vectors and a broadcast, is laid out by gcc 12 with the weights
     folded into every FMA as a memory operand: 18 loads a step instead of 8 (AMD EPYC,
     Zen 3: hifigan_up 19.4 ms at one thread against 14.4 for the 16 x 5 tile gcc leaves
     alone). On 32 registers the weights stay in registers unasked. Only where the ISA has
-    registers as wide as the vectors: a portable twin (no ISA flags, the layout of an
-    AVX-512 target) keeps its 64-byte vectors in memory, and "+x" cannot hold them."""
+    registers as wide as the vectors: a portable twin (an AVX2 or AVX-512 target's layout,
+    no ISA flags) keeps its vectors in memory, and "+x" cannot hold them."""
     return (plan.algorithm == "implicit_gemm" and plan.vector > 1 and facts.registers <= 16
             and 0 < vector_bytes <= target.isa_row.vector_bytes)
 
