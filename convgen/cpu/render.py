@@ -83,7 +83,7 @@ def _weights_in_registers(plan: Plan, facts: Derived, target: Target, vector_byt
     registers as wide as the vectors: a portable twin (an AVX2 or AVX-512 target's layout,
     no ISA flags) keeps its vectors in memory, and "+x" cannot hold them."""
     return (plan.algorithm == "implicit_gemm" and plan.vector > 1 and facts.registers <= 16
-            and 0 < vector_bytes <= target.isa_row.vector_bytes)
+            and vector_bytes <= target.isa_row.vector_bytes)
 
 
 def _reduction_unroll(plan: Plan, low: Lowering) -> int:
