@@ -84,7 +84,9 @@ def test_staged_rows_are_charged_their_copy_out():
                               (1, 512, 256), "float32")
     plan = Plan("implicit_gemm", 2 * VECTOR, 14, VECTOR, "oc_outer", 2)
     facts = derive(workload, plan, TARGET)
-    assert facts.stage_pitch >= 2048 and (facts.stage_pitch * 4 // 64) % 2 == 1
+    # a segment per column phase (256 outputs each), rows an odd number of lines apart
+    assert facts.stage_segment == 256
+    assert facts.stage_pitch >= 8 * 256 and (facts.stage_pitch * 4 // 64) % 2 == 1
     per_thread = 2 * 256 * 2048 * 4 / 2 / SMALL_L2.l2_bytes_per_cycle
     assert cost._staging_cycles(plan, workload, facts, SMALL_L2) == pytest.approx(per_thread)
     forward, _ = workload_of(ConvSpec.conv(1, 512, 256, 3, padding=1), (1, 512, 256),

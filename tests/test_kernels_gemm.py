@@ -171,6 +171,26 @@ def test_staged_rows_match_torch(case, dtype, order, threads):
     check_kernel(case, plan, dtype, "STAGE_PITCH", f"{order}{threads}")
 
 
+# Staged rows hold each column phase's outputs together (cpu.derived.stage_layout), so on
+# AVX-512 a float32 tile stores them transposed in registers as an unstrided row's: tiles
+# of fewer than, exactly and more than 16 pixels, phases of different counts (71 outputs,
+# stride 3), a partial last channel tile, 1-D and 2-D
+@pytest.mark.parametrize("pixels", [5, 16, 20])
+@pytest.mark.parametrize("case", [
+    make_case("1d_s3", "conv_transpose1d", cin=12, cout=40, spatial=(23,), kernel=5, stride=3,
+              padding=1, output_padding=2, dtype="float32"),
+    make_case("2d_s2", "conv_transpose2d", cin=8, cout=20, spatial=(4, 21), kernel=4, stride=2,
+              padding=1, dtype="float32"),
+], ids=["1d_s3", "2d_s2"])
+def test_staged_rows_store_tiles_transposed(case, pixels):
+    vector = native_vector(TARGET, "float32")
+    vectors, pixel_tile = gemm_tile(1 if pixels > 14 else 2, pixels, TARGET)
+    plan = Plan("implicit_gemm", vectors * vector, pixel_tile, vector, "oc_outer", 2)
+    kernel = check_kernel(case, plan, "float32", "STAGE_SEG", f"transposed{pixels}")
+    if vector == 16:
+        assert "transpose16(rows)" in kernel.source
+
+
 def check_kernel(case, plan: Plan, dtype: str, marker: str, salt: str) -> convgen.Kernel:
     """Compile ``plan`` for ``case``, check that its source shows the variant (``marker``),
     and compare a poisoned call on fresh operands with torch; the kernel."""

@@ -251,7 +251,7 @@ def _gemm_like_cost(plan: Plan, workload: Workload, facts: Derived, machine: Mac
             tiles = _row_tiles(plan, count)
             items = rows * facts.oc_blocks
             core = sum(n * _tile_core(plan, machine, width, k_steps, px,
-                                      _vector_store(plan, workload, phase, width),
+                                      _vector_store(plan, workload, facts, width),
                                       facts.registers, phase.taps)
                        for n, px in tiles)
             streamed, stalled = _row_memory(plan, workload, facts, machine, phase, k_steps,
@@ -358,10 +358,12 @@ def _broadcasts_weights(plan: Plan) -> bool:
     return plan.algorithm != "implicit_gemm"
 
 
-def _vector_store(plan: Plan, workload: Workload, phase, width: float) -> bool:
-    """Does implicit_gemm store its tiles transposed in registers (cpu/render.py)?"""
+def _vector_store(plan: Plan, workload: Workload, facts: Derived, width: float) -> bool:
+    """Does implicit_gemm store its tiles transposed in registers (cpu/render.py)? Where a
+    tile's outputs are consecutive: a row's, or a staged phase's (cpu.derived.stage_layout)."""
+    unstrided = facts.lowering.phases[0].axes[-1].out_step == 1 or bool(facts.stage_pitch)
     return (plan.algorithm == "implicit_gemm" and width == 1 and workload.dtype == "float32"
-            and plan.vector == 16 and phase.axes[-1].out_step == 1)
+            and plan.vector == 16 and unstrided)
 
 
 def _row_tiles(plan: Plan, count: int, padded: bool = False) -> list[tuple[int, int]]:
@@ -474,7 +476,7 @@ def _panel_chunk(plan: Plan, workload: Workload, facts: Derived, machine: Machin
             + read_cycles(min(reads.inputs / max(items, 1),
                               _chunk_lines(workload, phase, pixels) * LINE),
                           level_of(reads.inputs, machine), machine, reads.scattered))
-    store = _vector_store(plan, workload, facts.lowering.phases[0], width)
+    store = _vector_store(plan, workload, facts, width)
     core = sum(n * _tile_core(plan, machine, width, k_steps, px, store, facts.registers,
                               phase.taps) for n, px in tiles)
     per_tile = (read_cycles(k_steps * plan.pixel_tile * size, level_of(panel, machine), machine,
@@ -497,7 +499,7 @@ def _chunk_lines(workload: Workload, phase, pixels: int) -> int:
 
 
 def _staging_cycles(plan: Plan, workload: Workload, facts: Derived, machine: Machine) -> float:
-    """Staged rows (cpu.derived.stage_pitch): every output row of a channel tile copied
+    """Staged rows (cpu.derived.stage_layout): every output row of a channel tile copied
     once from the thread's staging buffer (L2) into the output, per thread."""
     if not facts.stage_pitch:
         return 0.0

@@ -294,7 +294,7 @@ def enumerate_plans(workload: Workload, target: Target, threads: int, accuracy: 
 
 def _stages_rows(algorithm: str, spec) -> bool:
     """implicit_gemm on a transposed conv with strided output rows stages its rows in the
-    oc_outer and pixel_outer orders (cpu.derived.stage_pitch), not in a panel, which stores
+    oc_outer and pixel_outer orders (cpu.derived.stage_layout), not in a panel, which stores
     straight into the strided rows: the planner does not offer the panel there (measured on
     a 64 -> 32 channel, stride-8 layer: 0.24 ms in a panel against 0.19 staged). A panel
     plan given explicitly still runs."""

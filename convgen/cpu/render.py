@@ -163,14 +163,17 @@ def _simd_context(workload: Workload, plan: Plan, target: Target, facts: Derived
         "tiles": tiles,
         "loop_order": plan.loop_order,
         "chunk": plan.chunk, "pixel_tile": plan.pixel_tile,
-        "stage_pitch": facts.stage_pitch, "thread_stride": facts.thread_stride,
+        "stage_pitch": facts.stage_pitch, "stage_segment": facts.stage_segment,
+        "thread_stride": facts.thread_stride,
         "copy_stride": facts.copy_stride, "buffers_at": facts.buffers_at,
         "copy_by_rows": facts.copy_by_rows,
         "phase_groups": _phase_groups(low, phases),
-        # implicit_gemm stores 16 x 16 blocks transposed in registers where a row's outputs
-        # are consecutive and the ISA has 512-bit float shuffles and masked stores
+        # implicit_gemm stores 16 x 16 blocks transposed in registers where a tile's outputs
+        # are consecutive (a row's, or a staged phase's) and the ISA has 512-bit float
+        # shuffles and masked stores
         "transpose_store": (plan.algorithm == "implicit_gemm" and vector_bytes == 64
-                            and workload.dtype == "float32" and low.phases[0].axes[-1].out_step == 1
+                            and workload.dtype == "float32"
+                            and (low.phases[0].axes[-1].out_step == 1 or bool(facts.stage_pitch))
                             and masked_store(target.isa_row, target.cpu_features, 64) == "avx512"),
         "k_block": _k_block(workload, plan, low),
         "weights_in_registers": _weights_in_registers(plan, facts, target, vector_bytes),
