@@ -4,6 +4,7 @@ and the blocked accumulation that keeps long reductions within twice torch's flo
 Every case runs with poisoned outputs, in float32 and float64, at one and two threads."""
 from __future__ import annotations
 
+import itertools
 import re
 
 import numpy as np
@@ -12,6 +13,8 @@ import torch
 
 import convgen
 from convgen.backends import get_target
+from convgen.core.spec import workload_of
+from convgen.cpu.derived import derive
 from convgen.cpu.plan import Plan, native_vector
 from convgen.cpu.planner import candidates
 from helpers import (
@@ -189,6 +192,32 @@ def test_staged_rows_store_tiles_transposed(case, pixels):
     kernel = check_kernel(case, plan, "float32", "STAGE_SEG", f"transposed{pixels}")
     if vector == 16:
         assert "transpose16(rows)" in kernel.source
+
+
+def test_every_staged_row_is_one_segment_per_column_residue():
+    """The copy out of a staged row reads column c from segment c % S at c // S
+    (cpu.derived.stage_layout, which raises where that would not hold): 1-D to 3-D
+    transposed convs over strides, kernels, paddings, dilations, output paddings and row
+    widths, including rows narrower than the stride (phases without outputs)."""
+    staged = 0
+    for ndim, stride, kernel, padding, dilation, out_pad, width in itertools.product(
+            (1, 2, 3), (2, 3, 4), (1, 2, 3, 5), (0, 1, 2), (1, 2), (0, 1), (1, 2, 7)):
+        if out_pad >= max(stride, dilation) or padding > dilation * (kernel - 1):
+            continue
+        spec = convgen.ConvSpec.conv_transpose(ndim, 4, 8, kernel, stride=stride,
+                                               padding=padding, dilation=dilation,
+                                               output_padding=out_pad)
+        shape = (1, 4) + (3,) * (ndim - 1) + (width,)
+        try:
+            workload = workload_of(spec, shape, "float32")[0]
+        except ValueError:      # no output: not a layer
+            continue
+        facts = derive(workload, Plan("implicit_gemm", 16, 4, 16, "oc_outer", 2), TARGET)
+        staged += bool(facts.stage_pitch)
+        counts = [p.axes[-1].count for p in facts.lowering.phases]
+        assert facts.stage_segment >= max(counts)
+        assert facts.stage_pitch >= stride * facts.stage_segment
+    assert staged > 500
 
 
 def check_kernel(case, plan: Plan, dtype: str, marker: str, salt: str) -> convgen.Kernel:
