@@ -1,0 +1,180 @@
+"""Two or more CPU kernels for one suite layer, timed head to head in one process.
+
+    python bench/ab_kernels.py LAYER [--threads N] [--seconds S]
+                               [--plan "algorithm=... threads=N" | --source FILE.c] ...
+
+Each variant is a plan (compiled by convgen) or a C file (a kernel convgen generated,
+edited by hand: `convgen compile` or `kernel.source` gives the text). The first variant is
+the default plan unless --plan or --source name it. Every variant is built with the flags
+of the default plan's build into a shared library of its own, and all are loaded into this
+process. Their calls are alternated, three at a time, for --seconds, on the same operands
+with preallocated outputs and warm threads. The table gives each variant's median and 10th
+percentile, its ratio to the first, and whether its output equals the first's bit for bit.
+
+Why one process: on a shared VM a neighbour can slow memory by 1.3x for minutes, so timings
+from separate processes or separate minutes disagree more than most kernel changes differ.
+Calls alternated in one process meet the same neighbours. The 10th percentile shows the
+calls that met none (bench/RESULTS.md, the twenty-first session).
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+SUITES = [HERE / "suite_public.json", HERE / "suite_classes.json"]
+
+
+def find_layer(name: str, suites) -> dict:
+    for suite in suites:
+        for layer in json.loads(Path(suite).read_text())["layers"]:
+            if layer["name"] == name:
+                return layer
+    raise SystemExit(f"ab_kernels: no layer {name!r} in {', '.join(map(str, suites))}")
+
+
+def prefix_of(source: str) -> str:
+    """The exported symbols' prefix (``<prefix>_run``) of a generated kernel's source."""
+    head, found, _ = source.partition("_workspace_bytes(void)")
+    if not found:
+        raise SystemExit("ab_kernels: not a convgen CPU kernel (no <prefix>_workspace_bytes)")
+    return head.rsplit("size_t ", 1)[1].strip()
+
+
+class Variant:
+    """One kernel built into a shared library of its own, packed and ready to call."""
+
+    def __init__(self, label: str, source: str, target, workdir: Path, operands, out_shape):
+        from convgen.cpu.compile import compile_shared
+        index = len(list(workdir.iterdir()))
+        path, library = workdir / f"v{index}.c", workdir / f"v{index}.so"
+        path.write_text(source)
+        compile_shared([path], library, target)
+        lib, prefix = ctypes.CDLL(str(library)), prefix_of(source)
+        for name in ("_workspace_bytes", "_packed_weights_bytes"):
+            getattr(lib, prefix + name).restype = ctypes.c_size_t
+        x, w, b = operands
+        self.label, self.lib = label, lib
+        self.work = np.zeros(getattr(lib, prefix + "_workspace_bytes")() // 8 + 8, np.float64)
+        self.packed = np.zeros(getattr(lib, prefix + "_packed_weights_bytes")() // 8 + 8,
+                               np.float64)
+        self.out = np.full(out_shape, np.nan, x.dtype)
+        getattr(lib, prefix + "_pack")(_pointer(w), _pointer(self.packed))
+        self.run = getattr(lib, prefix + "_run")
+        self.args = (_pointer(x), _pointer(self.packed), _pointer(b), _pointer(self.out),
+                     _pointer(self.work))
+        self.times: list[float] = []
+
+    def call(self) -> None:
+        start = time.perf_counter()
+        status = self.run(*self.args)
+        self.times.append(time.perf_counter() - start)
+        if status != 0:
+            raise SystemExit(f"ab_kernels: {self.label} returned {status}")
+
+
+def _pointer(array):
+    return None if array is None else array.ctypes.data_as(ctypes.c_void_p)
+
+
+def variants_of(args) -> list[tuple[str, str]]:
+    """(kind, value) of every variant asked for, the default plan first where none is."""
+    asked = [(kind, value) for kind, value in args.variants]
+    if not asked or asked[0] != ("plan", "auto"):
+        asked.insert(0, ("plan", "auto"))
+    return asked
+
+
+def measure(layer: dict, asked, threads: int, seconds: float, workdir: Path) -> list[dict]:
+    os.environ["CONVGEN_NUM_THREADS"] = str(threads)
+    import convgen
+    from convgen.core.layers import spec_from_op
+
+    spec = spec_from_op(layer["op"], layer["w"], True, layer["x"], **layer["args"])
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(layer["x"]).astype(np.float32)
+    w = rng.standard_normal(layer["w"]).astype(np.float32)
+    b = rng.standard_normal(spec.out_channels).astype(np.float32)
+    default = convgen.compile(spec, tuple(layer["x"]), dtype="float32")
+    variants = []
+    for kind, value in asked:
+        if kind == "plan":
+            kernel = convgen.compile(spec, tuple(layer["x"]), dtype="float32", plan=value)
+            label, source = str(kernel.plan), kernel.source
+        else:
+            label, source = value, Path(value).read_text()
+        variants.append(Variant(label, source, default.target, workdir, (x, w, b),
+                                default.output_shape))
+    for variant in variants:          # warm: threads awake, operands and weights in cache
+        variant.call()
+        variant.times.clear()
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds or len(variants[0].times) < 9:
+        for variant in variants:
+            for _ in range(3):
+                variant.call()
+    first = variants[0]
+    rows = []
+    for variant in variants:
+        rows.append({"variant": variant.label, "median_s": statistics.median(variant.times),
+                     "p10_s": float(np.percentile(variant.times, 10)),
+                     "calls": len(variant.times),
+                     "output": compare_outputs(variant.out, first.out)})
+    return rows
+
+
+def compare_outputs(out, reference) -> str:
+    """'same' (bit for bit), 'unwritten' (some of the poisoned output left NaN), or the
+    largest difference."""
+    if np.array_equal(out, reference):
+        return "same"
+    if np.isnan(out).any():
+        return "unwritten"
+    return f"{float(np.abs(out - reference).max()):.2g}"
+
+
+def table(layer: str, threads: int, rows: list[dict]) -> str:
+    from convgen.target.host import cpu_model
+    base, base_p10 = rows[0]["median_s"], rows[0]["p10_s"]
+    lines = [f"{layer}, {threads} thread(s), calls alternated in one process; CPU: {cpu_model()}",
+             (f"{'median ms':>10s} {'ratio':>6s} {'p10 ms':>9s} {'ratio':>6s} {'calls':>6s}"
+              "  output    variant")]
+    for row in rows:
+        lines.append(f"{row['median_s'] * 1e3:10.4f} {row['median_s'] / base:6.3f} "
+                     f"{row['p10_s'] * 1e3:9.4f} {row['p10_s'] / base_p10:6.3f} "
+                     f"{row['calls']:6d}  {row['output']:9s} {row['variant']}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("layer", help="a layer of bench/suite_public.json or suite_classes.json")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--suite", action="append", help="look for LAYER here instead")
+    parser.add_argument("--plan", dest="variants", action="append", default=[],
+                        type=lambda text: ("plan", text), help="a plan string, or auto")
+    parser.add_argument("--source", dest="variants", action="append",
+                        type=lambda text: ("source", text), help="a generated kernel's C file")
+    parser.add_argument("--json", help="also write the rows here")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("OMP_WAIT_POLICY", "ACTIVE")   # before any OpenMP loads
+    layer = find_layer(args.layer, args.suite or SUITES)
+    with tempfile.TemporaryDirectory(prefix="ab_kernels-") as tmp:
+        rows = measure(layer, variants_of(args), args.threads, args.seconds, Path(tmp))
+    print(table(args.layer, args.threads, rows))
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

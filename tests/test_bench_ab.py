@@ -1,0 +1,47 @@
+"""bench/ab_kernels.py: variants of one layer's kernel (plans, hand-edited C) timed head to
+head in one process, their outputs compared with the first's."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import convgen
+from convgen.backends import get_target
+from convgen.core.layers import spec_from_op
+from convgen.cpu.plan import Plan, native_vector
+from helpers import gemm_tile
+
+ROOT = Path(__file__).resolve().parents[1]
+LAYER = {"name": "tiny", "op": "conv2d", "x": [1, 8, 10, 12], "w": [16, 8, 3, 3],
+         "args": {"padding": 1}}
+
+
+def test_plans_and_an_edited_source_are_timed_in_one_process(tmp_path):
+    suite = tmp_path / "suite.json"
+    suite.write_text(json.dumps({"layers": [LAYER]}))
+    spec = spec_from_op(LAYER["op"], LAYER["w"], True, LAYER["x"], **LAYER["args"])
+    target = get_target("cpu")
+    vector = native_vector(target, "float32")
+    vectors, pixels = gemm_tile(1, 6, target)
+    plan = str(Plan("implicit_gemm", vectors * vector, pixels, vector, "oc_outer", 2))
+    source = convgen.compile(spec, tuple(LAYER["x"]), plan=plan).source
+    # an edit that leaves the output unwritten: a run that computes nothing
+    broken = source.replace("_run(const real", "_run_unused(const real", 1)
+    prefix = source.split("size_t ", 1)[1].split("_workspace_bytes", 1)[0]
+    broken += (f"\nint {prefix}_run(const real *x, const real *wp, const real *bias, real *y, "
+               f"real *work) {{ (void)x; (void)wp; (void)bias; (void)y; (void)work; return 0; }}\n")
+    edited = tmp_path / "edited.c"
+    edited.write_text(broken)
+    out = tmp_path / "rows.json"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "ab_kernels.py"), "tiny", "--suite", str(suite),
+         "--seconds", "0.2", "--plan", plan, "--source", str(edited), "--json", str(out)],
+        capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(out.read_text())
+    assert [r["variant"] for r in rows][1:] == [plan, str(edited)]
+    assert [r["output"] for r in rows] == ["same", "same", "unwritten"]
+    assert all(r["calls"] >= 9 and r["median_s"] > 0 for r in rows)
+    assert "calls alternated in one process; CPU:" in done.stdout
