@@ -4,8 +4,8 @@
                                [--plan "algorithm=... threads=N" | --source FILE.c] ...
 
 Each variant is a plan (compiled by convgen) or a C file (a kernel convgen generated,
-edited by hand: `convgen compile` or `kernel.source` gives the text). The first variant is
-the default plan unless --plan or --source name it. Every variant is built with the flags
+edited by hand: `convgen compile` or `kernel.source` gives the text). The default plan
+always comes first, as the baseline of the ratios. Every variant is built with the flags
 of the default plan's build into a shared library of its own, and all are loaded into this
 process. Their calls are alternated, three at a time, for --seconds, on the same operands
 with preallocated outputs and warm threads. The table gives each variant's median and 10th
@@ -55,7 +55,7 @@ class Variant:
 
     def __init__(self, label: str, source: str, target, workdir: Path, operands, out_shape):
         from convgen.cpu.compile import compile_shared
-        index = len(list(workdir.iterdir()))
+        index = len(list(workdir.glob("*.c")))
         path, library = workdir / f"v{index}.c", workdir / f"v{index}.so"
         path.write_text(source)
         compile_shared([path], library, target)
