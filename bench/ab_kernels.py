@@ -4,12 +4,16 @@
                                [--plan "algorithm=... threads=N" | --source FILE.c] ...
 
 Each variant is a plan (compiled by convgen) or a C file (a kernel convgen generated,
-edited by hand: `convgen compile` or `kernel.source` gives the text). The default plan
+edited by hand: `convgen compile` or `kernel.sources` gives the text; a Winograd kernel
+comes with a second file, its exact fallback, named after a comma). The default plan
 always comes first, as the baseline of the ratios. Every variant is built with the flags
 of the default plan's build into a shared library of its own, and all are loaded into this
 process. Their calls are alternated, three at a time, for --seconds, on the same operands
 with preallocated outputs and warm threads. The table gives each variant's median and 10th
 percentile, its ratio to the first, and whether its output equals the first's bit for bit.
+With --between LAYER2, LAYER2's default kernel runs (untimed, on its own operands) before
+every timed call: each call then finds what a network's previous layer leaves in the
+caches, as compare.py's calls interleaved with torch do, instead of its own data.
 
 Why one process: on a shared VM a neighbour can slow memory by 1.3x for minutes, so timings
 from separate processes or separate minutes disagree more than most kernel changes differ.
@@ -53,13 +57,16 @@ def prefix_of(source: str) -> str:
 class Variant:
     """One kernel built into a shared library of its own, packed and ready to call."""
 
-    def __init__(self, label: str, source: str, target, workdir: Path, operands, out_shape):
+    def __init__(self, label: str, sources: list[str], target, workdir: Path, operands,
+                 out_shape):
         from convgen.cpu.compile import compile_shared
-        index = len(list(workdir.glob("*.c")))
-        path, library = workdir / f"v{index}.c", workdir / f"v{index}.so"
-        path.write_text(source)
-        compile_shared([path], library, target)
-        lib, prefix = ctypes.CDLL(str(library)), prefix_of(source)
+        index = len(list(workdir.glob("*.so")))
+        paths, library = [workdir / f"v{index}_{i}.c" for i in range(len(sources))], \
+            workdir / f"v{index}.so"
+        for path, source in zip(paths, sources):
+            path.write_text(source)
+        compile_shared(paths, library, target)
+        lib, prefix = ctypes.CDLL(str(library)), prefix_of(sources[0])
         for name in ("_workspace_bytes", "_packed_weights_bytes"):
             getattr(lib, prefix + name).restype = ctypes.c_size_t
         x, w, b = operands
@@ -74,7 +81,9 @@ class Variant:
                      _pointer(self.work))
         self.times: list[float] = []
 
-    def call(self) -> None:
+    def call(self, before=None) -> None:
+        if before is not None:
+            before.run(*before.args)
         start = time.perf_counter()
         status = self.run(*self.args)
         self.times.append(time.perf_counter() - start)
@@ -86,6 +95,13 @@ def _pointer(array):
     return None if array is None else array.ctypes.data_as(ctypes.c_void_p)
 
 
+def kernel_sources(kernel) -> list[str]:
+    """A compiled kernel's C sources, the kernel's own first (Winograd adds its exact
+    fallback's)."""
+    sources = dict(kernel.sources)
+    return [sources.pop("kernel.c")] + list(sources.values())
+
+
 def variants_of(args) -> list[tuple[str, str]]:
     """(kind, value) of every variant asked for, the default plan first where none is."""
     asked = [(kind, value) for kind, value in args.variants]
@@ -94,34 +110,46 @@ def variants_of(args) -> list[tuple[str, str]]:
     return asked
 
 
-def measure(layer: dict, asked, threads: int, seconds: float, workdir: Path) -> list[dict]:
-    os.environ["CONVGEN_NUM_THREADS"] = str(threads)
-    import convgen
+def operands_of(layer: dict):
+    """The layer's spec and fresh random (x, w, b), float32."""
     from convgen.core.layers import spec_from_op
-
     spec = spec_from_op(layer["op"], layer["w"], True, layer["x"], **layer["args"])
     rng = np.random.default_rng(0)
-    x = rng.standard_normal(layer["x"]).astype(np.float32)
-    w = rng.standard_normal(layer["w"]).astype(np.float32)
-    b = rng.standard_normal(spec.out_channels).astype(np.float32)
+    return spec, tuple(rng.standard_normal(shape).astype(np.float32)
+                       for shape in (layer["x"], layer["w"], (spec.out_channels,)))
+
+
+def measure(layer: dict, asked, threads: int, seconds: float, workdir: Path,
+            between: dict | None = None) -> list[dict]:
+    os.environ["CONVGEN_NUM_THREADS"] = str(threads)
+    import convgen
+
+    spec, (x, w, b) = operands_of(layer)
     default = convgen.compile(spec, tuple(layer["x"]), dtype="float32")
+    before = None
+    if between is not None:    # another layer's default kernel, run before every timed call
+        other_spec, other_operands = operands_of(between)
+        other = convgen.compile(other_spec, tuple(between["x"]), dtype="float32")
+        before = Variant(str(other.plan), kernel_sources(other), other.target, workdir,
+                         other_operands,
+                         other.output_shape)
     variants = []
     for kind, value in asked:
         if kind == "plan":
             kernel = convgen.compile(spec, tuple(layer["x"]), dtype="float32", plan=value)
-            label, source = str(kernel.plan), kernel.source
+            label, sources = str(kernel.plan), kernel_sources(kernel)
         else:
-            label, source = value, Path(value).read_text()
-        variants.append(Variant(label, source, default.target, workdir, (x, w, b),
+            label, sources = value, [Path(f).read_text() for f in value.split(",")]
+        variants.append(Variant(label, sources, default.target, workdir, (x, w, b),
                                 default.output_shape))
     for variant in variants:          # warm: threads awake, operands and weights in cache
-        variant.call()
+        variant.call(before)
         variant.times.clear()
     start = time.perf_counter()
     while time.perf_counter() - start < seconds or len(variants[0].times) < 9:
         for variant in variants:
             for _ in range(3):
-                variant.call()
+                variant.call(before)
     first = variants[0]
     rows = []
     for variant in variants:
@@ -142,10 +170,12 @@ def compare_outputs(out, reference) -> str:
     return f"{float(np.abs(out - reference).max()):.2g}"
 
 
-def table(layer: str, threads: int, rows: list[dict]) -> str:
+def table(layer: str, threads: int, rows: list[dict], between: str | None = None) -> str:
     from convgen.target.host import cpu_model
     base, base_p10 = rows[0]["median_s"], rows[0]["p10_s"]
-    lines = [f"{layer}, {threads} thread(s), calls alternated in one process; CPU: {cpu_model()}",
+    after = f", each after {between}'s kernel" if between else ""
+    lines = [f"{layer}, {threads} thread(s), calls alternated in one process{after}; "
+             f"CPU: {cpu_model()}",
              (f"{'median ms':>10s} {'ratio':>6s} {'p10 ms':>9s} {'ratio':>6s} {'calls':>6s}"
               "  output    variant")]
     for row in rows:
@@ -164,14 +194,19 @@ def main(argv=None) -> None:
     parser.add_argument("--plan", dest="variants", action="append", default=[],
                         type=lambda text: ("plan", text), help="a plan string, or auto")
     parser.add_argument("--source", dest="variants", action="append",
-                        type=lambda text: ("source", text), help="a generated kernel's C file")
+                        type=lambda text: ("source", text), help="a generated kernel's C file (FILE.c,EXACT.c: with the other "
+                             "files of its sources, a Winograd kernel's exact.c)")
+    parser.add_argument("--between", metavar="LAYER2",
+                        help="run LAYER2's default kernel (untimed) before every timed call")
     parser.add_argument("--json", help="also write the rows here")
     args = parser.parse_args(argv)
     os.environ.setdefault("OMP_WAIT_POLICY", "ACTIVE")   # before any OpenMP loads
-    layer = find_layer(args.layer, args.suite or SUITES)
+    suites = args.suite or SUITES
+    layer = find_layer(args.layer, suites)
+    between = find_layer(args.between, suites) if args.between else None
     with tempfile.TemporaryDirectory(prefix="ab_kernels-") as tmp:
-        rows = measure(layer, variants_of(args), args.threads, args.seconds, Path(tmp))
-    print(table(args.layer, args.threads, rows))
+        rows = measure(layer, variants_of(args), args.threads, args.seconds, Path(tmp), between)
+    print(table(args.layer, args.threads, rows, args.between))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
 

@@ -45,3 +45,26 @@ def test_plans_and_an_edited_source_are_timed_in_one_process(tmp_path):
     assert [r["output"] for r in rows] == ["same", "same", "unwritten"]
     assert all(r["calls"] >= 9 and r["median_s"] > 0 for r in rows)
     assert "calls alternated in one process; CPU:" in done.stdout
+
+
+def test_a_winograd_plan_and_another_layer_between_the_calls(tmp_path):
+    """A Winograd kernel is two files (its exact fallback's too): both are built. With
+    --between, another layer's kernel runs before every timed call and the table says so."""
+    other = {"name": "other", "op": "conv1d", "x": [1, 32, 256], "w": [32, 32, 3],
+             "args": {"padding": 1}}
+    suite = tmp_path / "suite.json"
+    suite.write_text(json.dumps({"layers": [LAYER, other]}))
+    vector = native_vector(get_target("cpu"), "float32")
+    plan = str(Plan("winograd2", 8, 2 * vector, vector, "pixel_outer", 2))
+    out = tmp_path / "rows.json"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "ab_kernels.py"), "tiny", "--suite", str(suite),
+         "--seconds", "0.2", "--plan", plan, "--between", "other", "--json", str(out)],
+        capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(out.read_text())
+    assert rows[1]["variant"] == plan
+    # Winograd rounds differently from the default plan: close, every element written
+    assert rows[1]["output"] == "same" or float(rows[1]["output"]) < 1e-3
+    assert all(r["calls"] >= 9 for r in rows)
+    assert "calls alternated in one process, each after other's kernel; CPU:" in done.stdout
