@@ -1,6 +1,7 @@
-"""Work sharing in the SIMD kernels (direct_simd, implicit_gemm) on several threads: each
-parallel loop's items split into one static range a thread, and a thread that has finished
-its own takes the rest of the others' from their ends (templates/cpu/_simd.c.j2).
+"""Work sharing in the SIMD kernels (direct_simd, implicit_gemm) and Winograd's on several
+threads: each parallel loop's items split into one static range a thread, and a thread that
+has finished its own takes the rest of the others' from their ends
+(templates/cpu/_sharing.c.j2).
 
 Built with CG_TEST_LATE_THREAD=t, thread t of a kernel waits until the other thread has
 taken its whole range of the first loop (or 5 s pass) before it starts on its loops, as a
@@ -60,12 +61,16 @@ def plan_for(case, algorithm: str, order: str, chunk_tiles: int, dtype: str) -> 
 
 
 def late_thread_library(kernel: convgen.Kernel, late: int, tmp_path: Path):
-    """The kernel's source rebuilt with thread ``late`` held back (same flags as the
-    kernel's own build): its prefix and the loaded library."""
-    source = tmp_path / "kernel.c"
-    source.write_text(f"#define CG_TEST_LATE_THREAD {late}\n" + kernel.source)
+    """The kernel's sources rebuilt with thread ``late`` held back in the kernel's own file
+    (same flags as the kernel's own build; a Winograd kernel's exact fallback as it is):
+    its prefix and the loaded library."""
+    paths = []
+    for name, text in kernel.sources.items():
+        paths.append(tmp_path / name)
+        held = f"#define CG_TEST_LATE_THREAD {late}\n" if name == "kernel.c" else ""
+        paths[-1].write_text(held + text)
     library = tmp_path / "kernel.so"
-    compile_shared([source], library, kernel.target)
+    compile_shared(paths, library, kernel.target)
     prefix = kernel.source.split("size_t ", 1)[1].split("_workspace_bytes", 1)[0]
     return prefix, ctypes.CDLL(str(library))
 
@@ -120,3 +125,67 @@ def test_ranges_take_the_workspace_s_last_lines_and_only_on_several_threads():
     assert "take_items(" not in convgen.compile(spec, (2, 16, 12, 12),
                                                plan=Plan("implicit_gemm", 32, 6, 16,
                                                          "oc_outer", 1)).source
+
+
+# Winograd: 1-D and 2-D, dilated (sub-grids), batch above the thread count, several blocks
+# a tile row
+WINOGRAD_CASES = [
+    (make_case("wino_2d_batch", "conv2d", cin=8, cout=16, spatial=(11, 37), kernel=3,
+               padding=1, batch=3), "winograd2"),
+    (make_case("wino_1d_dilated", "conv1d", cin=12, cout=8, spatial=(150,), kernel=3,
+               padding=2, dilation=2), "winograd4"),
+    (make_case("wino_2d_dilated", "conv2d", cin=8, cout=8, spatial=(13, 40), kernel=3,
+               padding=2, dilation=2), "winograd4"),
+]
+
+
+@pytest.mark.parametrize("late", [0, 1], ids=["master_late", "worker_late"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("case,algorithm", WINOGRAD_CASES, ids=[c[0].name for c in WINOGRAD_CASES])
+def test_a_late_thread_s_winograd_blocks_are_taken_by_the_other(case, algorithm, dtype, late,
+                                                                tmp_path):
+    vector = native_vector(TARGET, dtype)
+    plan = Plan(algorithm, 8, vector, vector, "pixel_outer", 2)
+    kernel = convgen.compile(spec_of(case), case.x_shape, dtype, plan=plan)
+    facts = derive(kernel.workload, plan, TARGET)
+    assert facts.ranges == 2 and "take_items(" in kernel.source
+    assert "collapse(2) schedule(static)" not in kernel.sources["kernel.c"]
+    prefix, lib = late_thread_library(kernel, late, tmp_path)
+    rng = np.random.default_rng(seed_of(f"{case.name}{dtype}{late}wino"))
+    x, w, b = (None if a is None else np.ascontiguousarray(a.astype(dtype))
+               for a in operands(case, rng))
+    y, seconds = call(lib, prefix, x, w, b, kernel.output_shape, dtype)
+    assert seconds < 2.5, f"thread {late}'s blocks were not taken by the other ({seconds:.2f} s)"
+    assert_matches(y, torch_reference(case.op, x, w, b, **case.kwargs), dtype)
+
+
+# depthwise: in place (zero padding, unit row stride) and padded into a thread's plane
+# (reflect, stride 2), a channel multiplier, batch above the thread count
+DEPTHWISE_CASES = [
+    make_case("dw_in_place", "conv2d", cin=12, cout=12, spatial=(9, 35), kernel=3,
+              padding=1, groups=12, batch=3),
+    make_case("dw_reflect_s2", "conv2d", cin=6, cout=12, spatial=(11, 20), kernel=3,
+              padding=1, stride=2, groups=6, padding_mode="reflect"),
+    make_case("dw_1d", "conv1d", cin=10, cout=10, spatial=(70,), kernel=5, padding=2,
+              groups=10),
+]
+
+
+@pytest.mark.parametrize("late", [0, 1], ids=["master_late", "worker_late"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("case", DEPTHWISE_CASES, ids=[c.name for c in DEPTHWISE_CASES])
+def test_a_late_thread_s_depthwise_channels_are_taken_by_the_other(case, dtype, late,
+                                                                   tmp_path):
+    vector = native_vector(TARGET, dtype)
+    plan = Plan("depthwise", 1, vector, vector, "oc_outer", 2,
+                row_tile=2 if len(case.x_shape) == 4 else 1)
+    kernel = convgen.compile(spec_of(case), case.x_shape, dtype, plan=plan)
+    assert derive(kernel.workload, plan, TARGET).ranges == 2
+    assert "take_items(" in kernel.source and "CG_OMP(for schedule(static))" not in kernel.source
+    prefix, lib = late_thread_library(kernel, late, tmp_path)
+    rng = np.random.default_rng(seed_of(f"{case.name}{dtype}{late}dw"))
+    x, w, b = (None if a is None else np.ascontiguousarray(a.astype(dtype))
+               for a in operands(case, rng))
+    y, seconds = call(lib, prefix, x, w, b, kernel.output_shape, dtype)
+    assert seconds < 2.5, f"thread {late}'s channels were not taken by the other ({seconds:.2f} s)"
+    assert_matches(y, torch_reference(case.op, x, w, b, **case.kwargs), dtype)

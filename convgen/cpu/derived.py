@@ -46,9 +46,10 @@ class Derived:
                                          # past its edges masked (no plane)
     registers: int = 0                   # direct_simd, implicit_gemm: the vector registers
                                          # a tile may fill (the target's)
-    ranges: int = 0                      # direct_simd, implicit_gemm on several threads: the
-                                         # work-sharing slots (one a parallel loop and
-                                         # thread, RANGE_BYTES each; 0: one thread) ...
+    ranges: int = 0                      # direct_simd, implicit_gemm, depthwise, Winograd on
+                                         # several threads: the work-sharing slots (one a parallel
+                                         # loop and thread, RANGE_BYTES each; 0: one
+                                         # thread) ...
     ranges_at: int = 0                   # ... at this element of the workspace (then aligned
                                          # up to RANGE_BYTES)
 
@@ -85,19 +86,30 @@ def _derive(workload: Workload, plan: Plan, target: Target) -> Derived:
         padded = (workload.input_shape[0] * math.prod(geo.padded[:-1]) * spec.in_channels
                   * geo.channel_stride)
         exact_plan = exact_plan_for(plan)
-        stride = _thread_stride(geo.scratch, itemsize(workload.dtype))
+        size = itemsize(workload.dtype)
+        stride = _thread_stride(geo.scratch, size)
+        buffers_end = padded + plan.threads * stride
+        ranges = plan.threads if plan.threads > 1 and winograd_items(workload, geo) < 2 ** 31 else 0
         return Derived(None, geo, blocks, points * spec.out_channels * spec.cin_per_group,
-                       padded + plan.threads * stride, exact_plan,
-                       _derive(workload, exact_plan, target), thread_stride=stride)
+                       buffers_end + (-(-(ranges + 1) * RANGE_BYTES // size) if ranges else 0),
+                       exact_plan, _derive(workload, exact_plan, target), thread_stride=stride,
+                       ranges=ranges, ranges_at=buffers_end)
     low = lowering_for(workload, plan)
     per_group = sum(blocks * spec.cin_per_group * p.taps * plan.oc_tile for p in low.phases)
     if plan.algorithm == "depthwise":
+        size = itemsize(workload.dtype)
+        # the channels shared by ranges the threads steal from
+        channels = workload.input_shape[0] * spec.in_channels
+        ranges = plan.threads if plan.threads > 1 and channels < 2 ** 31 else 0
+        slots = -(-(ranges + 1) * RANGE_BYTES // size) if ranges else 0
         if depthwise_in_place(workload, plan, target, low):
-            return Derived(low, None, blocks, spec.groups * per_group, 0, in_place=True)
+            return Derived(low, None, blocks, spec.groups * per_group, slots, in_place=True,
+                           ranges=ranges)
         # each thread pads one channel at a time
-        stride = _thread_stride(low.padded_spatial, itemsize(workload.dtype))
+        stride = _thread_stride(low.padded_spatial, size)
         planes = plan.threads * stride if low.copy_input else 0
-        return Derived(low, None, blocks, spec.groups * per_group, planes, thread_stride=stride)
+        return Derived(low, None, blocks, spec.groups * per_group, planes + slots,
+                       thread_stride=stride, ranges=ranges, ranges_at=planes)
     size = itemsize(workload.dtype)
     padded = (workload.input_shape[0] * spec.in_channels * low.padded_spatial
               if low.copy_input else 0)
@@ -118,6 +130,13 @@ def _derive(workload: Workload, plan: Plan, target: Target) -> Derived:
                    panel=panel, stage_pitch=pitch, stage_segment=segment, thread_stride=stride,
                    copy_stride=copy_stride, buffers_at=copies, copy_by_rows=by_rows,
                    registers=registers(target), ranges=ranges, ranges_at=buffers_end)
+
+
+def winograd_items(workload: Workload, geo: winograd.Geometry) -> int:
+    """The items of a Winograd kernel's parallel loop: blocks of tiles, for every image,
+    dilation sub-grid and tile row."""
+    return (workload.input_shape[0] * math.prod(geo.dilation) * math.prod(geo.tiles[:-1])
+            * geo.blocks)
 
 
 def _shares_by_ranges(workload: Workload, plan: Plan, low: Lowering, blocks: int) -> bool:

@@ -19,7 +19,7 @@ from ..target import Target
 from ..target.isa import masked_store
 from . import winograd
 from .canonical import planned
-from .derived import RANGE_BYTES, Derived, derive, vector_inside
+from .derived import RANGE_BYTES, Derived, derive, vector_inside, winograd_items
 from .layout import Lowering
 from .memory import LINE
 from .plan import GATHER_ALGORITHMS, WINOGRAD_ALGORITHMS, Plan, direct_chains
@@ -190,6 +190,8 @@ def _simd_context(workload: Workload, plan: Plan, target: Target, facts: Derived
         "tap_table": plan.algorithm != "depthwise",
         **(_depthwise_rows(workload, plan, low, axes, phases[0]["taps"])
            if plan.algorithm == "depthwise" else {}),
+        # depthwise: the channels a thread takes at once, shared by ranges
+        "channel_claim": claim(workload.input_shape[0] * spec.in_channels, plan.threads),
         "in_place": facts.in_place,
         **(_in_place(workload, plan, low, phases[0]["runs"], tiles) if facts.in_place
            else {"bands": [], "in_place_tiles": [], "row_step_in": 0}),
@@ -426,10 +428,15 @@ def _with_loops(workload: Workload, plan: Plan, facts: Derived, units: list[dict
     def with_loops(unit: dict) -> dict:
         outer, inner, per_row = loops(unit)
         items = shared * unit["rows"] * per_row
-        per_thread = items // plan.threads
-        return {**unit, "loops": (outer, inner),
-                "claim": max(1, per_thread // CLAIMS_PER_THREAD, min(4, per_thread // 8))}
+        return {**unit, "loops": (outer, inner), "claim": claim(items, plan.threads)}
     return [with_loops(unit) for unit in units]
+
+
+def claim(items: int, threads: int) -> int:
+    """How many of a loop's ``items`` a thread takes at once where the threads share them
+    by ranges (see CLAIMS_PER_THREAD)."""
+    per_thread = items // threads
+    return max(1, per_thread // CLAIMS_PER_THREAD, min(4, per_thread // 8))
 
 
 # A thread takes its items in runs of 1/CLAIMS_PER_THREAD of its range, and of at least 4
@@ -539,6 +546,9 @@ def _winograd_context(workload: Workload, plan: Plan, facts: Derived, prefix: st
         "at": _fractions(transform.at),
         "exact_prefix": exact_prefix(prefix), "own_packed": facts.own_packed,
         "exact_packed": facts.exact.packed_weights,
+        # several threads share the blocks through ranges they steal from
+        "ranges": facts.ranges, "ranges_at": facts.ranges_at, "range_bytes": RANGE_BYTES,
+        "claim": claim(winograd_items(workload, geo), plan.threads),
     }
 
 
