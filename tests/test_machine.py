@@ -136,6 +136,9 @@ def test_convgen_machine_measures_this_host(private_cache, monkeypatch):
     assert len(rates) == min(16, registers - 4)
     assert rates[0] < 0.6 * max(rates) and max(rates) > 0.6 * model["fma_per_cycle"]
     assert model["l1_bytes_per_cycle"] > model["l2_bytes_per_cycle"] > model["l3_bytes_per_cycle"]
+    # adds and FMAs mixed: at least the FMA rate (the adds share its units or have their own)
+    assert info["origin"]["fp_ops_per_cycle"] == "measured"
+    assert 0.8 * model["fma_per_cycle"] < model["fp_ops_per_cycle"] < 4.5
     assert info["measure_seconds"] < 10   # about 1 s on an idle machine
     for field in ("gather_macs_per_s", "transposed_gather_macs_per_s"):   # scalar, 1 thread
         assert info["origin"][field] == "measured" and 2e7 < model[field] < 2e10, field
@@ -288,7 +291,7 @@ def test_misses_in_flight_stop_at_the_chains_walked(monkeypatch):
                "cg_load_rate": lambda n, b: 4e9, "cg_stream_rate": lambda b, s, t: 50e9,
                "cg_load_latency": lambda b, n: 100e-9,            # 200 cycles
                "cg_overlapped_load_seconds": lambda b, n: 1e-9,  # 2 cycles: 100 "in flight"
-               "cg_fork_join_seconds": lambda n, t: 1e-6}
+               "cg_fork_join_seconds": lambda n, t: 1e-6, "cg_fp_mix_rate": lambda n: 4e9}
     monkeypatch.setattr(measure, "_library", lambda isa: seconds)
     monkeypatch.setattr(measure, "_gather_rates", dict)
     model = measure.measure(TARGET.isa_row)
@@ -318,13 +321,14 @@ def test_a_slow_spell_at_the_start_does_not_set_the_core_rates(monkeypatch):
                "cg_fma_chain_seconds": rate(4e-9, 8e-9), "cg_fma_chain_rate": rate(3e9, 1e9),
                "cg_load_rate": rate(9e9, 2e9), "cg_stream_rate": rate(50e9, 25e9),
                "cg_load_latency": chase, "cg_overlapped_load_seconds": rate(10e-9, 20e-9),
-               "cg_fork_join_seconds": rate(1e-6, 2e-6)}
+               "cg_fork_join_seconds": rate(1e-6, 2e-6), "cg_fp_mix_rate": rate(9e9, 3e9)}
     monkeypatch.setattr(measure, "_library", lambda isa: library)
     monkeypatch.setattr(measure, "_gather_rates", dict)
     model = measure.measure(TARGET.isa_row)
     assert model["clock_hz"] == 3e9
     assert model["fma_per_cycle"] == 2.0 and model["broadcast_fma_per_cycle"] == 2.0
     assert model["loads_per_cycle"] == 3.0
+    assert model["fp_ops_per_cycle"] == 3.0    # adds and FMAs mixed: sampled as the others
 
 
 def test_the_gather_kernels_are_priced_at_their_measured_rates():
@@ -457,3 +461,51 @@ def test_the_planner_prices_a_tile_at_latency_x_throughput_chains_by_the_measure
     assert cost(direct, base) == pytest.approx(cost(gemm, base), rel=0.05)
     assert cost(gemm, measured) == pytest.approx(cost(gemm, base), rel=0.01)
     assert cost(direct, measured) > 1.1 * cost(gemm, measured)
+
+
+# AMD EPYC, family 26 (Zen 5), 2 cores of a VM: `convgen machine` on 2026-12-02
+ZEN5 = {"clock_hz": 3.655e9, "fma_per_cycle": 2.0, "broadcast_fma_per_cycle": 1.83,
+        "fma_latency": 4.0, "fma_chain_rates": [0.25, 0.5, 0.75, 1.0, 1.23, 1.5, 1.6, 1.99,
+                                                1.99, 1.99, 1.99, 1.98, 1.99, 1.97, 1.97, 1.97],
+        "fp_ops_per_cycle": 3.2, "loads_per_cycle": 1.95, "vector_load_cost": 0.98,
+        "l1_bytes_per_cycle": 118.0, "l2_bytes_per_cycle": 62.7, "l2_tile_bytes_per_cycle": 46.4,
+        "l3_bytes_per_cycle": 29.5, "dram_bytes_per_s": 30.8e9, "dram_total_bytes_per_s": 53.9e9,
+        "l2_latency": 16.8, "l3_latency": 453.0, "dram_latency": 762.0,
+        "l2_misses_in_flight": 9.75, "l3_misses_in_flight": 48.0, "dram_misses_in_flight": 26.8,
+        "parallel_overhead_s": 1.2e-6}
+
+
+@pytest.mark.skipif(TARGET.isa != "avx512", reason="the two classes compared are AVX-512 ones")
+def test_winograd_s_transforms_are_priced_at_the_measured_add_and_fma_mix(measured_here,
+                                                                        monkeypatch):
+    """inception_3x3 of the public suite (96 -> 96, 3x3 at 35x35), 2 threads, on the AMD
+    Zen 5 class as measured (two FMA units, 48 KiB L1d, 1 MiB L2) and on the same machine
+    with the adds sharing the FMA units, as on Intel's cores: 2 adds and FMAs a cycle mixed
+    against the 3.2 measured. The transforms cost less where the adds have pipes of their
+    own, and there F(4,3) Winograd ranks first (0.38 ms against implicit GEMM's 0.47, head
+    to head on Zen 5)."""
+    from convgen.core.spec import ConvSpec, workload_of
+    from convgen.cpu.cost import estimate
+    from convgen.cpu.planner import choose
+    from convgen.target import host
+    from convgen.target import machine as target_machine
+
+    workload, _ = workload_of(ConvSpec.conv(2, 96, 96, 3, padding=1), (1, 96, 35, 35),
+                              "float32")
+    monkeypatch.setattr(host, "caches", lambda: host.Caches(48 << 10, 1 << 20, 32 << 20))
+    target_machine.default_machine.cache_clear()
+    chosen, models = {}, {}
+    for name, mix in (("shared", 2.0), ("own", 3.2)):
+        identity = {**host.identity(), "cpu_model": f"test CPU, adds on {name} units"}
+        monkeypatch.setattr(host, "identity", lambda identity=identity: identity)
+        machine.forget()
+        fields = {**ZEN5, "fp_ops_per_cycle": mix}
+        models[name] = machine.current(TARGET, lambda isa, fields=fields: dict(fields))
+        assert models[name].fp_ops_per_cycle == mix
+        chosen[name] = choose(workload, TARGET, threads=2)
+    target_machine.default_machine.cache_clear()
+    assert not chosen["shared"].algorithm.startswith("winograd")
+    assert chosen["own"].algorithm == "winograd4"
+    for mine, other in (("shared", "own"), ("own", "shared")):
+        assert estimate(chosen[mine], workload, TARGET, models[mine])[0] < \
+            estimate(chosen[other], workload, TARGET, models[mine])[0]

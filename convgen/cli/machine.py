@@ -27,6 +27,8 @@ def run(args) -> int:
         ("clock", f"{clock / 1e9:.2f} GHz", "clock_hz"),
         ("full-width FMAs per cycle", f"{model['fma_per_cycle']:.2f}", "fma_per_cycle"),
         ("FMA latency", f"{model['fma_latency']:.1f} cycles", "fma_latency"),
+        ("adds and FMAs mixed, per cycle", f"{model['fp_ops_per_cycle']:.2f}",
+         "fp_ops_per_cycle"),
         ("FMA chains: 90% of the rate from", _chains_for(model, 0.9), "fma_chain_rates"),
         ("loads per cycle (broadcasts)", f"{model['loads_per_cycle']:.2f}", "loads_per_cycle"),
         ("slots per full-width vector load", f"{model['vector_load_cost']:.2f}",

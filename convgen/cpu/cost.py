@@ -85,7 +85,12 @@ def _winograd_cost(plan: Plan, workload: Workload, facts: Derived, machine: Mach
         item = _overlap(core, memory + weight_reads)
     gemm = points * (spec.cout_per_group // plan.oc_tile) * item
     vector_ops = 6 * geo.alpha * points / width   # adds per transformed tile, roughly
-    transforms = nv * (spec.cin_per_group + spec.cout_per_group) * vector_ops / 2
+    # adds and FMAs by constants, at the rate the core issues them mixed: 2 a cycle where
+    # the adds share the FMA units (Intel); AMD's Zen 5 has add pipes of its own (3.2 a
+    # cycle measured): there inception_3x3's transforms took 0.15 ms of 0.67 on 1 thread,
+    # against 0.38 priced at 2 a cycle, and its 16 x 16 Winograd ran 0.8x implicit GEMM
+    transforms = (nv * (spec.cin_per_group + spec.cout_per_group) * vector_ops
+                  / machine.fp_ops_per_cycle)
     stores = spec.cout_per_group * plan.pixel_tile * geo.m ** spec.ndim
     scratch = geo.scratch * size
     # V and M are written and read back once per block: from L2 while they fit in it

@@ -3,7 +3,7 @@
 ``measure(isa)`` compiles ``templates/bench/machine.c.j2`` for the host ISA (through the
 kernel cache, like any kernel) and times, on one core: the clock (a chain of dependent
 integer adds: one per cycle on every x86-64 core), full-width FMA throughput and latency,
-the FMA rate of 1, 2, ... independent chains, broadcast and vector load throughput from
+the FMA rate of 1, 2, ... independent chains, the rate of adds and FMAs mixed, broadcast and vector load throughput from
 L1, and the bytes per cycle one core streams from L1, L2, L3 and DRAM, plus DRAM with
 every core reading, and the latency of a load no prefetcher saw coming from L2, L3 and
 DRAM (a pointer chase) and how many of them one core overlaps; with every core, what a
@@ -35,6 +35,7 @@ loader.declare_type("cg_fork_join_fn", "typedef double (*cg_fork_join_fn)(long n
 loader.declare_type("cg_stream_fn",
                     "typedef double (*cg_stream_fn)(size_t bytes, int sweeps, int threads);")
 _FUNCTIONS = {"cg_clock_hz": "cg_rate_fn", "cg_fma_rate": "cg_rate_fn",
+              "cg_fp_mix_rate": "cg_rate_fn",
               "cg_broadcast_fma_rate": "cg_rate_fn", "cg_l2_tile_rate": "cg_tile_fn",
               "cg_fma_chain_seconds": "cg_rate_fn", "cg_fma_chain_rate": "cg_load_fn",
               "cg_load_rate": "cg_load_fn",
@@ -80,6 +81,7 @@ class _CoreRates:
     def __init__(self, f: dict):
         self._runs = {"clock": lambda: f["cg_clock_hz"](2_000_000),
                       "fma": lambda: f["cg_fma_rate"](400_000),
+                      "fp_mix": lambda: f["cg_fp_mix_rate"](200_000),
                       "broadcast_fma": lambda: f["cg_broadcast_fma_rate"](4_000),
                       "broadcasts": lambda: f["cg_load_rate"](400_000, 1),
                       "vectors": lambda: f["cg_load_rate"](400_000, 0)}
@@ -152,6 +154,7 @@ def measure(isa: Isa) -> dict | None:
     return {**team, **in_flight, **_gather_rates(), "clock_hz": clock, "fma_per_cycle": fma,
             "fma_latency": latency, "fma_chain_rates": chain_rates,
             "broadcast_fma_per_cycle": broadcast_fma, "l2_tile_bytes_per_cycle": l2_tile / clock,
+            "fp_ops_per_cycle": core.best["fp_mix"] / clock,
             "loads_per_cycle": broadcasts, "vector_load_cost": broadcasts / vectors,
             "l1_bytes_per_cycle": rates["l1"] / clock, "l2_bytes_per_cycle": rates["l2"] / clock,
             "l3_bytes_per_cycle": rates["l3"] / clock, "dram_bytes_per_s": rates["dram"],

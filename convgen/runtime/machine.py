@@ -31,7 +31,8 @@ from ..target.isa import Isa
 from ..target.machine import Machine, default_machine
 from . import cache
 
-MODEL_VERSION = 11  # 11: the in-core rates sampled at three moments (a shared core's
+MODEL_VERSION = 12  # 12: adds and FMAs mixed (Winograd's transforms);
+                    # 11: the in-core rates sampled at three moments (a shared core's
                     #     slow spells);
                     # 10: L3's latency and misses in flight past the L2 (8x its size);
                     # 9: the FMA rate of 1, 2, ... independent chains;

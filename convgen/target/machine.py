@@ -25,6 +25,7 @@ class Machine:
                                               # independent chains (empty: not measured)
     broadcast_fma_per_cycle: float = 0.0   # FMAs each with a broadcast from memory (0: as
                                            # fma_per_cycle)
+    fp_ops_per_cycle: float = 2.0     # full-width vector adds and FMAs, half and half
     clock_hz: float = 3.3e9
     dram_bytes_per_s: float = 12e9    # one core reading
     l1_bytes_per_cycle: float = 128.0
