@@ -131,8 +131,7 @@ def measure(layer: dict, asked, threads: int, seconds: float, workdir: Path,
         other_spec, other_operands = operands_of(between)
         other = convgen.compile(other_spec, tuple(between["x"]), dtype="float32")
         before = Variant(str(other.plan), kernel_sources(other), other.target, workdir,
-                         other_operands,
-                         other.output_shape)
+                         other_operands, other.output_shape)
     variants = []
     for kind, value in asked:
         if kind == "plan":
@@ -174,8 +173,8 @@ def table(layer: str, threads: int, rows: list[dict], between: str | None = None
     from convgen.target.host import cpu_model
     base, base_p10 = rows[0]["median_s"], rows[0]["p10_s"]
     after = f", each after {between}'s kernel" if between else ""
-    lines = [f"{layer}, {threads} thread(s), calls alternated in one process{after}; "
-             f"CPU: {cpu_model()}",
+    lines = [(f"{layer}, {threads} thread(s), calls alternated in one process{after}; "
+              f"CPU: {cpu_model()}"),
              (f"{'median ms':>10s} {'ratio':>6s} {'p10 ms':>9s} {'ratio':>6s} {'calls':>6s}"
               "  output    variant")]
     for row in rows:
@@ -194,7 +193,8 @@ def main(argv=None) -> None:
     parser.add_argument("--plan", dest="variants", action="append", default=[],
                         type=lambda text: ("plan", text), help="a plan string, or auto")
     parser.add_argument("--source", dest="variants", action="append",
-                        type=lambda text: ("source", text), help="a generated kernel's C file (FILE.c,EXACT.c: with the other "
+                        type=lambda text: ("source", text),
+                        help="a generated kernel's C file (FILE.c,EXACT.c: with the other "
                              "files of its sources, a Winograd kernel's exact.c)")
     parser.add_argument("--between", metavar="LAYER2",
                         help="run LAYER2's default kernel (untimed) before every timed call")

@@ -3,13 +3,13 @@
 ``measure(isa)`` compiles ``templates/bench/machine.c.j2`` for the host ISA (through the
 kernel cache, like any kernel) and times, on one core: the clock (a chain of dependent
 integer adds: one per cycle on every x86-64 core), full-width FMA throughput and latency,
-the FMA rate of 1, 2, ... independent chains, the rate of adds and FMAs mixed, broadcast and vector load throughput from
-L1, and the bytes per cycle one core streams from L1, L2, L3 and DRAM, plus DRAM with
-every core reading, and the latency of a load no prefetcher saw coming from L2, L3 and
-DRAM (a pointer chase) and how many of them one core overlaps; with every core, what a
-parallel region (one fork/join of the thread team, workers awake) costs; and the rate of
-the two scalar gather kernels as generated (each compiled for a reference layer). About a
-second in all.
+the FMA rate of 1, 2, ... independent chains, the rate of adds and FMAs mixed, broadcast
+and vector load throughput from L1, and the bytes per cycle one core streams from L1, L2,
+L3 and DRAM, plus DRAM with every core reading, and the latency of a load no prefetcher
+saw coming from L2, L3 and DRAM (a pointer chase) and how many of them one core overlaps;
+with every core, what a parallel region (one fork/join of the thread team, workers awake)
+costs; and the rate of the two scalar gather kernels as generated (each compiled for a
+reference layer). About a second in all.
 Returns None where it cannot measure (not x86-64, no compiler): the model then keeps the
 ISA row's defaults.
 """
