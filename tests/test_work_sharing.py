@@ -95,6 +95,20 @@ def call(lib, prefix: str, x, w, b, out_shape, dtype):
     return y, slowest
 
 
+def assert_the_other_thread_covers(kernel, case, dtype: str, late: int, tmp_path: Path,
+                                   items: str) -> None:
+    """Thread ``late`` of ``kernel`` held back until its items are taken: the call ends
+    well within the hold's 5 s (a kernel of this size takes milliseconds), and its output,
+    poisoned beforehand, matches torch's."""
+    prefix, lib = late_thread_library(kernel, late, tmp_path)
+    rng = np.random.default_rng(seed_of(f"{case.name}{dtype}{late}{items}"))
+    x, w, b = (None if a is None else np.ascontiguousarray(a.astype(dtype))
+               for a in operands(case, rng))
+    y, seconds = call(lib, prefix, x, w, b, kernel.output_shape, dtype)
+    assert seconds < 2.5, f"thread {late}'s {items} were not taken by the other ({seconds:.2f} s)"
+    assert_matches(y, torch_reference(case.op, x, w, b, **case.kwargs), dtype)
+
+
 @pytest.mark.parametrize("late", [0, 1], ids=["master_late", "worker_late"])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("case,algorithm,order,chunk_tiles", CASES,
@@ -104,15 +118,7 @@ def test_a_late_thread_s_range_is_taken_by_the_other(case, algorithm, order, chu
     plan = plan_for(case, algorithm, order, chunk_tiles, dtype)
     kernel = convgen.compile(spec_of(case), case.x_shape, dtype, plan=plan)
     assert "take_items(" in kernel.source and "schedule(static) nowait" not in kernel.source
-    prefix, lib = late_thread_library(kernel, late, tmp_path)
-    rng = np.random.default_rng(seed_of(f"{case.name}{dtype}{late}steal"))
-    x, w, b = (None if a is None else np.ascontiguousarray(a.astype(dtype))
-               for a in operands(case, rng))
-    y, seconds = call(lib, prefix, x, w, b, kernel.output_shape, dtype)
-    # the late thread waits up to 5 s unless its range is taken; a kernel of this size
-    # takes milliseconds
-    assert seconds < 2.5, f"thread {late}'s range was not taken by the other ({seconds:.2f} s)"
-    assert_matches(y, torch_reference(case.op, x, w, b, **case.kwargs), dtype)
+    assert_the_other_thread_covers(kernel, case, dtype, late, tmp_path, "rows")
 
 
 def test_ranges_take_the_workspace_s_last_lines_and_only_on_several_threads():
@@ -150,13 +156,7 @@ def test_a_late_thread_s_winograd_blocks_are_taken_by_the_other(case, algorithm,
     facts = derive(kernel.workload, plan, TARGET)
     assert facts.ranges == 2 and "take_items(" in kernel.source
     assert "collapse(2) schedule(static)" not in kernel.sources["kernel.c"]
-    prefix, lib = late_thread_library(kernel, late, tmp_path)
-    rng = np.random.default_rng(seed_of(f"{case.name}{dtype}{late}wino"))
-    x, w, b = (None if a is None else np.ascontiguousarray(a.astype(dtype))
-               for a in operands(case, rng))
-    y, seconds = call(lib, prefix, x, w, b, kernel.output_shape, dtype)
-    assert seconds < 2.5, f"thread {late}'s blocks were not taken by the other ({seconds:.2f} s)"
-    assert_matches(y, torch_reference(case.op, x, w, b, **case.kwargs), dtype)
+    assert_the_other_thread_covers(kernel, case, dtype, late, tmp_path, "blocks")
 
 
 # depthwise: in place (zero padding, unit row stride) and padded into a thread's plane
@@ -182,10 +182,4 @@ def test_a_late_thread_s_depthwise_channels_are_taken_by_the_other(case, dtype, 
     kernel = convgen.compile(spec_of(case), case.x_shape, dtype, plan=plan)
     assert derive(kernel.workload, plan, TARGET).ranges == 2
     assert "take_items(" in kernel.source and "CG_OMP(for schedule(static))" not in kernel.source
-    prefix, lib = late_thread_library(kernel, late, tmp_path)
-    rng = np.random.default_rng(seed_of(f"{case.name}{dtype}{late}dw"))
-    x, w, b = (None if a is None else np.ascontiguousarray(a.astype(dtype))
-               for a in operands(case, rng))
-    y, seconds = call(lib, prefix, x, w, b, kernel.output_shape, dtype)
-    assert seconds < 2.5, f"thread {late}'s channels were not taken by the other ({seconds:.2f} s)"
-    assert_matches(y, torch_reference(case.op, x, w, b, **case.kwargs), dtype)
+    assert_the_other_thread_covers(kernel, case, dtype, late, tmp_path, "channels")
