@@ -46,10 +46,10 @@ class Derived:
                                          # past its edges masked (no plane)
     registers: int = 0                   # direct_simd, implicit_gemm: the vector registers
                                          # a tile may fill (the target's)
-    ranges: int = 0                      # direct_simd, implicit_gemm, depthwise, Winograd on
-                                         # several threads: the work-sharing slots (one a parallel
-                                         # loop and thread, RANGE_BYTES each; 0: one
-                                         # thread) ...
+    ranges: int = 0                      # direct_simd, implicit_gemm, depthwise, Winograd
+                                         # on several threads: the work-sharing slots (one
+                                         # a parallel loop and thread, RANGE_BYTES each;
+                                         # 0: one thread) ...
     ranges_at: int = 0                   # ... at this element of the workspace (then aligned
                                          # up to RANGE_BYTES)
 
@@ -91,7 +91,7 @@ def _derive(workload: Workload, plan: Plan, target: Target) -> Derived:
         buffers_end = padded + plan.threads * stride
         ranges = plan.threads if plan.threads > 1 and winograd_items(workload, geo) < 2 ** 31 else 0
         return Derived(None, geo, blocks, points * spec.out_channels * spec.cin_per_group,
-                       buffers_end + (-(-(ranges + 1) * RANGE_BYTES // size) if ranges else 0),
+                       buffers_end + _range_slots(ranges, size),
                        exact_plan, _derive(workload, exact_plan, target), thread_stride=stride,
                        ranges=ranges, ranges_at=buffers_end)
     low = lowering_for(workload, plan)
@@ -101,7 +101,7 @@ def _derive(workload: Workload, plan: Plan, target: Target) -> Derived:
         # the channels shared by ranges the threads steal from
         channels = workload.input_shape[0] * spec.in_channels
         ranges = plan.threads if plan.threads > 1 and channels < 2 ** 31 else 0
-        slots = -(-(ranges + 1) * RANGE_BYTES // size) if ranges else 0
+        slots = _range_slots(ranges, size)
         if depthwise_in_place(workload, plan, target, low):
             return Derived(low, None, blocks, spec.groups * per_group, slots, in_place=True,
                            ranges=ranges)
@@ -126,10 +126,16 @@ def _derive(workload: Workload, plan: Plan, target: Target) -> Derived:
     buffers_end = copies + plan.threads * stride
     ranges = len(low.phases) * plan.threads if _shares_by_ranges(workload, plan, low, blocks) else 0
     return Derived(low, None, blocks, spec.groups * per_group,
-                   buffers_end + (-(-(ranges + 1) * RANGE_BYTES // size) if ranges else 0),
+                   buffers_end + _range_slots(ranges, size),
                    panel=panel, stage_pitch=pitch, stage_segment=segment, thread_stride=stride,
                    copy_stride=copy_stride, buffers_at=copies, copy_by_rows=by_rows,
                    registers=registers(target), ranges=ranges, ranges_at=buffers_end)
+
+
+def _range_slots(ranges: int, size: int) -> int:
+    """Elements of the workspace the work-sharing slots take: one more slot than ``ranges``,
+    so that the first can be aligned up to RANGE_BYTES (none without ranges)."""
+    return -(-(ranges + 1) * RANGE_BYTES // size) if ranges else 0
 
 
 def winograd_items(workload: Workload, geo: winograd.Geometry) -> int:
