@@ -218,9 +218,20 @@ def test_the_l2_tile_rate_is_bound_by_l2_not_by_the_fmas(private_cache):
     step_bytes = (8 + TARGET.isa_row.vector_bytes // 4) * 4
     l1_steps = max(64, host.caches().l1d_bytes // 4 // step_bytes)
     l2_steps = max(256, host.caches().l2_bytes // 4 // step_bytes)
-    l1 = max(tile_rate(max(1, 4_000_000 // l1_steps), l1_steps) for _ in range(3))
-    l2 = max(tile_rate(max(1, 2_000_000 // l2_steps), l2_steps) for _ in range(3))
-    assert l1 > 1.5 * l2, (l1, l2)
+    # The benchmark bound by the core ran L1 and L2 alike (1.0x). AMD's Zen 5, whose L2
+    # feeds a core 62 bytes a cycle, runs it at 77 and 47.5 bytes a cycle (1.63x) in steady
+    # state, but a shared VM's runs wander: 1.06-1.45x seen in 4 of 36 tries, the L1 runs
+    # slowed or the L2 ones sped up. So: the best of runs taken in turns, up to three tries
+    # (a core-bound benchmark fails every one), and a bound between 1.0x and what a fast L2
+    # gives.
+    for _ in range(3):
+        l1 = l2 = 0.0
+        for _ in range(5):
+            l1 = max(l1, tile_rate(max(1, 4_000_000 // l1_steps), l1_steps))
+            l2 = max(l2, tile_rate(max(1, 2_000_000 // l2_steps), l2_steps))
+        if l1 > 1.15 * l2:
+            break
+    assert l1 > 1.15 * l2, (l1, l2)
 
 
 @pytest.mark.skipif(TARGET.isa_row.vector_bytes < 32, reason="sized for SIMD kernels")
@@ -509,3 +520,27 @@ def test_winograd_s_transforms_are_priced_at_the_measured_add_and_fma_mix(measur
     for mine, other in (("shared", "own"), ("own", "shared")):
         assert estimate(chosen[mine], workload, TARGET, models[mine])[0] < \
             estimate(chosen[other], workload, TARGET, models[mine])[0]
+
+
+def test_winograd_on_16_registers_keeps_the_calibrated_transform_rate():
+    """On AVX2's 16 registers Winograd's transforms spill, and the rough count was
+    calibrated there at 2 operations a cycle: a measured mix above 2 leaves the price as it
+    was (Zen 5 capped to AVX2 measures 2.6-2.9, and priced so c64_35 moved to a Winograd
+    plan that ran 1.10x implicit GEMM's time). On AVX-512's 32 the mix prices them."""
+    import dataclasses
+
+    from convgen.core.spec import ConvSpec, workload_of
+    from convgen.cpu.cost import estimate
+    from convgen.cpu.plan import Plan
+    from convgen.target.machine import default_machine
+
+    workload, _ = workload_of(ConvSpec.conv(2, 64, 64, 3, padding=1), (1, 64, 35, 35),
+                              "float32")
+    for name, vector, moves in (("x86-64-v3", 8, False), ("x86-64-v4", 16, True)):
+        target = get_target(name)
+        plan = Plan("winograd4", 4, 2 * vector, vector, "pixel_outer", 1)
+        base = default_machine(target.isa_row)
+        priced = [estimate(plan, workload, target,
+                           dataclasses.replace(base, fp_ops_per_cycle=mix))[0]
+                  for mix in (2.0, 3.2)]
+        assert (priced[1] < priced[0]) == moves, name

@@ -18,7 +18,14 @@ from ..target.machine import Machine
 from .canonical import planned
 from .derived import Derived, derive, vector_inside
 from .memory import LINE, level_of, read_cycles
-from .plan import GATHER_ALGORITHMS, WINOGRAD_ALGORITHMS, Plan, direct_chains, native_vector
+from .plan import (
+    GATHER_ALGORITHMS,
+    WINOGRAD_ALGORITHMS,
+    Plan,
+    direct_chains,
+    native_vector,
+    registers,
+)
 
 _CALL_OVERHEAD_S = 2e-6   # the same for every plan of a call: it orders nothing
 
@@ -35,7 +42,8 @@ def estimate(plan: Plan, workload: Workload, target: Target, machine: Machine) -
     width = native_vector(target, workload.dtype) / plan.vector   # 2: half-width vectors
     facts = derive(workload, plan, target)
     if plan.algorithm in WINOGRAD_ALGORITHMS:
-        return _winograd_cost(plan, workload, facts, machine, width)
+        return _winograd_cost(plan, workload, facts, machine, width,
+                              _transform_rate(target, machine))
     if plan.algorithm == "depthwise":
         return _depthwise_cost(plan, workload, facts, machine, width)
     cycles, items, lanes, core, memory = _gemm_like_cost(plan, workload, facts, machine, width)
@@ -49,10 +57,22 @@ def estimate(plan: Plan, workload: Workload, target: Target, machine: Machine) -
     return seconds, why
 
 
+def _transform_rate(target: Target, machine: Machine) -> float:
+    """Vector operations a cycle Winograd's transforms issue: the measured rate of adds and
+    FMAs mixed where the transforms fit the registers (AVX-512's 32); 2 on AVX2's 16, where
+    they spill and the rough count below is calibrated (the seventeenth session's counted
+    transforms moved three AVX2 layers to plans 12-24% slower; at Zen 5's 2.7 capped to
+    AVX2, c64_35 moved to F(4,3) and ran 1.10x implicit GEMM's time)."""
+    if registers(target) >= 32:
+        return machine.fp_ops_per_cycle
+    return min(machine.fp_ops_per_cycle, 2.0)
+
+
 def _winograd_cost(plan: Plan, workload: Workload, facts: Derived, machine: Machine,
-                   width: float):
+                   width: float, transform_rate: float):
     """Per block: input transforms, XI small GEMMs (register tiles as direct_simd's), output
-    transforms with their scalar interleaving stores."""
+    transforms with their scalar interleaving stores, at ``transform_rate`` operations a
+    cycle."""
     spec, size = workload.spec, itemsize(workload.dtype)
     geo = facts.winograd
     points, nv = geo.alpha ** spec.ndim, plan.pixel_tile // plan.vector
@@ -90,7 +110,7 @@ def _winograd_cost(plan: Plan, workload: Workload, facts: Derived, machine: Mach
     # cycle measured): there inception_3x3's transforms took 0.15 ms of 0.67 on 1 thread,
     # against 0.38 priced at 2 a cycle, and its 16 x 16 Winograd ran 0.8x implicit GEMM
     transforms = (nv * (spec.cin_per_group + spec.cout_per_group) * vector_ops
-                  / machine.fp_ops_per_cycle)
+                  / transform_rate)
     stores = spec.cout_per_group * plan.pixel_tile * geo.m ** spec.ndim
     scratch = geo.scratch * size
     # V and M are written and read back once per block: from L2 while they fit in it

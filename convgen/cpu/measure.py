@@ -54,7 +54,7 @@ def _library(isa: Isa) -> dict:
     source = environment().get_template("bench/machine.c.j2").render(
         version=__version__, isa=isa.name, vector_bytes=isa.vector_bytes,
         chains=isa.registers - 4, chain_table=_chain_table(isa), overlap_chains=_OVERLAP_CHAINS,
-        mix_chains=min(8, (isa.registers - 4) // 2),
+        mix_chains=min(8, (isa.registers - 2) // 2),
         bcast_rows=min(16, isa.registers - 4), bcast="vbroadcastss",
         reg="zmm" if isa.vector_bytes == 64 else "ymm")
     parts = {"convgen": __version__, "bench": "machine", "target": target.name,
