@@ -107,8 +107,9 @@ def _winograd_cost(plan: Plan, workload: Workload, facts: Derived, machine: Mach
     vector_ops = 6 * geo.alpha * points / width   # adds per transformed tile, roughly
     # adds and FMAs by constants, at the rate the core issues them mixed: about 2 a cycle
     # expected where the adds share the FMA units (Intel's cores, not measured yet); AMD's
-    # Zen 5 has add pipes of its own (3.2 a cycle measured): there inception_3x3's transforms took 0.15 ms of 0.67 on 1 thread,
-    # against 0.38 priced at 2 a cycle, and its 16 x 16 Winograd ran 0.8x implicit GEMM
+    # Zen 5 has add pipes of its own (3.2 a cycle measured): there inception_3x3's
+    # transforms took 0.15 ms of 0.67 on 1 thread, against 0.38 priced at 2 a cycle, and
+    # its 16 x 16 Winograd ran 0.8x implicit GEMM
     transforms = (nv * (spec.cin_per_group + spec.cout_per_group) * vector_ops
                   / transform_rate)
     stores = spec.cout_per_group * plan.pixel_tile * geo.m ** spec.ndim
