@@ -170,11 +170,11 @@ def compare_outputs(out, reference) -> str:
 
 
 def table(layer: str, threads: int, rows: list[dict], between: str | None = None) -> str:
-    from convgen.target.host import cpu_model
+    from convgen.target.host import cpu_name
     base, base_p10 = rows[0]["median_s"], rows[0]["p10_s"]
     after = f", each after {between}'s kernel" if between else ""
     lines = [(f"{layer}, {threads} thread(s), calls alternated in one process{after}; "
-              f"CPU: {cpu_model()}"),
+              f"CPU: {cpu_name()}"),
              (f"{'median ms':>10s} {'ratio':>6s} {'p10 ms':>9s} {'ratio':>6s} {'calls':>6s}"
               "  output    variant")]
     for row in rows:

@@ -43,7 +43,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import anchors
-from convgen.target.host import cpu_model, usable_cores
+from convgen.target.host import cpu_name, usable_cores
 
 # CONVGEN_MAX_CPU_ISA=avx2 measures this host as an AVX2 machine: torch is capped alike
 # (ATen's kernels, oneDNN's, and MKL's, which torch calls for some 1x1 layers on one
@@ -243,7 +243,7 @@ def main(argv=None) -> int:
           f"{' vs onnxruntime ' + anchors.onnxruntime_version() if ort_threads else ''}: "
           f"{len(layers)} layers, {args.dtype}, {args.threads} threads, "
           f"medians of interleaved runs, {args.repeat} process(es) per layer")
-    print(f"CPU: {cpu_model()}, {usable_cores()} usable cores; "
+    print(f"CPU: {cpu_name()}, {usable_cores()} usable cores; "
           f"measured float32 FMA peak, {args.threads} threads: {peak:.0f} GFLOP/s "
           f"({fma_per_cycle:.2f} full-width FMAs per cycle per core)")
     print("%peak: of the FMA peak measured alongside the layer's timed calls (column peak, "

@@ -119,7 +119,7 @@ def main(argv=None) -> int:
     db = args.db or str(Path(scratch.name) / "tuning.jsonl")
     from convgen.target import host
     print(f"convgen tuned vs untuned vs torch {anchors.torch_version()}: {len(layers)} layers, "
-          f"float32, {args.threads} threads; CPU {host.cpu_model()} "
+          f"float32, {args.threads} threads; CPU {host.cpu_name()} "
           f"({host.usable_cores()} usable cores, {platform.machine()}); tuning budget "
           f"{args.trials} trials / {args.seconds:g} s per layer; database {db}", flush=True)
     rows = []

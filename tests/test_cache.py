@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -67,6 +68,11 @@ def test_key_changes_with_everything_that_changes_the_binary(monkeypatch):
     assert key_for(workload, plan, target) != base
     monkeypatch.undo()
     monkeypatch.setattr(convgen.cpu.build, "templates_digest", lambda *dirs: "0" * 64)
+    assert key_for(workload, plan, target) != base
+    monkeypatch.undo()
+    # what -march=native means here: the same flags on another CPU gcc tunes otherwise
+    monkeypatch.setattr(compiler, "native_expansion",
+                        lambda target: ("-march=znver5", "-mtune=znver5"))
     assert key_for(workload, plan, target) != base
     monkeypatch.undo()
     monkeypatch.setattr(pipeline, "__version__", "999")
@@ -198,8 +204,9 @@ CONCURRENT = textwrap.dedent("""
 SLOW_CC = """#!/bin/sh
 # A C compiler that logs each compile and stalls before it: every process waiting for
 # the lock arrives while the first one compiles, and a test can kill it mid-compile.
-# (Neither its version nor gcc's precompiled header, built outside the lock, is a kernel.)
-case "$*" in *--version*|*c-header*) exec cc "$@";; esac
+# (Neither its version, its expansion of -march=native (-###) nor gcc's precompiled header,
+# built outside the lock, is a kernel.)
+case "$*" in *--version*|*-###*|*c-header*) exec cc "$@";; esac
 echo compile >> "$CC_LOG"; touch "$STALL_MARK"; sleep "$STALL_SECONDS"; exec cc "$@"
 """
 
@@ -427,6 +434,37 @@ def test_another_cpus_entry_is_never_loaded(private_cache, monkeypatch):
     forget_loaded_kernels()
     with pytest.warns(RuntimeWarning, match="recorded key differs"):
         assert convgen.compile(SPEC, SHAPE).key == ours.key
+
+
+def test_the_key_holds_what_the_compiler_makes_of_native():
+    """Two VMs reporting "AMD EPYC" with equal AVX-512 flags were a Zen 4 and a Zen 5:
+    gcc picks another -march/-mtune and other instructions for each, so the key holds its
+    expansion of -march=native, and named targets (the AOT build's) stay host-free."""
+    native = pipeline.key_parts(BACKEND, Workload(SPEC, SHAPE, "float32"),
+                                convgen.api.choose_plan(Workload(SPEC, SHAPE, "float32"),
+                                                        get_target("cpu")), get_target("cpu"))
+    assert any(flag.startswith("-march=") and flag != "-march=native"
+               for flag in native["native"]), native["native"]
+    assert any(flag.startswith("-mtune=") for flag in native["native"])
+    named = get_target("x86-64-v3")
+    assert "native" not in BACKEND.toolchain_parts(named)
+
+
+def test_the_drivers_cc1_line_is_read_for_machine_options():
+    from convgen.core import toolchain
+    line = (' /usr/lib/gcc/x86_64-linux-gnu/12/cc1 -quiet -imultiarch x86_64-linux-gnu '
+            '/dev/null "-march=znver3" -mmmx -mno-avx512vp2intersect --param '
+            '"l1-cache-size=32" --param "l2-cache-size=1024" "-mtune=znver3" '
+            '-auxbase-strip /dev/null -o /tmp/ccX.s')
+    assert toolchain._machine_options(shlex.split(line)[1:]) == (
+        "-march=znver3", "-mmmx", "-mno-avx512vp2intersect", "--param=l1-cache-size=32",
+        "--param=l2-cache-size=1024", "-mtune=znver3")
+    clang = ('"/usr/bin/clang-15" "-cc1" "-triple" "x86_64-pc-linux-gnu" "-target-cpu" '
+             '"znver4" "-target-feature" "+avx512f" "-tune-cpu" "generic" "-O3"')
+    assert toolchain._machine_options(shlex.split(clang)[1:]) == (
+        "-target-cpu=znver4", "-target-feature=+avx512f", "-tune-cpu=generic")
+    assert toolchain.native_expansion("/nonexistent/cc", ("-march=native",)) == ()
+    assert toolchain.native_expansion("/nonexistent/cc", ("-march=x86-64-v3",)) == ()
 
 
 # -- the compile-once lock ----------------------------------------------------------------------

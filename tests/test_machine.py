@@ -77,6 +77,21 @@ def test_a_damaged_model_is_measured_again(measured_here, private_cache, damage)
     assert len(calls) == 2 and stored(private_cache)["version"] == machine.MODEL_VERSION
 
 
+def test_a_cpu_of_another_family_or_model_is_another_class(measured_here, monkeypatch):
+    """A Zen 4 and a Zen 5 VM both report "AMD EPYC" with the same AVX-512 flags; one has
+    one FMA unit, the other two. Their family and model tell them apart: a stored model of
+    one is never the other's, and the other measures its own."""
+    from convgen.target import host
+    fake, calls = measured_here
+    ours = machine.machine_class(TARGET.isa_row)
+    machine.current(TARGET, fake)
+    monkeypatch.setattr(host, "cpu_id", lambda: "AuthenticAMD 26 2")
+    machine.forget()
+    assert machine.machine_class(TARGET.isa_row) != ours
+    machine.current(TARGET, fake)
+    assert len(calls) == 2
+
+
 def test_named_targets_and_the_defaults_switch_do_not_measure(measured_here, monkeypatch):
     fake, calls = measured_here
     for name in ("x86-64-v4", "c"):

@@ -61,8 +61,8 @@ FAKE_CC = textwrap.dedent("""\
     import json, os, re, sys
     real = os.environ["REAL_CC"]
     args = sys.argv[1:]
-    if args == ["--version"]:
-        os.execv(real, [real, "--version"])
+    if args == ["--version"] or "-###" in args:   # its identity, not a kernel
+        os.execv(real, [real] + args)
     faults = json.loads(os.environ.get("CONVGEN_TEST_FAULTS", "{}"))
     sources = [a for a in args if a.endswith(".c")]
     main = open(sources[0]).read()

@@ -17,7 +17,8 @@ def run(args) -> int:
         return 0
     identity = info["identity"]
     print(f"machine class: {info['machine_class']}  (target {info['target']}, ISA {info['isa']})")
-    print(f"cpu: {identity['cpu_model']}, {identity['cores']} usable core(s), {identity['arch']}")
+    print(f"cpu: {identity['cpu_model']} ({identity['cpu_id']}), {identity['cores']} usable "
+          f"core(s), {identity['arch']}")
     if info["measured_at"] is not None:
         print(f"measured once, in {info['measure_seconds'] or 0:.2f} s; stored under the cache "
               f"directory (convgen machine --remeasure measures again)")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -63,3 +64,45 @@ def run_compiler(command: list[str], source_path: Path) -> None:
         raise CompileError(command, source_path, f"could not run the compiler: {exc}") from exc
     if result.returncode != 0:
         raise CompileError(command, source_path, (result.stderr + result.stdout).strip())
+
+
+NATIVE_FLAGS = ("-march=native", "-mcpu=native", "-mtune=native")
+
+
+@functools.cache
+def native_expansion(path: str, arch_flags: tuple[str, ...]) -> tuple[str, ...]:
+    """What the compiler at ``path`` makes of ``-march=native`` here: the -march/-mtune it
+    picks, every -m feature switch and cache --param, as its driver passes them to the
+    compiler proper (``-###``). Two hosts whose CPUs gcc treats alike give the same tuple;
+    a Zen 4 and a Zen 5 with the same model string and AVX-512 flags do not (another tuning,
+    other instructions allowed), so their kernels never share a cache key. () when
+    ``arch_flags`` names no native CPU, or the driver will not say."""
+    if not any(flag in NATIVE_FLAGS for flag in arch_flags):
+        return ()
+    command = [path, "-###", *arch_flags, "-x", "c", "-c", os.devnull, "-o", os.devnull]
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, check=False,
+                                timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return ()
+    for line in result.stderr.splitlines():
+        words = shlex.split(line) if line.startswith(" ") else []
+        if words and (os.path.basename(words[0]).startswith("cc1") or words[1:2] == ["-cc1"]):
+            return _machine_options(words[1:])
+    return ()
+
+
+# Options of the compiler proper that take the CPU's name or a feature as the next word
+# (gcc's cache sizes; clang's -cc1 CPU, tuning and features).
+_PAIRED = ("--param", "-target-cpu", "-tune-cpu", "-target-feature")
+
+
+def _machine_options(words: list[str]) -> tuple[str, ...]:
+    """The -m options and the CPU's paired options of a compiler-proper command line."""
+    kept: list[str] = []
+    for word, following in zip(words, words[1:] + [""]):
+        if word.startswith("-m"):
+            kept.append(word)
+        elif word in _PAIRED:
+            kept.append(f"{word}={following}")
+    return tuple(kept)

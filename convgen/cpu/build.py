@@ -27,8 +27,10 @@ class CpuBuild:
     plan_type = Plan
 
     def toolchain_parts(self, target: Target) -> dict:
-        return {"compiler": compiler.compiler_identity(), "flags": compiler.flags(target),
-                "templates": templates_digest("cpu")}
+        parts = {"compiler": compiler.compiler_identity(), "flags": compiler.flags(target),
+                 "templates": templates_digest("cpu")}
+        native = compiler.native_expansion(target)
+        return {**parts, "native": list(native)} if native else parts
 
     def render(self, workload: Workload, plan: Plan, target: Target, prefix: str):
         return render.render(workload, plan, target, prefix)

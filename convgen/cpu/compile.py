@@ -13,7 +13,7 @@ from ..target import Target
 from . import pch
 
 __all__ = ["BASE_FLAGS", "CompileError", "compile_shared", "compiler_identity",
-           "compiler_path", "flags"]
+           "compiler_path", "flags", "native_expansion"]
 
 # -ffp-contract=fast: a*b+c becomes one FMA (ISO C mode would otherwise keep two roundings
 # and half the throughput); it only ever makes a sum more accurate.
@@ -30,6 +30,11 @@ def compiler_path() -> str:
 
 def compiler_identity() -> dict:
     return toolchain.identity(compiler_path())
+
+
+def native_expansion(target: Target) -> tuple[str, ...]:
+    """What -march=native means on this host to this compiler (() for named targets)."""
+    return toolchain.native_expansion(compiler_path(), target.arch_flags)
 
 
 def flags(target: Target) -> tuple[str, ...]:

@@ -90,7 +90,8 @@ def _ensure(compiler: str, flags: tuple[str, ...]) -> Path | None:
     background (0.4 s: the compile that finds it missing does not wait for it)."""
     text = _header_text()
     parts = {"convgen": __version__, "compiler": toolchain.identity(compiler),
-             "flags": list(flags), "header": text}
+             "flags": list(flags), "header": text,
+             "native": list(toolchain.native_expansion(compiler, flags))}
     final = cache.checked_root() / "pch" / cache.key_of(parts)[:32]
     if not (final.exists() and _intact(final)):
         _start_build(final, text, compiler, flags, parts)

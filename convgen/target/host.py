@@ -56,6 +56,27 @@ def cpu_model() -> str:
         platform.machine() or "unknown CPU"
 
 
+@functools.cache
+def cpu_id() -> str:
+    """Vendor, family and model as the CPU reports them (x86: "AuthenticAMD family 25 model
+    17"; Arm: implementer, architecture and part). Virtual machines often hide the model
+    name ("AMD EPYC" on a Zen 4 and on a Zen 5 alike, with the same AVX-512 flags): these
+    numbers tell them apart."""
+    info = _cpuinfo()
+    if "vendor_id" in info:
+        return (f"{info['vendor_id']} family {info.get('cpu family', '?')} "
+                f"model {info.get('model', '?')}")
+    if "CPU implementer" in info:
+        return (f"implementer {info['CPU implementer']} architecture "
+                f"{info.get('CPU architecture', '?')} part {info.get('CPU part', '?')}")
+    return "unknown"
+
+
+def cpu_name() -> str:
+    """The model name with the numbers that tell look-alikes apart, for tables."""
+    return f"{cpu_model()} ({cpu_id()})"
+
+
 def usable_cores() -> int:
     """The cores this process may run on."""
     try:
@@ -86,7 +107,8 @@ def caches() -> Caches:
 
 def identity() -> dict:
     """What distinguishes this machine for measurements made on it (tuning records, the
-    measured machine model): CPU model, ISA features, usable cores, architecture. The
+    measured machine model): CPU model, vendor/family/model, ISA features, usable cores,
+    architecture. The
     compiler's identity is the backend's to add (``Backend.toolchain_parts``)."""
-    return {"cpu_model": cpu_model(), "features": list(cpu_features()),
+    return {"cpu_model": cpu_model(), "cpu_id": cpu_id(), "features": list(cpu_features()),
             "cores": usable_cores(), "arch": platform.machine()}

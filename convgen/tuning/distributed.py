@@ -57,7 +57,8 @@ def build_class(target, backend) -> str:
              "features": list(target.cpu_features)}
     if "-march=native" in target.arch_flags:
         from ..target import host
-        parts["cpu"] = host.cpu_model()
+        parts["cpu"] = host.cpu_name()
+        parts["native"] = backend.toolchain_parts(target).get("native")
     text = json.dumps(parts, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

@@ -85,7 +85,10 @@ def _machine_identity(target: Target, backend, *compiler_env) -> tuple:
         # Under CONVGEN_MAX_CPU_ISA the native target is this host without the wider ISAs:
         # its measurements are those of such a machine (uncapped, the features are equal).
         identity["features"] = list(target.cpu_features)
-    identity["compiler"] = backend.toolchain_parts(target).get("compiler")
+    parts = backend.toolchain_parts(target)
+    identity["compiler"] = parts.get("compiler")
+    if parts.get("native"):
+        identity["native"] = parts["native"]   # what -march=native picked: gcc's CPU
     if target.cuda is not None:
         identity["gpu"] = dataclasses.asdict(target.cuda)
     return tuple(sorted(identity.items(), key=lambda kv: kv[0]))

@@ -245,7 +245,7 @@ HEADER = ["layer", "spec", "input", "default ms", "best ms", "speedup", "measure
 def _index(results, out: Path, images: list[Path]) -> None:
     target = results[0].target if results else None
     where = results[0].db if results else "-"
-    about = (f"CPU: {host.cpu_model()}, {host.usable_cores()} usable cores; target "
+    about = (f"CPU: {host.cpu_name()}, {host.usable_cores()} usable cores; target "
              f"{target.description if target else '-'}; database {where}")
     md = ["# convgen tuning report", "", about, "",
           "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
