@@ -4,10 +4,12 @@ A record belongs to one workload (spec, input shape, dtype: ``workload_key``), o
 one *machine class* and one *plan space*:
 
 - the machine class (``machine_class``) is a digest of what makes a measurement hold for
-  a machine: the CPU model, its ISA features, the cores this process may use, the
-  architecture (``target.host.identity``), the compiler the backend calls for the target
-  (path and ``--version``) and, for CUDA, the GPU architecture. A record measured on
-  another class says nothing reliable here;
+  a machine: the CPU model, its vendor/family/model numbers, its ISA features, the cores
+  this process may use, the architecture (``target.host.identity``), the compiler the
+  backend calls for the target (path and ``--version``), what that compiler makes of
+  ``-march=native`` and, for CUDA, the GPU architecture. A record measured on another
+  class says nothing reliable here (records of convgen before 0.4.18, whose classes lacked
+  the numbers, are not trusted by later versions: tune again);
 - the plan space (``plan_space``) is a digest of the module that defines the backend's
   plans: a convgen whose plans mean something else (new fields, other rules) writes a
   different digest, and its records are not trusted.
