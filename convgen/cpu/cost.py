@@ -278,7 +278,7 @@ def _gemm_like_cost(plan: Plan, workload: Workload, facts: Derived, machine: Mac
             items = rows * facts.oc_blocks
             core = sum(n * _tile_core(plan, machine, width, k_steps, px,
                                       _vector_store(plan, workload, facts, width),
-                                      facts.registers, phase.taps)
+                                      facts, phase.taps)
                        for n, px in tiles)
             streamed, stalled = _row_memory(plan, workload, facts, machine, phase, k_steps,
                                             tiles, reads)
@@ -406,13 +406,13 @@ def _row_tiles(plan: Plan, count: int, padded: bool = False) -> list[tuple[int, 
 
 
 def _tile_core(plan: Plan, machine: Machine, width: float, k_steps: int, pixels: int,
-               vector_store: bool, regs: int, taps: int) -> float:
+               vector_store: bool, facts: Derived, taps: int) -> float:
     """In-core cycles of one register tile: per step of the reduction its FMAs, its load
     slots or its FMA latency (too few accumulator chains), whichever binds; then adding up
     the blocks of the blocked accumulation, the store, and a fixed cost. ``vector_store``:
     implicit_gemm's tile is stored transposed in registers (render's transpose_store);
-    ``regs``: the target's vector registers; ``taps``: of the phase (a direct_simd tile's
-    accumulator sets take turns over them: one tap, one set)."""
+    ``facts``: the target's vector registers and broadcasts; ``taps``: of the phase (a
+    direct_simd tile's accumulator sets take turns over them: one tap, one set)."""
     if plan.algorithm == "implicit_gemm":
         vectors = plan.oc_tile // plan.vector
         fmas = accumulators = pixels * vectors
@@ -424,30 +424,43 @@ def _tile_core(plan: Plan, machine: Machine, width: float, k_steps: int, pixels:
     else:
         vectors = -(-pixels // plan.vector)
         fmas = plan.oc_tile * vectors
-        chains = direct_chains(plan.oc_tile, vectors, regs)   # for small tiles
+        chains = direct_chains(plan.oc_tile, vectors, facts.registers)   # for small tiles
         accumulators = fmas * (chains if taps >= chains else 1)
         loads = plan.oc_tile + vectors * machine.vector_load_cost / width
         stores = fmas * 1.0
     broadcasts = pixels if plan.algorithm == "implicit_gemm" else plan.oc_tile
-    step = _step_cycles(fmas, loads, broadcasts, accumulators, machine, width)
+    # implicit_gemm's broadcast inputs, folded into AVX-512's FMAs, run at the FMA rate
+    step = _step_cycles(fmas, loads, broadcasts, accumulators, machine, width,
+                        dear_broadcasts=(_broadcasts_weights(plan)
+                                         or not facts.embedded_broadcast))
     blocks = -(-k_steps // 256)
     return k_steps * step + (blocks - 1) * fmas * 3 + stores + 30
 
 
 def _step_cycles(fmas: int, loads: float, broadcasts: int, accumulators: int,
-                 machine: Machine, width: float) -> float:
+                 machine: Machine, width: float, dear_broadcasts: bool = True) -> float:
     """Cycles of one reduction step of a register tile of ``fmas`` FMAs (a broadcast
     operand times a vector one): its FMAs, its load slots, its broadcast FMAs or the FMA
-    latency of its ``accumulators`` chains, whichever binds."""
+    latency of its ``accumulators`` chains, whichever binds. ``dear_broadcasts``: a
+    broadcast per FMA slows the tile below its FMA rate (see below)."""
     broadcast_rate = machine.broadcast_fma_per_cycle or machine.fma_per_cycle
     step = max(fmas / (machine.fma_per_cycle * width), loads / machine.loads_per_cycle,
                min(broadcasts, fmas) / (broadcast_rate * width),
                fmas / chain_rate(accumulators, machine))
-    if broadcasts >= fmas and machine.fma_per_cycle > 0.5 * machine.loads_per_cycle:
+    if (dear_broadcasts and broadcasts >= fmas
+            and machine.fma_per_cycle > 0.5 * machine.loads_per_cycle):
         # a broadcast per FMA on a core whose FMAs outrun half its load ports: measured
         # 10-20% below the FMA rate once the operands come from L2 (AVX-512, two FMA units,
         # three loads), where half as many broadcasts per FMA held 99%. A core of one FMA
-        # per cycle has the ports to spare.
+        # per cycle has the ports to spare. Not where the broadcasts are inputs folded into
+        # AVX-512's FMAs (implicit_gemm: the row's taps and channel tiles read them again
+        # from L1). Intel Xeon, 2 and 1 threads, head to head: one weight vector x 16-30
+        # pixels against 32 channels x 10-14: upconv_4x4 16 x 16 0.87x and 0.95x of 32 x
+        # 10's time, deconv_outpad 16 x 28 0.95x and 1.00x, hifigan_up 16 x 30 0.99x and
+        # 0.98x. Where the broadcasts are weights streaming past, the factor holds: direct_
+        # simd's 16 x 16 ran pointwise_256_128 1.09x slower than 8 x 48 (2 and 1 threads);
+        # and on AVX2 (a broadcast an instruction of its own) implicit_gemm's 8 x 13 ran
+        # hifigan_up 1.25x slower than 16 x 6.
         step *= 1.15
     return step
 
@@ -503,8 +516,8 @@ def _panel_chunk(plan: Plan, workload: Workload, facts: Derived, machine: Machin
                               _chunk_lines(workload, phase, pixels) * LINE),
                           level_of(reads.inputs, machine), machine, reads.scattered))
     store = _vector_store(plan, workload, facts, width)
-    core = sum(n * _tile_core(plan, machine, width, k_steps, px, store, facts.registers,
-                              phase.taps) for n, px in tiles)
+    core = sum(n * _tile_core(plan, machine, width, k_steps, px, store, facts, phase.taps)
+               for n, px in tiles)
     per_tile = (read_cycles(k_steps * plan.pixel_tile * size, level_of(panel, machine), machine,
                             tile=not _broadcasts_weights(plan))
                 + read_cycles(k_steps * plan.oc_tile * size, level_of(reads.weights, machine),

@@ -46,6 +46,7 @@ class Derived:
                                          # past its edges masked (no plane)
     registers: int = 0                   # direct_simd, implicit_gemm: the vector registers
                                          # a tile may fill (the target's)
+    embedded_broadcast: bool = False     # the target's FMAs broadcast from memory themselves
     ranges: int = 0                      # direct_simd, implicit_gemm, depthwise, Winograd
                                          # on several threads: the work-sharing slots (one
                                          # a parallel loop and thread, RANGE_BYTES each;
@@ -129,7 +130,8 @@ def _derive(workload: Workload, plan: Plan, target: Target) -> Derived:
                    buffers_end + _range_slots(ranges, size),
                    panel=panel, stage_pitch=pitch, stage_segment=segment, thread_stride=stride,
                    copy_stride=copy_stride, buffers_at=copies, copy_by_rows=by_rows,
-                   registers=registers(target), ranges=ranges, ranges_at=buffers_end)
+                   registers=registers(target), ranges=ranges, ranges_at=buffers_end,
+                   embedded_broadcast=target.isa_row.embedded_broadcast)
 
 
 def _range_slots(ranges: int, size: int) -> int:

@@ -24,11 +24,15 @@ class Isa:
     loads_per_cycle: float        # load slots; a broadcast takes one
     vector_load_cost: float       # slots one full-width vector load takes
     fma_latency: float = 4.0      # cycles before an FMA's result feeds the next one
+    embedded_broadcast: bool = False   # an FMA takes a broadcast operand from memory in
+                                       # the same instruction (AVX-512's {1toN}); else a
+                                       # broadcast is an instruction of its own
 
 
 _V3 = ("avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "movbe")
 AVX512 = Isa("avx512", 64, 32, _V3 + ("avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"),
-             "x86-64-v4", True, fma_per_cycle=1.0, loads_per_cycle=3.0, vector_load_cost=2.0)
+             "x86-64-v4", True, fma_per_cycle=1.0, loads_per_cycle=3.0, vector_load_cost=2.0,
+             embedded_broadcast=True)
 AVX2 = Isa("avx2", 32, 16, _V3, "x86-64-v3", True,
            fma_per_cycle=1.0, loads_per_cycle=3.0, vector_load_cost=2.0)
 # The defaults are those the cost model was calibrated with on an AVX-512 EPYC (one full
