@@ -273,7 +273,8 @@ def test_implicit_gemms_broadcast_inputs_on_avx512_are_not_charged_as_dear_broad
     they are implicit_gemm's inputs folded into AVX-512's FMAs. Measured head to head on
     that Xeon (2 threads): upconv_4x4's one weight vector x 16 pixels ran 0.87x the time of
     32 channels x 10 pixels, which the factor priced 1.11x dearer (the planner took 32 x 10:
-    12.4% regret); pointwise_256_128's direct_simd 16 x 16 ran 1.09x of 8 x 48; on AVX2,
+    12.4% regret); pointwise_256_128's direct_simd 16 x 16 ran 1.09x of 8 x 48 (1 thread);
+    on AVX2,
     hifigan_up's implicit_gemm 8 x 13 ran 1.25x of 16 x 6."""
     upconv, _ = workload_of(ConvSpec.conv_transpose(2, 256, 128, 4, stride=2, padding=1),
                             (1, 256, 16, 16), "float32")

@@ -458,9 +458,9 @@ def _step_cycles(fmas: int, loads: float, broadcasts: int, accumulators: int,
         # pixels against 32 channels x 10-14: upconv_4x4 16 x 16 0.87x and 0.95x of 32 x
         # 10's time, deconv_outpad 16 x 28 0.95x and 1.00x, hifigan_up 16 x 30 0.99x and
         # 0.98x. Where the broadcasts are weights streaming past, the factor holds: direct_
-        # simd's 16 x 16 ran pointwise_256_128 1.09x slower than 8 x 48 (2 and 1 threads);
-        # and on AVX2 (a broadcast an instruction of its own) implicit_gemm's 8 x 13 ran
-        # hifigan_up 1.25x slower than 16 x 6.
+        # simd's 16 x 16 ran pointwise_256_128 1.09x slower than its 8 x 48 (1 thread) and
+        # than the chosen panel (2 threads); and on AVX2 (a broadcast an instruction of its
+        # own) implicit_gemm's 8 x 13 ran hifigan_up 1.25x slower than 16 x 6.
         step *= 1.15
     return step
 
