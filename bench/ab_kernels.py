@@ -1,6 +1,7 @@
 """Two or more CPU kernels for one suite layer, timed head to head in one process.
 
-    python bench/ab_kernels.py LAYER [--threads N] [--seconds S]
+    python bench/ab_kernels.py LAYER [--threads N] [--seconds S] [--between LAYER2]
+                               [--fresh-input]
                                [--plan "algorithm=... threads=N" | --source FILE.c] ...
 
 Each variant is a plan (compiled by convgen) or a C file (a kernel convgen generated,
@@ -13,7 +14,13 @@ with preallocated outputs and warm threads. The table gives each variant's media
 percentile, its ratio to the first, and whether its output equals the first's bit for bit.
 With --between LAYER2, LAYER2's default kernel runs (untimed, on its own operands) before
 every timed call: each call then finds what a network's previous layer leaves in the
-caches, as compare.py's calls interleaved with torch do, instead of its own data.
+caches, as compare.py's calls interleaved with torch do, instead of its own data. With
+--fresh-input the calling thread rewrites the input before every timed call (untimed), as
+numpy or a network's previous layer leaves it: in that core's caches only, where back-to-back
+calls find the unchanged input in every core's L2. The cost model prices this case (a thread
+first fetches the input its items cover); the tables and the regret sweep time the other
+(bench/RESULTS.md, the twenty-fourth session: pointwise_256_128's oc_outer plan 0.86x the
+chosen panel's time back to back, 1.23x with the input rewritten).
 
 Why one process: on a shared VM a neighbour can slow memory by 1.3x for minutes, so timings
 from separate processes or separate minutes disagree more than most kernel changes differ.
@@ -81,9 +88,9 @@ class Variant:
                      _pointer(self.work))
         self.times: list[float] = []
 
-    def call(self, before=None) -> None:
-        if before is not None:
-            before.run(*before.args)
+    def call(self, prepare=None) -> None:
+        if prepare is not None:
+            prepare()
         start = time.perf_counter()
         status = self.run(*self.args)
         self.times.append(time.perf_counter() - start)
@@ -120,7 +127,7 @@ def operands_of(layer: dict):
 
 
 def measure(layer: dict, asked, threads: int, seconds: float, workdir: Path,
-            between: dict | None = None) -> list[dict]:
+            between: dict | None = None, fresh_input: bool = False) -> list[dict]:
     os.environ["CONVGEN_NUM_THREADS"] = str(threads)
     import convgen
 
@@ -141,14 +148,15 @@ def measure(layer: dict, asked, threads: int, seconds: float, workdir: Path,
             label, sources = value, [Path(f).read_text() for f in value.split(",")]
         variants.append(Variant(label, sources, default.target, workdir, (x, w, b),
                                 default.output_shape))
+    prepare = _preparation(before, x if fresh_input else None)
     for variant in variants:          # warm: threads awake, operands and weights in cache
-        variant.call(before)
+        variant.call(prepare)
         variant.times.clear()
     start = time.perf_counter()
     while time.perf_counter() - start < seconds or len(variants[0].times) < 9:
         for variant in variants:
             for _ in range(3):
-                variant.call(before)
+                variant.call(prepare)
     first = variants[0]
     rows = []
     for variant in variants:
@@ -157,6 +165,21 @@ def measure(layer: dict, asked, threads: int, seconds: float, workdir: Path,
                      "calls": len(variant.times),
                      "output": compare_outputs(variant.out, first.out)})
     return rows
+
+
+def _preparation(before: Variant | None, fresh: np.ndarray | None):
+    """What runs, untimed, before every timed call: ``before``'s kernel, then (``fresh``,
+    the operand array) the calling thread rewriting the input with the same values."""
+    if before is None and fresh is None:
+        return None
+    pristine = None if fresh is None else fresh.copy()
+
+    def prepare() -> None:
+        if before is not None:
+            before.run(*before.args)
+        if pristine is not None:
+            np.copyto(fresh, pristine)
+    return prepare
 
 
 def compare_outputs(out, reference) -> str:
@@ -169,10 +192,13 @@ def compare_outputs(out, reference) -> str:
     return f"{float(np.abs(out - reference).max()):.2g}"
 
 
-def table(layer: str, threads: int, rows: list[dict], between: str | None = None) -> str:
+def table(layer: str, threads: int, rows: list[dict], between: str | None = None,
+          fresh_input: bool = False) -> str:
     from convgen.target.host import cpu_name
     base, base_p10 = rows[0]["median_s"], rows[0]["p10_s"]
     after = f", each after {between}'s kernel" if between else ""
+    if fresh_input:
+        after += ", the input rewritten by the calling thread before each"
     lines = [(f"{layer}, {threads} thread(s), calls alternated in one process{after}; "
               f"CPU: {cpu_name()}"),
              (f"{'median ms':>10s} {'ratio':>6s} {'p10 ms':>9s} {'ratio':>6s} {'calls':>6s}"
@@ -198,6 +224,8 @@ def main(argv=None) -> None:
                              "files of its sources, a Winograd kernel's exact.c)")
     parser.add_argument("--between", metavar="LAYER2",
                         help="run LAYER2's default kernel (untimed) before every timed call")
+    parser.add_argument("--fresh-input", action="store_true",
+                        help="the calling thread rewrites the input before every timed call")
     parser.add_argument("--json", help="also write the rows here")
     args = parser.parse_args(argv)
     os.environ.setdefault("OMP_WAIT_POLICY", "ACTIVE")   # before any OpenMP loads
@@ -205,8 +233,9 @@ def main(argv=None) -> None:
     layer = find_layer(args.layer, suites)
     between = find_layer(args.between, suites) if args.between else None
     with tempfile.TemporaryDirectory(prefix="ab_kernels-") as tmp:
-        rows = measure(layer, variants_of(args), args.threads, args.seconds, Path(tmp), between)
-    print(table(args.layer, args.threads, rows, args.between))
+        rows = measure(layer, variants_of(args), args.threads, args.seconds, Path(tmp), between,
+                       args.fresh_input)
+    print(table(args.layer, args.threads, rows, args.between, args.fresh_input))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
 

@@ -2,10 +2,13 @@
 head in one process, their outputs compared with the first's."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
+
+import numpy as np
 
 import convgen
 from convgen.backends import get_target
@@ -68,3 +71,36 @@ def test_a_winograd_plan_and_another_layer_between_the_calls(tmp_path):
     assert rows[1]["output"] == "same" or float(rows[1]["output"]) < 1e-3
     assert all(r["calls"] >= 9 for r in rows)
     assert "calls alternated in one process, each after other's kernel; CPU:" in done.stdout
+
+
+def _ab_kernels():
+    spec = importlib.util.spec_from_file_location("ab_kernels", ROOT / "bench" / "ab_kernels.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_fresh_input_rewrites_the_input_from_the_calling_thread_before_each_call():
+    """--fresh-input: the input as numpy or a network's previous layer leaves it (written
+    by the caller, in its core's caches only), restored to the same values every time."""
+    ab = _ab_kernels()
+    x = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    prepare = ab._preparation(None, x)
+    assert ab._preparation(None, None) is None
+    x[...] = -1.0                      # a kernel, or an earlier call, leaving it changed
+    prepare()
+    assert np.array_equal(x, np.arange(24, dtype=np.float32).reshape(2, 3, 4))
+
+
+def test_fresh_input_is_timed_and_said(tmp_path):
+    suite = tmp_path / "suite.json"
+    suite.write_text(json.dumps({"layers": [LAYER]}))
+    out = tmp_path / "rows.json"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "ab_kernels.py"), "tiny", "--suite", str(suite),
+         "--seconds", "0.2", "--plan", "auto", "--fresh-input", "--json", str(out)],
+        capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(out.read_text())
+    assert [r["output"] for r in rows] == ["same"] and rows[0]["calls"] >= 9
+    assert "the input rewritten by the calling thread before each; CPU:" in done.stdout
