@@ -88,3 +88,36 @@ def test_sweep_takes_a_winograd_block_for_each_cache_level_it_fits():
         assert level(plan) == ("L2" if machine.l1d_bytes < size <= machine.l2_bytes else "L3")
     assert all(level(c.plan) == "" for c in ranked
                if c.plan.algorithm not in WINOGRAD_ALGORITHMS and c.plan.loop_order != "panel")
+
+
+def test_medians_run_the_preparation_untimed_before_every_call():
+    """--fresh-input: the input rewritten before every timed call, outside the timing."""
+    events, now = [], [0.0]
+
+    def clock():
+        return now[0]
+
+    def prepare():
+        events.append("prepare")
+        now[0] += 100.0            # would dominate the medians if it were timed
+
+    def runner(name):
+        def run():
+            events.append(name)
+            now[0] += 1.0
+        return run
+
+    times = regret.medians([runner("a"), runner("b")], clock, 0.0, min_reps=3,
+                           prepare=prepare)
+    assert times == [1.0, 1.0]
+    timed = events[2:]             # after the two warm-up calls
+    assert len(timed) == 12 and timed[0::2] == ["prepare"] * 6
+    assert sorted(timed[1::2]) == ["a"] * 3 + ["b"] * 3
+
+
+def test_a_layers_regret_with_the_input_rewritten(monkeypatch):
+    monkeypatch.setenv("CONVGEN_NUM_THREADS", "1")
+    layer = {"name": "tiny", "op": "conv2d", "x": [1, 8, 10, 12], "w": [16, 8, 3, 3],
+             "args": {"padding": 1}}
+    row = regret.layer_regret(layer, 1, 2, 0.01, fresh_input=True)
+    assert row["fresh_input"] is True and row["chosen_s"] > 0 and row["regret"] >= 0
