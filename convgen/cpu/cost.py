@@ -271,7 +271,7 @@ def _gemm_like_cost(plan: Plan, workload: Workload, facts: Derived, machine: Mac
                     core, memory, pack = (core + share * c / chunks, memory + share * m / chunks,
                                           pack + share * p / chunks)
             core, memory = facts.oc_blocks * core, pack + facts.oc_blocks * memory
-            busiest += _static_busiest(items, chunks, plan.threads, item_of.get("full", 0.0),
+            busiest += _shared_busiest(items, chunks, plan.threads, item_of.get("full", 0.0),
                                        item_of["tail"])
         else:
             tiles = _row_tiles(plan, count)
@@ -298,18 +298,23 @@ def _gemm_like_cost(plan: Plan, workload: Workload, facts: Derived, machine: Mac
     return busiest, items_total, used / max(issued, 1), core_total, memory_total
 
 
-def _static_busiest(items: int, per_row: int, threads: int, full: float, tail: float) -> float:
+def _shared_busiest(items: int, per_row: int, threads: int, full: float, tail: float) -> float:
     """Cycles of the busiest thread of a panel order's loop: ``items`` chunks, ``per_row`` to
     a row, the last of each row a tail of ``tail`` cycles (the others ``full``), split as
-    OpenMP's static schedule splits them: one run of neighbouring items per thread, the
-    first ``items % threads`` threads one item more. (pointwise_256_128 on 2 threads, one
-    row of 784 pixels in chunks of 768: one thread packs and computes 768 pixels, the other
-    16; counted as two average items it ranked first, and ran at 0.45 ms against 0.25.)"""
-    base, extra = divmod(items, threads)
+    the kernel splits them (templates/cpu/_sharing.c.j2): thread t's range ends at item
+    items * (t + 1) / threads, so the odd items go to the last threads, which hold the
+    tails of a single row. Stealing from another's range evens out threads running at
+    different speeds, which no model prices; at the same speed each finishes its own.
+    A split into few items stays lopsided: pointwise_256_128 on 2 threads, one row of 784
+    pixels in chunks of 768, gives one thread 768 pixels and the other 16 (it ran at 0.45
+    ms against 0.25 for chunks of 14). Priced as OpenMP's static schedule splits them (the
+    first threads one more item), as before the kernels shared by ranges, 17 chunks of 48
+    pixels cost the busiest thread 9 full chunks where it does 8 and the tail: a plan that
+    ran 0.89x the chosen one's time (Intel Xeon, 2 threads, head to head) was priced 7%
+    dearer."""
     busiest = 0.0
-    for thread in range(min(threads, items)):
-        start = thread * base + min(thread, extra)
-        end = start + base + (thread < extra)
+    for thread in range(threads):
+        start, end = items * thread // threads, items * (thread + 1) // threads
         tails = end // per_row - start // per_row    # items i with i % per_row == per_row - 1
         busiest = max(busiest, (end - start - tails) * full + tails * tail)
     return busiest
@@ -418,7 +423,7 @@ def _tile_core(plan: Plan, machine: Machine, width: float, k_steps: int, pixels:
         fmas = accumulators = pixels * vectors
         loads = pixels + vectors * machine.vector_load_cost / width
         if vector_store:                       # 16 x 16 blocks transposed in registers
-            stores = vectors * -(-pixels // 16) * 90.0
+            stores = vectors * -(-pixels // 16) * 180.0
         else:                                  # one scalar store each
             stores = pixels * plan.oc_tile * 1.0
     else:
