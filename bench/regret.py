@@ -140,11 +140,14 @@ def layer_regret(layer: dict, threads: int, candidates: int, min_time: float,
     x = rng.standard_normal(layer["x"]).astype(np.float32)
     w = rng.standard_normal(layer["w"]).astype(np.float32)
     b = rng.standard_normal(spec.out_channels).astype(np.float32)
-    runners = []
+    # one output for every candidate (the workspace is shared already): each its own, where
+    # the buffers sat against one another in the caches favoured some (ab_kernels.py,
+    # _share_buffers: copies of one kernel up to 1.08x apart)
+    runners, out = [], np.empty(workload.output_shape, np.float32)
     for cand in ranked:
         kernel = backend.kernel(workload, cand.plan, target)
-        packed, out = kernel.prepack(w), np.empty(kernel.output_shape, np.float32)
-        runners.append(lambda k=kernel, p=packed, o=out: k(x, p, b, out=o))
+        packed = kernel.prepack(w)
+        runners.append(lambda k=kernel, p=packed: k(x, p, b, out=out))
     clock = time.thread_time if threads == 1 else time.perf_counter
     pristine = x.copy()
     prepare = (lambda: np.copyto(x, pristine)) if fresh_input else None
