@@ -162,6 +162,35 @@ def test_the_harness_reports_an_out_of_bounds_read(tmp_path):
     assert done.returncode != 0 and "heap-buffer-overflow" in done.stderr, done.stderr[-2000:]
 
 
+# Proof that sanitizer builds check prefetches too (CG_CHECK_PREFETCH: a prefetched span's
+# ends are read): a Winograd kernel prefetches channel oc + 4's outputs before it writes
+# channel oc's, so with an output one channel short its first report is the prefetch's
+# 1-byte read, before any write reaches the missing channel (7 x 40 floats: 1120 bytes).
+PREFETCH_OVERFLOW = textwrap.dedent("""
+    import numpy as np
+    import convgen
+    from convgen.runtime.loader import FFI as _FFI
+    k = convgen.compile(convgen.ConvSpec.conv(1, 4, 8, 3, padding=1), (1, 4, 40),
+                        plan="winograd4")
+    x, w, b = np.ones((1, 4, 40), np.float32), np.ones((8, 4, 3), np.float32), np.ones(8, np.float32)
+    packed = np.empty(k.packed_elements, np.float32)
+    k._pack_c(_FFI.from_buffer(w), _FFI.from_buffer(packed, require_writable=True))
+    short = np.empty((1, 7, 40), np.float32)
+    work = np.empty(k.workspace_elements, np.float32)
+    k._run_c(_FFI.from_buffer(x), _FFI.from_buffer(packed), _FFI.from_buffer(b),
+             _FFI.from_buffer(short, require_writable=True), _FFI.from_buffer(work, require_writable=True))
+    print("no report")
+""")
+
+
+def test_the_harness_reports_a_prefetch_past_the_output(tmp_path):
+    done = _run_sanitized(PREFETCH_OVERFLOW, tmp_path)
+    report = done.stderr[-3000:]
+    assert done.returncode != 0 and "heap-buffer-overflow" in done.stderr, report
+    # a kernel's own reads are whole elements; 1 byte is the prefetch check's
+    assert "READ of size 1 " in done.stderr and "1120-byte region" in done.stderr, report
+
+
 def test_sanitizer_builds_are_o0_with_the_sanitizers_and_plain_builds_o3():
     from convgen.backends import get_target
     from convgen.cpu.compile import flags

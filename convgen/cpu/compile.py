@@ -20,8 +20,9 @@ __all__ = ["BASE_FLAGS", "CompileError", "compile_shared", "compiler_identity",
 BASE_FLAGS = ("-O3", "-std=c11", "-ffp-contract=fast", "-fPIC", "-shared", "-fopenmp",
               "-fno-math-errno",
               "-Wall", "-Werror=implicit-function-declaration")
+# CG_CHECK_PREFETCH: the kernels read the ends of what they prefetch, for ASan to check
 SANITIZE_FLAGS = ("-fsanitize=address,undefined", "-fno-sanitize-recover=all",
-                  "-fno-omit-frame-pointer", "-g")
+                  "-fno-omit-frame-pointer", "-g", "-DCG_CHECK_PREFETCH")
 
 
 def compiler_path() -> str:
