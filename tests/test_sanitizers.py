@@ -172,13 +172,15 @@ PREFETCH_OVERFLOW = textwrap.dedent("""
     from convgen.runtime.loader import FFI as _FFI
     k = convgen.compile(convgen.ConvSpec.conv(1, 4, 8, 3, padding=1), (1, 4, 40),
                         plan="winograd4")
-    x, w, b = np.ones((1, 4, 40), np.float32), np.ones((8, 4, 3), np.float32), np.ones(8, np.float32)
+    x, w = np.ones((1, 4, 40), np.float32), np.ones((8, 4, 3), np.float32)
+    b = np.ones(8, np.float32)
     packed = np.empty(k.packed_elements, np.float32)
     k._pack_c(_FFI.from_buffer(w), _FFI.from_buffer(packed, require_writable=True))
     short = np.empty((1, 7, 40), np.float32)
     work = np.empty(k.workspace_elements, np.float32)
     k._run_c(_FFI.from_buffer(x), _FFI.from_buffer(packed), _FFI.from_buffer(b),
-             _FFI.from_buffer(short, require_writable=True), _FFI.from_buffer(work, require_writable=True))
+             _FFI.from_buffer(short, require_writable=True),
+             _FFI.from_buffer(work, require_writable=True))
     print("no report")
 """)
 
