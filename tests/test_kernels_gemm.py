@@ -66,7 +66,7 @@ PANEL_CASES = [
 ]
 
 
-def _plan(case, algorithm, oc_tile, width, chunk_tiles, dtype, threads) -> Plan:
+def _plan(case, algorithm, oc_tile, width, chunk_tiles, dtype, threads, prefetch=0) -> Plan:
     vector = native_vector(TARGET, dtype)
     if algorithm == "implicit_gemm":
         # float64 has half the lanes, AVX2 half the registers: keep within them
@@ -76,21 +76,25 @@ def _plan(case, algorithm, oc_tile, width, chunk_tiles, dtype, threads) -> Plan:
         oc_tile, width = direct_tile(oc_tile, width, TARGET)
         pixel_tile = width * vector
     return Plan(algorithm, oc_tile, pixel_tile, vector, "panel", threads,
-                chunk=chunk_tiles * pixel_tile)
+                chunk=chunk_tiles * pixel_tile, prefetch=prefetch if vector > 1 else 0)
 
 
-@pytest.mark.parametrize("threads", [1, 2])
+# prefetch: the next chunk's inputs and outputs fetched ahead (each chunk's last one
+# fetches the next row's first; a row's last, nothing)
+@pytest.mark.parametrize("threads, prefetch", [(1, 0), (2, 0), (2, 1)])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("case, algorithm, oc_tile, width, chunk", PANEL_CASES,
                          ids=[c[0].name for c in PANEL_CASES])
-def test_panel_order_matches_torch(case, algorithm, oc_tile, width, chunk, dtype, threads):
-    plan = _plan(case, algorithm, oc_tile, width, chunk, dtype, threads)
-    rng = np.random.default_rng(seed_of(f"{case.name}{dtype}{threads}"))
+def test_panel_order_matches_torch(case, algorithm, oc_tile, width, chunk, dtype, threads,
+                                   prefetch):
+    plan = _plan(case, algorithm, oc_tile, width, chunk, dtype, threads, prefetch)
+    rng = np.random.default_rng(seed_of(f"{case.name}{dtype}{threads}{prefetch}"))
     x, w, b = operands(case, rng)
     x, w = x.astype(dtype), w.astype(dtype)
     b = None if b is None else b.astype(dtype)
     kernel = convgen.compile(spec_of(case), case.x_shape, dtype, plan=plan)
     assert kernel.plan.loop_order == "panel" and kernel.plan.chunk == plan.chunk
+    assert ("PREFETCH_SPAN(next_x" in kernel.source) == bool(plan.prefetch)
     assert_matches(poisoned_call(kernel, x, w, b),
                    torch_reference(case.op, x, w, b, **case.kwargs), dtype)
 

@@ -114,6 +114,29 @@ def test_depthwise_plans_print_their_row_tile_and_others_do_not():
                    "threads=1 rows=2")
 
 
+def test_a_panels_prefetch_prints_parses_and_applies_to_panels_only():
+    fetching = Plan("implicit_gemm", 32, 14, 16, "panel", 2, chunk=28, prefetch=1)
+    assert "chunk=28 prefetch=1 threads=2" in str(fetching)
+    assert Plan.parse(str(fetching)) == fetching
+    plain = Plan("implicit_gemm", 32, 14, 16, "panel", 2, chunk=28)
+    assert "prefetch" not in str(plain) and Plan.parse(str(plain)) == plain
+    workload, _ = workload_of(ConvSpec.conv(2, 16, 32, 1), (1, 16, 8, 8), "float32")
+    target = get_target("x86-64-v4")
+    check_plan(fetching, workload, target)
+    with pytest.raises(ValueError, match="prefetch=1 applies to loop_order='panel' only"):
+        check_plan(Plan("implicit_gemm", 32, 14, 16, "oc_outer", 2, prefetch=1), workload,
+                   target)
+    with pytest.raises(ValueError, match="prefetch must be 0 or 1, got 2"):
+        check_plan(Plan("implicit_gemm", 32, 14, 16, "panel", 2, chunk=28, prefetch=2),
+                   workload, target)
+    # the planner offers both for every vector panel, none for the scalar target's
+    offered = {(c.plan.chunk, c.plan.prefetch) for c in candidates(workload, target, threads=2)
+               if c.plan.loop_order == "panel"}
+    assert {p for _, p in offered} == {0, 1}
+    portable = candidates(workload, get_target("c"), threads=2)
+    assert not any(c.plan.prefetch for c in portable)
+
+
 def test_depthwise_candidates_tile_rows_and_never_spill():
     workload, _ = workload_of(ConvSpec.conv(2, 32, 32, 3, padding=1, groups=32),
                               (1, 32, 56, 56), "float32")

@@ -193,6 +193,59 @@ def test_the_harness_reports_a_prefetch_past_the_output(tmp_path):
     assert "READ of size 1 " in done.stderr and "1120-byte region" in done.stderr, report
 
 
+# The panel order's prefetch of the next chunk (plan.prefetch) on layers where a row's
+# last chunks end at the input's or the output's last element: read in place (unpadded,
+# strided), padded into the workspace, transposed phases with strided output rows; each
+# with every chunk size the planner offers, so that a short last chunk is fetched too.
+PANEL_PREFETCH = textwrap.dedent("""
+    from dataclasses import replace
+    import numpy as np
+    import convgen
+    from convgen.core.layers import spec_from_op
+    from convgen.core.reference import convolve
+    from convgen.core.spec import workload_of
+    from convgen.cpu.planner import candidates
+    from convgen.backends import get_target
+    rng = np.random.default_rng(11)
+    layers = [("conv1d", (2, 5, 37), (6, 5, 3), {}),
+              ("conv2d", (1, 6, 9, 13), (8, 6, 1, 1), {"stride": 2}),
+              ("conv2d", (2, 3, 7, 11), (5, 3, 3, 3), {"padding": 1, "padding_mode": "reflect"}),
+              ("conv_transpose1d", (1, 4, 9), (4, 6, 5), {"stride": 3, "padding": 1})]
+    count = 0
+    for op, x_shape, w_shape, args in layers:
+        for dtype in ("float32", "float64"):
+            spec = spec_from_op(op, w_shape, True, x_shape, **args)
+            workload = workload_of(spec, x_shape, dtype)[0]
+            ranked = [c.plan for c in candidates(workload, get_target("cpu"), threads=2)]
+            fetching = [p for p in ranked if p.prefetch]
+            if not fetching:   # strided transposed rows: offered no panel, given one
+                tile = next(p for p in ranked if p.algorithm == "implicit_gemm")
+                fetching = [replace(tile, loop_order="panel", chunk=tile.pixel_tile * n,
+                                    prefetch=1) for n in (2, 1)]
+            # the best, and the smallest chunk of the tile: a row's most chunks
+            smallest = min(fetching, key=lambda p: (p.chunk // p.pixel_tile, str(p)))
+            for plan in dict.fromkeys([fetching[0], smallest]):
+                kernel = convgen.compile(spec, x_shape, dtype=dtype, plan=plan)
+                assert kernel.target.sanitize and "PREFETCH_SPAN(next_x" in kernel.source
+                x = rng.standard_normal(x_shape).astype(dtype)
+                w = rng.standard_normal(w_shape).astype(dtype)
+                b = rng.standard_normal(spec.out_channels).astype(dtype)
+                y = np.full(kernel.output_shape, np.nan, dtype=dtype)
+                kernel(x, w, b, out=y)
+                ref = convolve(kernel.workload, x, w, b)
+                err = float(np.linalg.norm(y - ref) / np.linalg.norm(ref))
+                assert err < 1e-5, (op, dtype, str(plan), err)
+                count += 1
+    print("checked", count, "kernels")
+""")
+
+
+def test_panel_prefetches_stay_inside_the_input_and_output(tmp_path):
+    done = _run_sanitized(PANEL_PREFETCH, tmp_path)
+    assert done.returncode == 0 and "checked" in done.stdout, done.stderr[-3000:]
+    assert "ERROR: AddressSanitizer" not in done.stderr, done.stderr[-3000:]
+
+
 def test_sanitizer_builds_are_o0_with_the_sanitizers_and_plain_builds_o3():
     from convgen.backends import get_target
     from convgen.cpu.compile import flags

@@ -55,10 +55,12 @@ class Plan:
     threads: int
     row_tile: int = 1    # output rows per register tile (depthwise; every other algorithm: 1)
     chunk: int = 0       # output pixels per panel (loop_order "panel"; otherwise 0)
+    prefetch: int = 0    # panel: 1 fetches the next chunk's inputs and outputs into L2
+                         # while this one computes (cost._prefetch_fits says where it pays)
 
     _FIELDS = ("algorithm", "oc_tile", "pixel_tile", "vector", "loop_order", "threads")
     # printed only where they are not their default, so other plans read as before
-    _OPTIONAL = ("row_tile", "chunk")
+    _OPTIONAL = ("row_tile", "chunk", "prefetch")
 
     def __str__(self) -> str:
         words = [f"{name}={getattr(self, name)}" for name in self._FIELDS]
@@ -66,6 +68,8 @@ class Plan:
             words.insert(3, f"row_tile={self.row_tile}")
         if self.chunk:
             words.insert(-1, f"chunk={self.chunk}")
+        if self.prefetch:
+            words.insert(-1, f"prefetch={self.prefetch}")
         return " ".join(words)
 
     @classmethod
@@ -74,9 +78,10 @@ class Plan:
         fields = parse_fields(text, cls._FIELDS, "a plan", cls._OPTIONAL)
         fields.setdefault("row_tile", "1")
         fields.setdefault("chunk", "0")
+        fields.setdefault("prefetch", "0")
         try:
             numbers = {k: int(fields[k]) for k in ("oc_tile", "pixel_tile", "vector", "threads",
-                                                   "row_tile", "chunk")}
+                                                   "row_tile", "chunk", "prefetch")}
         except ValueError as exc:
             raise ValueError(f"plan: malformed number in {text!r}") from exc
         return cls(fields["algorithm"], loop_order=fields["loop_order"], **numbers)
@@ -176,9 +181,13 @@ def check_plan(plan: Plan, workload: Workload, target: Target, accuracy: str = "
 
 
 def _check_panel(plan: Plan) -> None:
+    if plan.prefetch not in (0, 1):
+        raise ValueError(f"plan: prefetch must be 0 or 1, got {plan.prefetch}")
     if plan.loop_order != "panel":
-        if plan.chunk:
-            raise ValueError(f"plan: chunk={plan.chunk} applies to loop_order='panel' only")
+        for name in ("chunk", "prefetch"):
+            if getattr(plan, name):
+                raise ValueError(f"plan: {name}={getattr(plan, name)} applies to "
+                                 f"loop_order='panel' only")
         return
     if plan.algorithm not in PANEL_ALGORITHMS:
         raise ValueError(f"plan: loop_order='panel' applies to {PANEL_ALGORITHMS}, not "
@@ -286,10 +295,13 @@ def enumerate_plans(workload: Workload, target: Target, threads: int, accuracy: 
         for oc_tile, pixel_tile, vector in tiles:
             for order in orders:
                 chunks = panel_chunks(pixel_tile, row) if order == "panel" else (0,)
+                # the scalar target's prefetch is a no-op (templates' PREFETCH_SPAN)
+                fetches = (0, 1) if order == "panel" and vector > 1 else (0,)
                 for team in teams:
                     for chunk in chunks:
-                        yield Plan(algorithm, oc_tile, pixel_tile, vector, order, team,
-                                   chunk=chunk)
+                        for prefetch in fetches:
+                            yield Plan(algorithm, oc_tile, pixel_tile, vector, order, team,
+                                       chunk=chunk, prefetch=prefetch)
 
 
 def _stages_rows(algorithm: str, spec) -> bool:

@@ -163,7 +163,7 @@ def _simd_context(workload: Workload, plan: Plan, target: Target, facts: Derived
         "phases": phases,
         "tiles": tiles,
         "loop_order": plan.loop_order,
-        "chunk": plan.chunk, "pixel_tile": plan.pixel_tile,
+        "chunk": plan.chunk, "pixel_tile": plan.pixel_tile, "prefetch_next": plan.prefetch,
         "stage_pitch": facts.stage_pitch, "stage_segment": facts.stage_segment,
         "thread_stride": facts.thread_stride,
         "copy_stride": facts.copy_stride, "buffers_at": facts.buffers_at,
@@ -376,7 +376,7 @@ def _phases(workload: Workload, plan: Plan, facts: Derived, axes: list[dict]):
             "out_steps": [a.out_step for a in phase.axes], "outer": outer,
             "inner_start": inner.start, "rows": phase.outputs // max(inner.count, 1),
             "pack_offset": pack_offset,
-            **(_panel(plan, inner.count, len(flat_offsets), tiles, facts.registers)
+            **(_panel(plan, inner.count, flat_offsets, inner.in_step, tiles, facts.registers)
                if plan.chunk else
                {"runs": _runs(plan, inner.count, tiles, facts.registers)}),
         })
@@ -459,17 +459,34 @@ def _phase_groups(low: Lowering, phases: list[dict]) -> list[dict]:
             for i, members in enumerate(groups.values())]
 
 
-def _panel(plan: Plan, count: int, ntaps: int, tiles: dict, regs: int) -> dict:
+def _panel(plan: Plan, count: int, taps: list[int], in_step: int, tiles: dict,
+           regs: int) -> dict:
     """A row of ``count`` outputs in chunks of plan.chunk: the full chunks' tiles, the last
-    chunk's, and where each tap's inputs sit in a tile's run of the panel (PIXEL_TILE
-    inputs per input channel and tap)."""
+    chunk's, where each tap's inputs sit in a tile's run of the panel (PIXEL_TILE inputs
+    per input channel and tap), and the input spans a chunk's panel reads (below)."""
     chunks = -(-count // plan.chunk)
     tail = count - (chunks - 1) * plan.chunk
     return {"chunks": chunks, "tail": tail,
             "chunk_runs": _runs(plan, plan.chunk, tiles, regs) if chunks > 1 else [],
             "tail_runs": _runs(plan, tail, tiles, regs),
-            "panel_taps": [t * plan.pixel_tile for t in range(ntaps)],
-            "panel_cstride": ntaps * plan.pixel_tile}
+            "panel_taps": [t * plan.pixel_tile for t in range(len(taps))],
+            "panel_cstride": len(taps) * plan.pixel_tile,
+            "panel_spans": _panel_spans(taps, (plan.chunk - 1) * in_step + 1)}
+
+
+def _panel_spans(taps: list[int], width: int) -> list[tuple[int, int]]:
+    """The runs of one input channel that a chunk's panel copies, as (first tap's offset,
+    last tap's offset) pairs: taps whose runs of ``width`` inputs overlap or touch are one
+    span (a 3x3 kernel's three taps of a row). The kernel prefetches the next chunk's spans
+    while it computes this one's: a span of a chunk of n pixels ends (n - 1) * IN_STEP_ROW
+    past its last tap, so a short last chunk's spans stay inside the input."""
+    spans: list[list[int]] = []
+    for tap in sorted(set(taps)):
+        if spans and tap <= spans[-1][1] + width:
+            spans[-1][1] = tap
+        else:
+            spans.append([tap, tap])
+    return [(first, last) for first, last in spans]
 
 
 def _tap_combos(phase):
