@@ -196,7 +196,8 @@ def test_the_harness_reports_a_prefetch_past_the_output(tmp_path):
 # The panel order's prefetch of the next chunk (plan.prefetch) on layers where a row's
 # last chunks end at the input's or the output's last element: read in place (unpadded,
 # strided), padded into the workspace, transposed phases with strided output rows; each
-# with every chunk size the planner offers, so that a short last chunk is fetched too.
+# with its best plan and its smallest chunk, so that a short last chunk is fetched too.
+# Then implicit_gemm's weight prefetch (oc_outer), whose lines a sanitizer build reads.
 PANEL_PREFETCH = textwrap.dedent("""
     from dataclasses import replace
     import numpy as np
@@ -206,6 +207,7 @@ PANEL_PREFETCH = textwrap.dedent("""
     from convgen.core.spec import workload_of
     from convgen.cpu.planner import candidates
     from convgen.backends import get_target
+    from convgen.runtime.loader import FFI
     rng = np.random.default_rng(11)
     layers = [("conv1d", (2, 5, 37), (6, 5, 3), {}),
               ("conv2d", (1, 6, 9, 13), (8, 6, 1, 1), {"stride": 2}),
@@ -236,11 +238,36 @@ PANEL_PREFETCH = textwrap.dedent("""
                 err = float(np.linalg.norm(y - ref) / np.linalg.norm(ref))
                 assert err < 1e-5, (op, dtype, str(plan), err)
                 count += 1
+    # implicit_gemm's oc_outer order: a channel tile's last tiles prefetch the next
+    # tile's weights, the last but one the packed weights' last lines
+    spec, x_shape = convgen.ConvSpec.conv(2, 16, 48, 3, padding=1, bias=False), (1, 16, 6, 7)
+    for dtype in ("float32", "float64"):
+        workload = workload_of(spec, x_shape, dtype)[0]
+        ranked = [c.plan for c in candidates(workload, get_target("cpu"), threads=2)]
+        tile = next(p for p in ranked if p.algorithm == "implicit_gemm")
+        plan = replace(tile, oc_tile=tile.vector, pixel_tile=7, loop_order="oc_outer",
+                       chunk=0, prefetch=0)
+        kernel = convgen.compile(spec, x_shape, dtype=dtype, plan=plan)
+        assert "PREFETCH_LINE(pf" in kernel.source, str(plan)
+        x = rng.standard_normal(x_shape).astype(dtype)
+        w = rng.standard_normal(spec.weight_shape).astype(dtype)
+        y = np.full(kernel.output_shape, np.nan, dtype=dtype)
+        # the packed weights and the workspace in arrays of their own, exactly sized (a
+        # call's scratch may be larger, left by an earlier kernel)
+        packed = np.empty(kernel.packed_elements, dtype)
+        work = np.empty(max(kernel.workspace_elements, 1), dtype)
+        kernel._pack_c(FFI.from_buffer(w), FFI.from_buffer(packed, require_writable=True))
+        kernel._run_c(FFI.from_buffer(x), FFI.from_buffer(packed), FFI.NULL,
+                      FFI.from_buffer(y, require_writable=True),
+                      FFI.from_buffer(work, require_writable=True))
+        ref = convolve(kernel.workload, x, w, None)
+        assert float(np.linalg.norm(y - ref) / np.linalg.norm(ref)) < 1e-5, str(plan)
+        count += 1
     print("checked", count, "kernels")
 """)
 
 
-def test_panel_prefetches_stay_inside_the_input_and_output(tmp_path):
+def test_prefetches_stay_inside_the_arrays_they_fetch_from(tmp_path):
     done = _run_sanitized(PANEL_PREFETCH, tmp_path)
     assert done.returncode == 0 and "checked" in done.stdout, done.stderr[-3000:]
     assert "ERROR: AddressSanitizer" not in done.stderr, done.stderr[-3000:]
