@@ -53,6 +53,7 @@ CHILD = textwrap.dedent("""
     from convgen.core.reference import convolve
     from convgen.core.spec import workload_of
     from convgen.backends import get_target
+    from convgen.runtime.loader import FFI
     rng = np.random.default_rng(7)
     worst, count = 0.0, 0
     for op, x_shape, w_shape, args in SAMPLE:
@@ -74,7 +75,15 @@ CHILD = textwrap.dedent("""
             w = rng.standard_normal(w_shape).astype(dtype)
             b = rng.standard_normal(spec.out_channels).astype(dtype)
             y = np.full(kernel.output_shape, np.nan, dtype=dtype)
-            kernel(x, w, b, out=y)
+            # the packed weights and the workspace in arrays of their own, exactly sized:
+            # kernel(x, w, b) puts both in scratch shared by every kernel, as large as the
+            # largest so far, where an overrun past the packed weights lands unseen
+            packed = np.empty(kernel.packed_elements, dtype)
+            work = np.empty(max(kernel.workspace_elements, 1), dtype)
+            kernel._pack_c(FFI.from_buffer(w), FFI.from_buffer(packed, require_writable=True))
+            kernel._run_c(FFI.from_buffer(x), FFI.from_buffer(packed), FFI.from_buffer(b),
+                          FFI.from_buffer(y, require_writable=True),
+                          FFI.from_buffer(work, require_writable=True))
             ref = convolve(kernel.workload, x, w, b)
             err = float(np.linalg.norm(y - ref) / np.linalg.norm(ref))
             assert err < (1e-5 if dtype == "float32" else 1e-12), (op, args, dtype, str(plan), err)
