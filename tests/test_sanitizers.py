@@ -41,10 +41,28 @@ SAMPLE = [
                                                             "output_padding": 1}),
 ]
 
+# Run by the child scripts below: kernel(x, w, b, out=y), but with the packed weights and the
+# workspace in arrays of their own, exactly sized. kernel(x, w, b) puts both in scratch
+# shared by every kernel, as large as the largest so far, where an overrun past the packed
+# weights lands unseen.
+CALL_EXACT = textwrap.dedent("""
+    import numpy as np
+    from convgen.runtime.loader import FFI
+
+    def call_exact(kernel, x, w, b, y):
+        packed = np.empty(kernel.packed_elements, kernel.dtype)
+        work = np.empty(max(kernel.workspace_elements, 1), kernel.dtype)
+        kernel._pack_c(FFI.from_buffer(w), FFI.from_buffer(packed, require_writable=True))
+        kernel._run_c(FFI.from_buffer(x), FFI.from_buffer(packed),
+                      FFI.NULL if b is None else FFI.from_buffer(b),
+                      FFI.from_buffer(y, require_writable=True),
+                      FFI.from_buffer(work, require_writable=True))
+""")
+
 # Every algorithm the planner lists for a sample layer is built and run, so a new
 # algorithm is covered as soon as the planner offers it; test_samples_cover_every_algorithm
 # fails if one of convgen.cpu.plan.ALGORITHMS applies to no sample layer (add one where it does).
-CHILD = textwrap.dedent("""
+CHILD = CALL_EXACT + textwrap.dedent("""
     import sys
     import numpy as np
     import convgen
@@ -53,7 +71,6 @@ CHILD = textwrap.dedent("""
     from convgen.core.reference import convolve
     from convgen.core.spec import workload_of
     from convgen.backends import get_target
-    from convgen.runtime.loader import FFI
     rng = np.random.default_rng(7)
     worst, count = 0.0, 0
     for op, x_shape, w_shape, args in SAMPLE:
@@ -75,15 +92,7 @@ CHILD = textwrap.dedent("""
             w = rng.standard_normal(w_shape).astype(dtype)
             b = rng.standard_normal(spec.out_channels).astype(dtype)
             y = np.full(kernel.output_shape, np.nan, dtype=dtype)
-            # the packed weights and the workspace in arrays of their own, exactly sized:
-            # kernel(x, w, b) puts both in scratch shared by every kernel, as large as the
-            # largest so far, where an overrun past the packed weights lands unseen
-            packed = np.empty(kernel.packed_elements, dtype)
-            work = np.empty(max(kernel.workspace_elements, 1), dtype)
-            kernel._pack_c(FFI.from_buffer(w), FFI.from_buffer(packed, require_writable=True))
-            kernel._run_c(FFI.from_buffer(x), FFI.from_buffer(packed), FFI.from_buffer(b),
-                          FFI.from_buffer(y, require_writable=True),
-                          FFI.from_buffer(work, require_writable=True))
+            call_exact(kernel, x, w, b, y)
             ref = convolve(kernel.workload, x, w, b)
             err = float(np.linalg.norm(y - ref) / np.linalg.norm(ref))
             assert err < (1e-5 if dtype == "float32" else 1e-12), (op, args, dtype, str(plan), err)
@@ -207,7 +216,7 @@ def test_the_harness_reports_a_prefetch_past_the_output(tmp_path):
 # strided), padded into the workspace, transposed phases with strided output rows; each
 # with its best plan and its smallest chunk, so that a short last chunk is fetched too.
 # Then implicit_gemm's weight prefetch (oc_outer), whose lines a sanitizer build reads.
-PANEL_PREFETCH = textwrap.dedent("""
+PANEL_PREFETCH = CALL_EXACT + textwrap.dedent("""
     from dataclasses import replace
     import numpy as np
     import convgen
@@ -216,7 +225,6 @@ PANEL_PREFETCH = textwrap.dedent("""
     from convgen.core.spec import workload_of
     from convgen.cpu.planner import candidates
     from convgen.backends import get_target
-    from convgen.runtime.loader import FFI
     rng = np.random.default_rng(11)
     layers = [("conv1d", (2, 5, 37), (6, 5, 3), {}),
               ("conv2d", (1, 6, 9, 13), (8, 6, 1, 1), {"stride": 2}),
@@ -242,7 +250,7 @@ PANEL_PREFETCH = textwrap.dedent("""
                 w = rng.standard_normal(w_shape).astype(dtype)
                 b = rng.standard_normal(spec.out_channels).astype(dtype)
                 y = np.full(kernel.output_shape, np.nan, dtype=dtype)
-                kernel(x, w, b, out=y)
+                call_exact(kernel, x, w, b, y)
                 ref = convolve(kernel.workload, x, w, b)
                 err = float(np.linalg.norm(y - ref) / np.linalg.norm(ref))
                 assert err < 1e-5, (op, dtype, str(plan), err)
@@ -261,14 +269,7 @@ PANEL_PREFETCH = textwrap.dedent("""
         x = rng.standard_normal(x_shape).astype(dtype)
         w = rng.standard_normal(spec.weight_shape).astype(dtype)
         y = np.full(kernel.output_shape, np.nan, dtype=dtype)
-        # the packed weights and the workspace in arrays of their own, exactly sized (a
-        # call's scratch may be larger, left by an earlier kernel)
-        packed = np.empty(kernel.packed_elements, dtype)
-        work = np.empty(max(kernel.workspace_elements, 1), dtype)
-        kernel._pack_c(FFI.from_buffer(w), FFI.from_buffer(packed, require_writable=True))
-        kernel._run_c(FFI.from_buffer(x), FFI.from_buffer(packed), FFI.NULL,
-                      FFI.from_buffer(y, require_writable=True),
-                      FFI.from_buffer(work, require_writable=True))
+        call_exact(kernel, x, w, None, y)
         ref = convolve(kernel.workload, x, w, None)
         assert float(np.linalg.norm(y - ref) / np.linalg.norm(ref)) < 1e-5, str(plan)
         count += 1
