@@ -45,8 +45,11 @@ SAMPLE = [
 # workspace in arrays of their own, exactly sized. kernel(x, w, b) puts both in scratch
 # shared by every kernel, as large as the largest so far, where an overrun past the packed
 # weights lands unseen.
+# The kernel's relative error against the float64 reference, on fresh operands, its output
+# poisoned with NaN.
 CALL_EXACT = textwrap.dedent("""
     import numpy as np
+    from convgen.core.reference import convolve
     from convgen.runtime.loader import FFI
 
     def call_exact(kernel, x, w, b, y):
@@ -57,6 +60,16 @@ CALL_EXACT = textwrap.dedent("""
                       FFI.NULL if b is None else FFI.from_buffer(b),
                       FFI.from_buffer(y, require_writable=True),
                       FFI.from_buffer(work, require_writable=True))
+
+    def checked_error(kernel, rng):
+        spec, dtype = kernel.workload.spec, kernel.dtype
+        x = rng.standard_normal(kernel.workload.input_shape).astype(dtype)
+        w = rng.standard_normal(spec.weight_shape).astype(dtype)
+        b = rng.standard_normal(spec.out_channels).astype(dtype) if spec.bias else None
+        y = np.full(kernel.output_shape, np.nan, dtype=dtype)
+        call_exact(kernel, x, w, b, y)
+        ref = convolve(kernel.workload, x, w, b)
+        return float(np.linalg.norm(y - ref) / np.linalg.norm(ref))
 """)
 
 # Every algorithm the planner lists for a sample layer is built and run, so a new
@@ -68,7 +81,6 @@ CHILD = CALL_EXACT + textwrap.dedent("""
     import convgen
     from convgen.core.layers import spec_from_op
     from convgen.cpu.planner import candidates
-    from convgen.core.reference import convolve
     from convgen.core.spec import workload_of
     from convgen.backends import get_target
     rng = np.random.default_rng(7)
@@ -88,13 +100,7 @@ CHILD = CALL_EXACT + textwrap.dedent("""
             count += 1
             kernel = convgen.compile(spec, x_shape, dtype=dtype, plan=plan)
             assert kernel.target.sanitize, kernel.target
-            x = rng.standard_normal(x_shape).astype(dtype)
-            w = rng.standard_normal(w_shape).astype(dtype)
-            b = rng.standard_normal(spec.out_channels).astype(dtype)
-            y = np.full(kernel.output_shape, np.nan, dtype=dtype)
-            call_exact(kernel, x, w, b, y)
-            ref = convolve(kernel.workload, x, w, b)
-            err = float(np.linalg.norm(y - ref) / np.linalg.norm(ref))
+            err = checked_error(kernel, rng)
             assert err < (1e-5 if dtype == "float32" else 1e-12), (op, args, dtype, str(plan), err)
             worst = max(worst, err)
     print("checked", count, "kernels; worst relative error", worst)
@@ -221,7 +227,6 @@ PANEL_PREFETCH = CALL_EXACT + textwrap.dedent("""
     import numpy as np
     import convgen
     from convgen.core.layers import spec_from_op
-    from convgen.core.reference import convolve
     from convgen.core.spec import workload_of
     from convgen.cpu.planner import candidates
     from convgen.backends import get_target
@@ -246,13 +251,7 @@ PANEL_PREFETCH = CALL_EXACT + textwrap.dedent("""
             for plan in dict.fromkeys([fetching[0], smallest]):
                 kernel = convgen.compile(spec, x_shape, dtype=dtype, plan=plan)
                 assert kernel.target.sanitize and "PREFETCH_SPAN(next_x" in kernel.source
-                x = rng.standard_normal(x_shape).astype(dtype)
-                w = rng.standard_normal(w_shape).astype(dtype)
-                b = rng.standard_normal(spec.out_channels).astype(dtype)
-                y = np.full(kernel.output_shape, np.nan, dtype=dtype)
-                call_exact(kernel, x, w, b, y)
-                ref = convolve(kernel.workload, x, w, b)
-                err = float(np.linalg.norm(y - ref) / np.linalg.norm(ref))
+                err = checked_error(kernel, rng)
                 assert err < 1e-5, (op, dtype, str(plan), err)
                 count += 1
     # implicit_gemm's oc_outer order: a channel tile's last tiles prefetch the next
@@ -266,12 +265,7 @@ PANEL_PREFETCH = CALL_EXACT + textwrap.dedent("""
                        chunk=0, prefetch=0)
         kernel = convgen.compile(spec, x_shape, dtype=dtype, plan=plan)
         assert "PREFETCH_LINE(pf" in kernel.source, str(plan)
-        x = rng.standard_normal(x_shape).astype(dtype)
-        w = rng.standard_normal(spec.weight_shape).astype(dtype)
-        y = np.full(kernel.output_shape, np.nan, dtype=dtype)
-        call_exact(kernel, x, w, None, y)
-        ref = convolve(kernel.workload, x, w, None)
-        assert float(np.linalg.norm(y - ref) / np.linalg.norm(ref)) < 1e-5, str(plan)
+        assert checked_error(kernel, rng) < 1e-5, str(plan)
         count += 1
     print("checked", count, "kernels")
 """)
