@@ -330,11 +330,13 @@ def test_a_panel_prefetches_its_next_chunk_where_the_lines_come_from_past_the_l2
     """The panel order can fetch the next chunk's inputs and outputs into L2 while this one
     computes (plan.prefetch). Measured head to head on the 260 MiB Intel Xeon (2 threads,
     twenty-seventh session): pointwise_s2 (a 3.1 MiB input read from L3 every call, 0.5 MiB
-    of weights) took 0.96x the time warm and 0.85x after another layer; where the lines
-    ahead would evict the weights every chunk reads (conv1d_k7's 1.8 MiB, conv1d_512_s2's
-    3 MiB) 1.01-1.03x, and where the input stays in L2 between calls (pointwise_256_128)
-    1.03x warm. So the model gives the prefetch the L2's rate for the packing's reads
-    only where its lines fit beside the weights, and charges its instructions everywhere."""
+    of weights) took 0.96-0.99x the time warm and 0.81-0.89x after another layer (1 and 2
+    threads); where the lines ahead would evict the weights every chunk reads (conv1d_k7's
+    1.8 MiB, conv1d_512_s2's 3 MiB) 1.01-1.03x, and where the input stays in L2 between
+    calls (pointwise_256_128) 1.03x warm, but 0.81-0.91x with the L2 evicted first, as a
+    1 MiB L2 would leave it. So the model gives the prefetch the L2's rate for the
+    packing's reads only where the input lives past L2 and the lines fit beside the
+    weights, and charges its instructions everywhere."""
     def best(spec, shape, machine):
         workload, _ = workload_of(spec, shape, "float32")
         return candidates(workload, AVX512, threads=2, machine=machine)[0].plan

@@ -545,9 +545,9 @@ def _prefetch_fits(panel: int, ahead: int, reads: _Reads, machine: Machine) -> b
     """Whether the next chunk's lines (``ahead`` bytes) arrive in L2 without evicting what
     every chunk reads there: the packed weights and this chunk's panel, with the next
     chunk's lines twice over (the current chunk's are still being read). Measured on
-    the 260 MiB Intel Xeon (2 MiB L2), 2 threads, head to head: pointwise_s2 (0.5 MiB of
-    weights, 160 KiB a chunk ahead) 0.96x the time warm, 0.85x after another layer;
-    conv1d_k7 (1.8 MiB of weights) and conv1d_512_s2 (3 MiB) 1.01-1.03x, the prefetched
+    the 260 MiB Intel Xeon (2 MiB L2), head to head: pointwise_s2 (0.5 MiB of weights, 160
+    KiB a chunk ahead) 0.96-0.99x the time warm, 0.81-0.89x after another layer; conv1d_k7
+    (1.8 MiB of weights) and conv1d_512_s2 (3 MiB) 1.01-1.03x on 2 threads, the prefetched
     lines evicting the weights."""
     return reads.weights + panel + 2 * ahead <= machine.l2_bytes // 2
 
