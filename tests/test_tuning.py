@@ -4,6 +4,7 @@ recorded and never chosen, Ctrl-C keeps what was measured, two tuners share a da
 and the search itself."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -209,6 +210,16 @@ def test_the_search_starts_with_the_planner_then_learns():
     later = proposed[-12:]
     assert sum(p.algorithm == favoured for p in later) >= 6
     assert len(set(proposed)) == len(proposed)
+
+
+def test_plans_that_differ_only_in_a_flag_have_different_features():
+    """The surrogate learns from the features: a panel with and without its prefetch
+    (0 and 1, alike in log2) must not look the same to it."""
+    _, ranked, _ = space_of(convgen.ConvSpec.conv(2, 256, 512, 1, stride=2), (1, 256, 14, 14))
+    space = Space(ranked)
+    fetching = next(p for p in space.plans if p.prefetch)
+    plain = next(p for p in space.plans if p == dataclasses.replace(fetching, prefetch=0))
+    assert space.features(fetching) != space.features(plain)
 
 
 def test_neighbours_differ_in_one_field():

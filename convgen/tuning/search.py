@@ -60,13 +60,16 @@ class Space:
 
     def features(self, plan) -> dict:
         """Numbers describing a plan: log2 of each numeric field (and of each entry of a
-        tuple field), an indicator per value of a text field."""
+        tuple field), with an indicator where it is 0 (log2 alone makes 0 and 1 alike: a
+        panel's prefetch off and on), an indicator per value of a text field."""
         out = {}
         for name, value in self._values.get(plan, _fields(plan)).items():
             if isinstance(value, (bool, str)):
                 out[f"{name}={value}"] = 1.0
             elif isinstance(value, (int, float)):
                 out[name] = math.log2(max(value, 1))
+                if value == 0:
+                    out[f"{name}=0"] = 1.0
             elif isinstance(value, tuple):
                 for i, item in enumerate(value):
                     if isinstance(item, (int, float)):
