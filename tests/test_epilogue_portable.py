@@ -94,17 +94,22 @@ def test_epilogue_matches_torch(layer, steps_name, dtype):
     assert_matches(out, ref, dtype)
 
 
-def test_nan_goes_through_every_activation():
-    spec = spec_from_op("conv1d", (4, 4, 3), True, (1, 4, 8), padding=1)
+@pytest.mark.parametrize("algorithm", ["direct", "direct_simd"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_nan_goes_through_every_activation(algorithm, dtype):
+    """Scalar code and whole-vector selects alike (direct_simd's stores are vectors)."""
+    spec = spec_from_op("conv1d", (4, 4, 3), True, (1, 4, 40), padding=1)
     target = get_target("cpu")
     backend = backend_for(target)
-    x = np.ones((1, 4, 8))
+    x = np.ones((1, 4, 40), dtype)
     x[0, 1, 3] = np.nan
     for steps in STEPS.values():
-        workload = Workload(spec, x.shape, "float64", steps)
-        kernel = backend.kernel(workload, backend.resolve("direct", workload, target), target)
-        out = np.zeros(kernel.output_shape)
-        kernel(x, np.ones((4, 4, 3)), np.zeros(4), out=out)
+        workload = Workload(spec, x.shape, dtype, steps)
+        plan = backend.resolve(algorithm, workload, target)
+        assert (plan.vector > 1) == (algorithm == "direct_simd"), plan
+        kernel = backend.kernel(workload, plan, target)
+        out = np.zeros(kernel.output_shape, dtype)
+        kernel(x, np.ones((4, 4, 3), dtype), np.zeros(4, dtype), out=out)
         assert np.isnan(out[0, :, 2:5]).all() and not np.isnan(out[0, :, 6:]).any(), steps
 
 
