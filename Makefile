@@ -10,7 +10,7 @@ TEST_WORKERS ?= auto
 
 BENCH_STAMP   := $(VENV)/.bench-installed
 
-.PHONY: demo examples test lint fuzz bench bench-classes bench-class bench-pytest bench-tune clean-cache clean gpu-check gpu-wheels
+.PHONY: demo examples test lint fuzz bench bench-classes bench-class bench-network bench-pytest bench-tune clean-cache clean gpu-check gpu-wheels
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -57,6 +57,13 @@ bench: $(BENCH_STAMP)
 bench-classes: $(BENCH_STAMP)
 	$(PY) bench/compare.py --threads 2 --repeat 3 --skip-threading-check \
 		--suite bench/suite_classes.json $(BENCH_ARGS)
+
+# Whole networks (ResNet-18's stages, MobileNet v1, a HiFi-GAN v2 generator) built ahead of
+# time and run through NAME_run, against torch and onnxruntime on the same model, 2 threads
+# then 1 (bench/network.py; about 6 minutes).
+bench-network: $(BENCH_STAMP)
+	$(PY) bench/network.py --threads 2 $(BENCH_ARGS)
+	$(PY) bench/network.py --threads 1 $(BENCH_ARGS)
 
 # Every table RESULTS.md keeps for a machine class (the public suite at 2 and 1 threads, the
 # layer classes, the regret at 2 and 1 threads, the machine model) in one run, written under
