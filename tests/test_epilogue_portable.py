@@ -113,6 +113,47 @@ def test_nan_goes_through_every_activation(algorithm, dtype):
         assert np.isnan(out[0, :, 2:5]).all() and not np.isnan(out[0, :, 6:]).any(), steps
 
 
+def _identity_outputs(steps, values, algorithm):
+    """A 1x1 conv whose weight is the identity and bias zero: its outputs are exactly the
+    input values, so the epilogue sees every value asked for (float32, a vector kernel;
+    the row's last values in its scalar tail)."""
+    channels = 16
+    pixels = -(-len(values) // channels)
+    x = np.zeros(channels * pixels, np.float32)
+    x[:len(values)] = values
+    x = x.reshape(1, pixels, channels).transpose(0, 2, 1).copy()   # value i: pixel i // 16
+    spec = spec_from_op("conv1d", (channels, channels, 1), True, x.shape)
+    target = get_target("cpu")
+    backend = backend_for(target)
+    workload = Workload(spec, x.shape, "float32", steps)
+    plan = backend.resolve(algorithm, workload, target)
+    assert plan.vector > 1, plan
+    kernel = backend.kernel(workload, plan, target)
+    out = np.full(kernel.output_shape, np.nan, np.float32)
+    kernel(x, np.eye(channels, dtype=np.float32)[:, :, None], np.zeros(channels, np.float32),
+           out=out)
+    return out.transpose(0, 2, 1).reshape(-1)[:len(values)]
+
+
+@pytest.mark.parametrize("algorithm", ["direct_simd", "implicit_gemm"])
+@pytest.mark.parametrize("name", ["sigmoid", "silu", "tanh"])
+def test_vector_activations_are_within_a_few_ulp(name, algorithm):
+    """sigmoid, silu and tanh on float32 vectors (_vmath.c.j2's e^x and tanh) against
+    float64, from 1e-30 to 100 in magnitude, both signs and zero: within 4 float32
+    ulp of the exact value, or 1e-36 away from it (silu below -88: x times a sigmoid that
+    is a denormal, which e^x's overflow at 88.38 instead of 88.72 makes 0)."""
+    magnitudes = np.concatenate([np.geomspace(1e-30, 100.0, 2000), [0.625, 9.0, 88.0, 88.5, 89.0]])
+    values = np.concatenate([magnitudes, -magnitudes, [0.0]]).astype(np.float32)
+    ours = _identity_outputs((Step(name),), values, algorithm)
+    v = values.astype(np.float64)
+    exact = {"sigmoid": lambda: 1 / (1 + np.exp(-v)), "silu": lambda: v / (1 + np.exp(-v)),
+             "tanh": lambda: np.tanh(v)}[name]()
+    error = np.abs(ours - exact)
+    allowed = 4 * np.finfo(np.float32).eps * np.abs(exact) + 1e-36
+    worst = int(np.argmax(error / allowed))
+    assert (error <= allowed).all(), (values[worst], ours[worst], exact[worst])
+
+
 # -- portability of the generated C --------------------------------------------------------------
 def _sources(target_name, algorithm_layers, steps):
     target = get_target(target_name)
