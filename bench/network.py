@@ -3,7 +3,9 @@
     python bench/network.py [--threads N] [--nets NAME,...] [--seconds S] [--rounds R] [--keep DIR]
 
 Each network is a torch module of convolutions, BatchNorm, activations and residual adds
-(what ``convgen.build`` fuses), exported to ONNX once. convgen builds that file ahead of
+(what ``convgen.build`` fuses), exported to ONNX once: ResNet-18's four stages, MobileNet v1
+(ReLU6), a HiFi-GAN v2 generator (transposed and dilated 1-D convs, LeakyReLU, tanh) and a
+YOLOv8-style backbone (SiLU). convgen builds that file ahead of
 time (target native, a team of --threads), ``make`` compiles the standalone C library, and
 its ``NAME_run`` is called through ctypes in a process that loads nothing else: no torch,
 no other OpenMP runtime. onnxruntime runs the same ONNX file (every graph optimisation,
@@ -110,6 +112,29 @@ def _networks():
         layers += [nn.LeakyReLU(0.1), nn.Conv1d(channels, 1, 7, 1, 3), nn.Tanh()]
         return nn.Sequential(*layers)
 
+    def conv_bn_silu(cin, cout, k, stride=1):
+        return nn.Sequential(*conv_bn(cin, cout, k, stride), nn.SiLU(inplace=True))
+
+    class Bottleneck(nn.Module):
+        """YOLOv8's bottleneck: two 3x3 conv-BN-SiLU and the shortcut."""
+        def __init__(self, channels):
+            super().__init__()
+            self.body = nn.Sequential(conv_bn_silu(channels, channels, 3),
+                                      conv_bn_silu(channels, channels, 3))
+
+        def forward(self, x):
+            return x + self.body(x)
+
+    def yolo_silu():
+        """A YOLOv8-style backbone without its splits and concats (which convgen.build
+        does not fuse): stride-2 conv-BN-SiLU stages and bottlenecks, 320 x 320."""
+        layers, cin = [conv_bn_silu(3, 16, 3, 2)], 16
+        for cout, blocks in ((32, 1), (64, 2), (128, 2), (256, 1)):
+            layers.append(conv_bn_silu(cin, cout, 3, 2))
+            layers += [Bottleneck(cout) for _ in range(blocks)]
+            cin = cout
+        return nn.Sequential(*layers)
+
     def tiny_resnet():
         """Two residual blocks on 16 x 16 (the script's own test)."""
         return nn.Sequential(BasicBlock(8, 8, 1), BasicBlock(8, 16, 2))
@@ -117,6 +142,7 @@ def _networks():
     return {"resnet18_body": (resnet18_body, (1, 64, 56, 56)),
             "mobilenet_v1": (mobilenet_v1, (1, 3, 224, 224)),
             "hifigan_v2": (hifigan_v2, (1, 80, 64)),
+            "yolo_silu": (yolo_silu, (1, 3, 320, 320)),
             "tiny_resnet": (tiny_resnet, (1, 8, 16, 16))}
 
 
@@ -347,7 +373,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--nets", default=",".join(("resnet18_body", "mobilenet_v1",
-                                                    "hifigan_v2")))
+                                                    "hifigan_v2", "yolo_silu")))
     parser.add_argument("--seconds", type=float, default=3.0, help="per timed process")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--keep", help="build here (kept) instead of a temporary directory")

@@ -26,6 +26,8 @@ LAYERS = [
     ("conv2d", (1, 8, 9, 11), (16, 8, 3, 3), {"padding": 1, "stride": 2}, "implicit_gemm"),
     ("conv2d", (1, 8, 10, 12), (8, 8, 3, 3), {"padding": 1}, "winograd2"),
     ("conv1d", (1, 8, 37), (8, 8, 3), {"padding": 2, "dilation": 2}, "winograd4"),
+    # rows long enough for whole vectors of the epilogue and a tail
+    ("conv2d", (1, 8, 6, 37), (8, 8, 3, 3), {"padding": 1}, "winograd2"),
     ("conv2d", (1, 8, 9, 11), (16, 1, 3, 3), {"padding": 1, "groups": 8,
                                               "padding_mode": "reflect"}, "depthwise"),
     ("conv1d", (1, 6, 20), (6, 1, 5), {"padding": 2, "groups": 6}, "depthwise"),

@@ -277,6 +277,53 @@ def test_prefetches_stay_inside_the_arrays_they_fetch_from(tmp_path):
     assert "ERROR: AddressSanitizer" not in done.stderr, done.stderr[-3000:]
 
 
+# Fused epilogues (AOT builds): add then silu, on every vector algorithm, rows with a tail.
+# The residual is read from the output before it is written: whole vectors, the masked
+# last one, the scalar tails (Winograd's rows, implicit GEMM's transposed store).
+EPILOGUE = CALL_EXACT + textwrap.dedent("""
+    import numpy as np
+    from convgen.backends import backend_for
+    from convgen.core.epilogue import Step
+    from convgen.core.layers import spec_from_op
+    from convgen.core.spec import Workload
+    from convgen.backends import get_target
+    target = get_target("cpu")
+    backend = backend_for(target)
+    assert target.sanitize, target
+    rng = np.random.default_rng(3)
+    layers = [("conv2d", (1, 8, 5, 37), (8, 8, 3, 3), {"padding": 1}, "winograd2"),
+              ("conv2d", (1, 8, 6, 21), (8, 8, 3, 3), {"padding": 1}, "winograd4"),
+              ("conv2d", (1, 8, 3, 35), (40, 8, 3, 3), {"padding": 1}, "implicit_gemm"),
+              ("conv2d", (1, 8, 3, 35), (12, 8, 1, 1), {}, "direct_simd"),
+              ("conv2d", (1, 8, 4, 35), (8, 1, 3, 3), {"padding": 1, "groups": 8}, "depthwise")]
+    count = 0
+    for op, x_shape, w_shape, args, algorithm in layers:
+        for dtype in ("float32", "float64"):
+            spec = spec_from_op(op, w_shape, True, x_shape, **args)
+            workload = Workload(spec, x_shape, dtype, (Step("add"), Step("silu")))
+            kernel = backend.kernel(workload, backend.resolve(algorithm, workload, target), target)
+            x = rng.standard_normal(x_shape).astype(dtype)
+            w = rng.standard_normal(w_shape).astype(dtype)
+            b = rng.standard_normal(spec.out_channels).astype(dtype)
+            residual = rng.standard_normal(kernel.output_shape).astype(dtype)
+            y = residual.copy()
+            call_exact(kernel, x, w, b, y)
+            v = convolve(workload, x, w, b) + residual
+            ref = v / (1 + np.exp(-v))
+            err = float(np.linalg.norm(y - ref) / np.linalg.norm(ref))
+            assert err < (1e-5 if dtype == "float32" else 1e-12), (algorithm, dtype, err)
+            count += 1
+    print("checked", count, "kernels")
+""")
+
+
+def test_fused_epilogues_stay_inside_the_output(tmp_path):
+    done = _run_sanitized(EPILOGUE, tmp_path)
+    assert "AddressSanitizer" not in done.stderr and "runtime error" not in done.stderr, \
+        done.stderr[-3000:]
+    assert done.returncode == 0 and "checked 10 kernels" in done.stdout, done.stderr[-3000:]
+
+
 def test_sanitizer_builds_are_o0_with_the_sanitizers_and_plain_builds_o3():
     from convgen.backends import get_target
     from convgen.cpu.compile import flags
