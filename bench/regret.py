@@ -165,6 +165,7 @@ def layer_regret(layer: dict, threads: int, candidates: int, min_time: float,
             "chosen": str(ranked[0].plan), "chosen_s": times[0],
             "best": str(ranked[best].plan), "best_s": times[best],
             "best_rank": ranked[best].rank, "regret": times[0] / times[best] - 1,
+            "plans": [str(c.plan) for c in ranked],
             "predicted_s": [c.cost_s for c in ranked], "measured_s": times,
             "fresh_input": fresh_input, "convgen": convgen.__version__}
 
