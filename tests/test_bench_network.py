@@ -3,11 +3,13 @@ processes of their own, its output checked against torch's."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "bench" / "network.py"
@@ -18,13 +20,20 @@ def run(*args, check=True):
                           check=check, cwd=ROOT)
 
 
-def test_a_network_is_built_checked_and_timed(tmp_path):
-    rows_file = tmp_path / "rows.json"
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """One run of the script on the small network, its build kept: (stdout, row, work dir)."""
+    root = tmp_path_factory.mktemp("network")
+    rows_file = root / "rows.json"
     done = run("--nets", "tiny_resnet", "--seconds", "0.05", "--rounds", "2", "--keep",
-               str(tmp_path / "build"), "--json", str(rows_file))
-    assert done.stdout.startswith("CPU: "), done.stdout
-    assert "tiny_resnet" in done.stdout
-    row = json.loads(rows_file.read_text())["tiny_resnet"]
+               str(root / "build"), "--json", str(rows_file))
+    return done.stdout, json.loads(rows_file.read_text())["tiny_resnet"], root / "build"
+
+
+def test_a_network_is_built_checked_and_timed(built):
+    stdout, row, _ = built
+    assert stdout.startswith("CPU: "), stdout
+    assert "tiny_resnet" in stdout
     assert row["layers"] == 5                    # 2 + 3 convolutions (one downsample)
     assert row["rel_err"] < 1e-5
     libraries = ["convgen", "torch"] + (["onnxruntime"] if "onnxruntime" in row else [])
@@ -32,11 +41,11 @@ def test_a_network_is_built_checked_and_timed(tmp_path):
     assert row["layers_ms"] > 0 and row["gflop"] > 0
 
 
-def test_a_wrong_output_is_reported(tmp_path):
+def test_a_wrong_output_is_reported(built, tmp_path):
     """The check compares what the built library writes (into a poisoned buffer) with
     torch's output: a reference that disagrees shows up in the child's row."""
-    run("--nets", "tiny_resnet", "--seconds", "0.02", "--rounds", "1", "--keep", str(tmp_path))
     work = tmp_path / "tiny_resnet"
+    shutil.copytree(built[2] / "tiny_resnet", work)
     reference = np.load(work / "y.npy")
     np.save(work / "y.npy", reference * 1.01)
     done = run("--child", "convgen", "--nets", "tiny_resnet", "--work", str(work),
