@@ -1,13 +1,14 @@
 """Whole networks built ahead of time, against torch and onnxruntime on the same model.
 
-    python bench/network.py [--threads N] [--nets NAME,...] [--seconds S] [--rounds R] [--keep DIR]
+    python bench/network.py [--threads N] [--nets NAME,...] [--target T] [--seconds S]
+                            [--rounds R] [--keep DIR]
 
 Each network is a torch module of convolutions, BatchNorm, activations and residual adds
 (what ``convgen.build`` fuses), exported to ONNX once: ResNet-18's four stages, MobileNet v1
 (ReLU6), a HiFi-GAN v2 generator (transposed and dilated 1-D convs, LeakyReLU, tanh) and a
-YOLOv8-style backbone (SiLU). convgen builds that file ahead of
-time (target native, a team of --threads), ``make`` compiles the standalone C library, and
-its ``NAME_run`` is called through ctypes in a process that loads nothing else: no torch,
+YOLOv8-style backbone (SiLU). convgen builds that file ahead of time (target native, or
+--target; a team of --threads), ``make`` compiles the standalone C library, and its
+``NAME_run`` is called through ctypes in a process that loads nothing else: no torch,
 no other OpenMP runtime. onnxruntime runs the same ONNX file (every graph optimisation,
 inputs and outputs bound to preallocated buffers), torch the module itself (eval,
 inference mode). Each library runs in a process of its own, in rounds (convgen, torch,
@@ -310,7 +311,7 @@ def child(args) -> None:
 
 # ---------------------------------------------------------------- the parent
 
-def prepare(name: str, work: Path, threads: int) -> dict:
+def prepare(name: str, work: Path, threads: int, target: str = "native") -> dict:
     """Export, build and make one network; its reference output for the check."""
     import torch
 
@@ -325,7 +326,7 @@ def prepare(name: str, work: Path, threads: int) -> dict:
         torch.onnx.export(module, (x,), str(work / "model.onnx"), dynamo=False,
                           input_names=["x"], output_names=["y"])
     start = time.perf_counter()
-    result = convgen.build(work / "model.onnx", work / "build", target="native", name=name,
+    result = convgen.build(work / "model.onnx", work / "build", target=target, name=name,
                            threads=threads)
     subprocess.run(["make", "-C", str(work / "build"), "-j", str(threads), f"lib{name}.so"],
                    check=True, capture_output=True)
@@ -354,9 +355,10 @@ def measure(name: str, work: Path, args, libraries) -> dict:
     return row
 
 
-def print_table(rows: dict, threads: int) -> None:
+def print_table(rows: dict, threads: int, target: str) -> None:
     from convgen.target.host import cpu_name
-    print(f"CPU: {cpu_name()}; {threads} thread(s); medians over rounds of one process each")
+    print(f"CPU: {cpu_name()}; {threads} thread(s); convgen built for {target}; medians over "
+          f"rounds of one process each")
     print(f"{'network':<15}{'layers':>7}{'GFLOP':>7}{'convgen ms':>11}{'GFLOP/s':>8}"
           f"{'torch ms':>10}{'ort ms':>9}{'torch/cg':>9}{'ort/cg':>8}{'layers ms':>10}"
           f"{'net/layers':>11}{'rel err':>9}{'build s':>8}")
@@ -376,6 +378,8 @@ def main(argv=None) -> int:
                                                     "hifigan_v2", "yolo_silu")))
     parser.add_argument("--seconds", type=float, default=3.0, help="per timed process")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--target", default="native",
+                        help="convgen.build's CPU target: native, x86-64-v4, x86-64-v3, generic")
     parser.add_argument("--keep", help="build here (kept) instead of a temporary directory")
     parser.add_argument("--json", help="also write the rows here")
     parser.add_argument("--child", choices=LIBRARIES, help=argparse.SUPPRESS)
@@ -401,9 +405,9 @@ def main(argv=None) -> int:
         for name in names:
             work = root / name
             work.mkdir(parents=True, exist_ok=True)
-            rows[name] = prepare(name, work, args.threads)
+            rows[name] = prepare(name, work, args.threads, args.target)
             rows[name].update(measure(name, work, args, libraries))
-    print_table(rows, args.threads)
+    print_table(rows, args.threads, args.target)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
     wrong = [name for name, row in rows.items() if not row["rel_err"] <= MAX_REL_ERR]
