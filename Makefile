@@ -60,7 +60,7 @@ bench-classes: $(BENCH_STAMP)
 
 # Whole networks (ResNet-18's stages, MobileNet v1, a HiFi-GAN v2 generator) built ahead of
 # time and run through NAME_run, against torch and onnxruntime on the same model, 2 threads
-# then 1 (bench/network.py; about 6 minutes).
+# then 1 (bench/network.py; about 12 minutes).
 bench-network: $(BENCH_STAMP)
 	$(PY) bench/network.py --threads 2 $(BENCH_ARGS)
 	$(PY) bench/network.py --threads 1 $(BENCH_ARGS)
