@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .._version import __version__
+from ..core import epilogue
 from ..core.limits import check_workload_limits
 from ..core.names import MAX_LENGTH, c_identifier, check_c_identifier, unique_c_identifiers
 from ..runtime import pipeline
@@ -276,21 +277,39 @@ def _steps(steps) -> list[dict]:
     return [{"op": s.op, "args": list(s.args)} for s in steps]
 
 
+def _elementwise(index: int, steps, comment: str) -> dict:
+    """An elementwise node of NAME_run (or, on CUDA, a layer's epilogue run as one)."""
+    return {"index": index, "steps": _steps(steps), "comment": comment,
+            "text": epilogue.describe(steps), "residual": epilogue.has_residual(steps),
+            "uses_math": epilogue.uses_math(steps)}
+
+
+def _elementwise_vector(chosen, elementwise: list[dict]) -> dict:
+    """The vectors NAME.c's elementwise nodes run on: the ISA's widest (float32), plain C
+    on the generic target; math: float32 e^x and tanh on vectors (not libm's)."""
+    if chosen.cuda:
+        return {"lanes": 1, "bytes": 4, "math": False}
+    vector_bytes = chosen.target.isa_row.vector_bytes
+    lanes = max(vector_bytes // 4, 1)
+    return {"lanes": lanes, "bytes": lanes * 4,
+            "math": lanes > 1 and any(e["uses_math"] for e in elementwise)}
+
+
 def _context(name, network: Network, chosen, made, packed, slots, payload, schedule,
              external: bool) -> dict:
     elementwise = []
     standalone = [n for n in network.nodes if isinstance(n, Elementwise)]
     for node in standalone:
-        elementwise.append({"index": len(elementwise), "steps": _steps(node.steps),
-                            "comment": f"elementwise node {node.name}"})
+        elementwise.append(_elementwise(len(elementwise), node.steps,
+                                        f"elementwise node {node.name}"))
     layers = []
     for m, pack_of, slot in zip(made, packed, slots):
         layer: ConvLayer = m["layer"]
         ew = None
         if chosen.cuda and layer.epilogue:
             ew = len(elementwise)
-            elementwise.append({"index": ew, "steps": _steps(layer.epilogue),
-                                "comment": f"the epilogue of layer {m['id']}"})
+            elementwise.append(_elementwise(ew, layer.epilogue,
+                                            f"the epilogue of layer {m['id']}"))
         layers.append({
             "id": m["id"], "function": m["function"], "prefix": m["prefix"],
             "model_name": layer.name, "op": layer.spec.op, "spec": layer.spec.describe(),
@@ -309,8 +328,8 @@ def _context(name, network: Network, chosen, made, packed, slots, payload, sched
     context = {
         "name": name, "version": __version__, "model": network.description,
         "target": _target_context(chosen), "layers": layers, "elementwise": elementwise,
-        "uses_math": any(s["op"] in ("sigmoid", "tanh", "silu")
-                         for e in elementwise for s in e["steps"]),
+        "uses_math": any(e["uses_math"] for e in elementwise),
+        "ew_vector": _elementwise_vector(chosen, elementwise),
         "kernel_sources": [f"kernels/{m['id']}/{f}" for m in made for f, _ in m["sources"]],
         "kernels": [{"prefix": e["prefix"], "packed_bytes": e["packed_bytes"]}
                     for e, m in zip(layers, made) if "shares" not in m],

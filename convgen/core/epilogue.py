@@ -53,6 +53,11 @@ def has_residual(steps: tuple[Step, ...]) -> bool:
     return any(s.op == "add" for s in steps)
 
 
+def uses_math(steps: tuple[Step, ...]) -> bool:
+    """Whether a step needs e^x or tanh (libm's, or the vector kernels' own)."""
+    return any(s.op in ("sigmoid", "tanh", "silu") for s in steps)
+
+
 def describe(steps: tuple[Step, ...]) -> str:
     return " -> ".join(s.op + (f"({', '.join(map(str, s.args))})" if s.args else "")
                        for s in steps)

@@ -41,7 +41,7 @@ def _common(workload: Workload, plan: Plan, target: Target, facts: Derived, pref
         "epilogue": [{"op": s.op, "args": [_c_number(a) for a in s.args]} for s in steps],
         "epilogue_text": epilogue.describe(steps),
         "residual": epilogue.has_residual(steps),
-        "epilogue_uses_math": any(s.op in ("sigmoid", "tanh", "silu") for s in steps),
+        "epilogue_uses_math": epilogue.uses_math(steps),
         # scalar code unless the algorithm's context says otherwise
         "vector": 1, "vector_bytes": size, "masked_store": None,
         "workspace_bytes": facts.workspace * size,
