@@ -96,6 +96,47 @@ def test_epilogue_matches_torch(layer, steps_name, dtype):
     assert_matches(out, ref, dtype)
 
 
+# implicit GEMM's stores where AVX-512's transpose does not apply (AVX2; float64): bias and
+# epilogue on the registers' vectors, then a plain copy out. 20 channels: the last channel
+# tile is partial (its missing lanes must read neither the bias nor the residual).
+HAS_AVX2 = {"avx2", "fma"} <= set(cpu_features())
+VECTOR_STORES = [
+    (target, layer, steps_name, dtype)
+    for target in ("cpu", "x86-64-v3")
+    for layer in [("conv2d", (1, 8, 9, 11), (20, 8, 3, 3), {"padding": 1, "stride": 2}),
+                  ("conv2d", (2, 8, 7, 13), (20, 8, 1, 1), {})]
+    for steps_name, dtype in [("silu", "float32"), ("tanh", "float64"),
+                              ("add_relu", "float32"), ("relu_add", "float64")]
+    if target != "cpu" or dtype == "float64"]
+
+
+@pytest.mark.parametrize("target_name, layer, steps_name, dtype", [
+    pytest.param(*case, marks=pytest.mark.skipif(case[0] == "x86-64-v3" and not HAS_AVX2,
+                                                 reason="this CPU has no AVX2 and FMA"))
+    for case in VECTOR_STORES], ids=[f"{t}-{layer[2][2]}x{layer[2][3]}-{n}-{d}"
+                                     for t, layer, n, d in VECTOR_STORES])
+def test_implicit_gemm_epilogue_on_vectors(target_name, layer, steps_name, dtype):
+    op, x_shape, w_shape, args = layer
+    steps = STEPS[steps_name]
+    spec = spec_from_op(op, w_shape, True, x_shape, **args)
+    workload = Workload(spec, x_shape, dtype, steps)
+    target = get_target(target_name)
+    backend = backend_for(target)
+    plan = backend.resolve("implicit_gemm", workload, target)
+    assert plan.vector > 1 and spec.out_channels % plan.oc_tile, plan
+    kernel = backend.kernel(workload, plan, target)
+    rng = np.random.default_rng(5)
+    x, w = random(rng, x_shape, dtype), random(rng, w_shape, dtype)
+    b = random(rng, spec.out_channels, dtype)
+    residual = random(rng, kernel.output_shape, dtype)
+    out = residual.copy() if any(s.op == "add" for s in steps) else \
+        np.full(kernel.output_shape, np.nan, dtype)
+    kernel(x, w, b, out=out)
+    conv = torch.from_numpy(torch_reference(op, x, w, b, **args))
+    ref = torch_epilogue(conv, steps, torch.from_numpy(residual.astype(np.float64))).numpy()
+    assert_matches(out, ref, dtype)
+
+
 @pytest.mark.parametrize("algorithm", ["direct", "direct_simd"])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_nan_goes_through_every_activation(algorithm, dtype):
