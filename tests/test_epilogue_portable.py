@@ -96,34 +96,47 @@ def test_epilogue_matches_torch(layer, steps_name, dtype):
     assert_matches(out, ref, dtype)
 
 
-# implicit GEMM's stores where AVX-512's transpose does not apply (AVX2; float64): bias and
-# epilogue on the registers' vectors, then a plain copy out. 20 channels: the last channel
-# tile is partial (its missing lanes must read neither the bias nor the residual).
+# Stores that are not whole vectors of a row, where the epilogue now runs on vectors
+# before them: implicit GEMM's where AVX-512's transpose does not apply (AVX2; float64),
+# with 20 channels so that the last channel tile is partial (its missing lanes must read
+# neither the bias nor the residual); staged rows (a transposed conv with a stride along
+# the row: the epilogue on each phase's columns in the stage); Winograd with dilation
+# (stored DIL_W apart). Rows are long enough for whole vectors and a tail.
 HAS_AVX2 = {"avx2", "fma"} <= set(cpu_features())
-VECTOR_STORES = [
-    (target, layer, steps_name, dtype)
-    for target in ("cpu", "x86-64-v3")
-    for layer in [("conv2d", (1, 8, 9, 11), (20, 8, 3, 3), {"padding": 1, "stride": 2}),
-                  ("conv2d", (2, 8, 7, 13), (20, 8, 1, 1), {})]
-    for steps_name, dtype in [("silu", "float32"), ("tanh", "float64"),
-                              ("add_relu", "float32"), ("relu_add", "float64")]
-    if target != "cpu" or dtype == "float64"]
+STRIDED_GEMM = ("conv2d", (1, 8, 9, 11), (20, 8, 3, 3), {"padding": 1, "stride": 2},
+                "implicit_gemm")
+POINTWISE_GEMM = ("conv2d", (2, 8, 7, 13), (20, 8, 1, 1), {}, "implicit_gemm")
+STAGED = ("conv_transpose2d", (1, 8, 3, 21), (8, 20, 4, 4), {"stride": 2, "padding": 1},
+          "implicit_gemm")
+DILATED = ("conv1d", (1, 8, 70), (8, 8, 3), {"padding": 3, "dilation": 3}, "winograd4")
+VECTOR_EPILOGUES = [
+    ("x86-64-v3", STRIDED_GEMM, "silu", "float32"), ("x86-64-v3", POINTWISE_GEMM, "tanh", "float64"),
+    ("x86-64-v3", STRIDED_GEMM, "add_relu", "float32"),
+    ("x86-64-v3", POINTWISE_GEMM, "relu_add", "float64"),
+    ("cpu", STRIDED_GEMM, "tanh", "float64"), ("cpu", POINTWISE_GEMM, "add_relu", "float64"),
+    ("cpu", STAGED, "silu", "float32"), ("cpu", STAGED, "add_silu", "float32"),
+    ("cpu", STAGED, "relu_add", "float64"), ("x86-64-v3", STAGED, "add_silu", "float32"),
+    ("cpu", DILATED, "sigmoid", "float32"), ("cpu", DILATED, "add_silu", "float32"),
+    ("cpu", DILATED, "relu_add", "float64"), ("x86-64-v3", DILATED, "add_silu", "float32"),
+]
 
 
 @pytest.mark.parametrize("target_name, layer, steps_name, dtype", [
     pytest.param(*case, marks=pytest.mark.skipif(case[0] == "x86-64-v3" and not HAS_AVX2,
                                                  reason="this CPU has no AVX2 and FMA"))
-    for case in VECTOR_STORES], ids=[f"{t}-{layer[2][2]}x{layer[2][3]}-{n}-{d}"
-                                     for t, layer, n, d in VECTOR_STORES])
-def test_implicit_gemm_epilogue_on_vectors(target_name, layer, steps_name, dtype):
-    op, x_shape, w_shape, args = layer
-    steps = STEPS[steps_name]
+    for case in VECTOR_EPILOGUES], ids=[f"{t}-{layer[0]}-{layer[4]}-{n}-{d}"
+                                        for t, layer, n, d in VECTOR_EPILOGUES])
+def test_epilogue_on_vectors_before_strided_stores(target_name, layer, steps_name, dtype):
+    op, x_shape, w_shape, args, algorithm = layer
+    steps = {**STEPS, "add_silu": (Step("add"), Step("silu"))}[steps_name]
     spec = spec_from_op(op, w_shape, True, x_shape, **args)
     workload = Workload(spec, x_shape, dtype, steps)
     target = get_target(target_name)
     backend = backend_for(target)
-    plan = backend.resolve("implicit_gemm", workload, target)
-    assert plan.vector > 1 and spec.out_channels % plan.oc_tile, plan
+    plan = backend.resolve(algorithm, workload, target)
+    assert plan.vector > 1, plan
+    if algorithm == "implicit_gemm" and op == "conv2d":
+        assert spec.out_channels % plan.oc_tile, plan
     kernel = backend.kernel(workload, plan, target)
     rng = np.random.default_rng(5)
     x, w = random(rng, x_shape, dtype), random(rng, w_shape, dtype)

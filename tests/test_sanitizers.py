@@ -295,7 +295,11 @@ EPILOGUE = CALL_EXACT + textwrap.dedent("""
               ("conv2d", (1, 8, 6, 21), (8, 8, 3, 3), {"padding": 1}, "winograd4"),
               ("conv2d", (1, 8, 3, 35), (40, 8, 3, 3), {"padding": 1}, "implicit_gemm"),
               ("conv2d", (1, 8, 3, 35), (12, 8, 1, 1), {}, "direct_simd"),
-              ("conv2d", (1, 8, 4, 35), (8, 1, 3, 3), {"padding": 1, "groups": 8}, "depthwise")]
+              ("conv2d", (1, 8, 4, 35), (8, 1, 3, 3), {"padding": 1, "groups": 8}, "depthwise"),
+              # staged rows (the epilogue in the stage), Winograd stored DIL_W apart
+              ("conv_transpose2d", (1, 8, 3, 21), (8, 20, 4, 4), {"stride": 2, "padding": 1},
+               "implicit_gemm"),
+              ("conv1d", (1, 8, 70), (8, 8, 3), {"padding": 3, "dilation": 3}, "winograd4")]
     count = 0
     for op, x_shape, w_shape, args, algorithm in layers:
         for dtype in ("float32", "float64"):
@@ -321,7 +325,7 @@ def test_fused_epilogues_stay_inside_the_output(tmp_path):
     done = _run_sanitized(EPILOGUE, tmp_path)
     assert "AddressSanitizer" not in done.stderr and "runtime error" not in done.stderr, \
         done.stderr[-3000:]
-    assert done.returncode == 0 and "checked 10 kernels" in done.stdout, done.stderr[-3000:]
+    assert done.returncode == 0 and "checked 14 kernels" in done.stdout, done.stderr[-3000:]
 
 
 def test_sanitizer_builds_are_o0_with_the_sanitizers_and_plain_builds_o3():
