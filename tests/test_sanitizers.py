@@ -291,18 +291,21 @@ EPILOGUE = CALL_EXACT + textwrap.dedent("""
     backend = backend_for(target)
     assert target.sanitize, target
     rng = np.random.default_rng(3)
-    layers = [("conv2d", (1, 8, 5, 37), (8, 8, 3, 3), {"padding": 1}, "winograd2"),
-              ("conv2d", (1, 8, 6, 21), (8, 8, 3, 3), {"padding": 1}, "winograd4"),
-              ("conv2d", (1, 8, 3, 35), (40, 8, 3, 3), {"padding": 1}, "implicit_gemm"),
-              ("conv2d", (1, 8, 3, 35), (12, 8, 1, 1), {}, "direct_simd"),
-              ("conv2d", (1, 8, 4, 35), (8, 1, 3, 3), {"padding": 1, "groups": 8}, "depthwise"),
+    both = ("float32", "float64")
+    layers = [("conv2d", (1, 8, 5, 37), (8, 8, 3, 3), {"padding": 1}, "winograd2", both),
+              ("conv2d", (1, 8, 6, 21), (8, 8, 3, 3), {"padding": 1}, "winograd4", both),
+              ("conv2d", (1, 8, 3, 35), (40, 8, 3, 3), {"padding": 1}, "implicit_gemm", both),
+              ("conv2d", (1, 8, 3, 35), (12, 8, 1, 1), {}, "direct_simd", both),
+              ("conv2d", (1, 8, 4, 35), (8, 1, 3, 3), {"padding": 1, "groups": 8}, "depthwise",
+               both),
               # staged rows (the epilogue in the stage), Winograd stored DIL_W apart
               ("conv_transpose2d", (1, 8, 3, 21), (8, 20, 4, 4), {"stride": 2, "padding": 1},
-               "implicit_gemm"),
-              ("conv1d", (1, 8, 70), (8, 8, 3), {"padding": 3, "dilation": 3}, "winograd4")]
+               "implicit_gemm", ("float32",)),
+              ("conv1d", (1, 8, 70), (8, 8, 3), {"padding": 3, "dilation": 3}, "winograd4",
+               ("float32",))]
     count = 0
-    for op, x_shape, w_shape, args, algorithm in layers:
-        for dtype in ("float32", "float64"):
+    for op, x_shape, w_shape, args, algorithm, dtypes in layers:
+        for dtype in dtypes:
             spec = spec_from_op(op, w_shape, True, x_shape, **args)
             workload = Workload(spec, x_shape, dtype, (Step("add"), Step("silu")))
             kernel = backend.kernel(workload, backend.resolve(algorithm, workload, target), target)
@@ -325,7 +328,7 @@ def test_fused_epilogues_stay_inside_the_output(tmp_path):
     done = _run_sanitized(EPILOGUE, tmp_path)
     assert "AddressSanitizer" not in done.stderr and "runtime error" not in done.stderr, \
         done.stderr[-3000:]
-    assert done.returncode == 0 and "checked 14 kernels" in done.stdout, done.stderr[-3000:]
+    assert done.returncode == 0 and "checked 12 kernels" in done.stdout, done.stderr[-3000:]
 
 
 def test_sanitizer_builds_are_o0_with_the_sanitizers_and_plain_builds_o3():
