@@ -101,7 +101,8 @@ def test_epilogue_matches_torch(layer, steps_name, dtype):
 # with 20 channels so that the last channel tile is partial (its missing lanes must read
 # neither the bias nor the residual); staged rows (a transposed conv with a stride along
 # the row: the epilogue on each phase's columns in the stage); Winograd with dilation
-# (stored DIL_W apart). Rows are long enough for whole vectors and a tail.
+# (stored DIL_W apart); a row's tail with a residual. Rows are long enough for whole vectors
+# and a tail.
 HAS_AVX2 = {"avx2", "fma"} <= set(cpu_features())
 STRIDED_GEMM = ("conv2d", (1, 8, 9, 11), (20, 8, 3, 3), {"padding": 1, "stride": 2},
                 "implicit_gemm")
@@ -109,6 +110,8 @@ POINTWISE_GEMM = ("conv2d", (2, 8, 7, 13), (20, 8, 1, 1), {}, "implicit_gemm")
 STAGED = ("conv_transpose2d", (1, 8, 3, 21), (8, 20, 4, 4), {"stride": 2, "padding": 1},
           "implicit_gemm")
 DILATED = ("conv1d", (1, 8, 70), (8, 8, 3), {"padding": 3, "dilation": 3}, "winograd4")
+# a row of 11: a vector and a tail, whose residual is one masked load on AVX2 and AVX-512
+ROW_TAILS = ("conv2d", (2, 8, 9, 11), (8, 8, 3, 3), {"padding": 1}, "direct_simd")
 VECTOR_EPILOGUES = [
     ("x86-64-v3", STRIDED_GEMM, "silu", "float32"), ("x86-64-v3", POINTWISE_GEMM, "tanh", "float64"),
     ("x86-64-v3", STRIDED_GEMM, "add_relu", "float32"),
@@ -118,6 +121,8 @@ VECTOR_EPILOGUES = [
     ("cpu", STAGED, "relu_add", "float64"), ("x86-64-v3", STAGED, "add_silu", "float32"),
     ("cpu", DILATED, "sigmoid", "float32"), ("cpu", DILATED, "add_silu", "float32"),
     ("cpu", DILATED, "relu_add", "float64"), ("x86-64-v3", DILATED, "add_silu", "float32"),
+    ("x86-64-v3", ROW_TAILS, "relu_add", "float32"), ("x86-64-v3", ROW_TAILS, "add_relu", "float64"),
+    ("cpu", ROW_TAILS, "add_silu", "float32"),
 ]
 
 
