@@ -113,7 +113,8 @@ DILATED = ("conv1d", (1, 8, 70), (8, 8, 3), {"padding": 3, "dilation": 3}, "wino
 # a row of 11: a vector and a tail, whose residual is one masked load on AVX2 and AVX-512
 ROW_TAILS = ("conv2d", (2, 8, 9, 11), (8, 8, 3, 3), {"padding": 1}, "direct_simd")
 VECTOR_EPILOGUES = [
-    ("x86-64-v3", STRIDED_GEMM, "silu", "float32"), ("x86-64-v3", POINTWISE_GEMM, "tanh", "float64"),
+    ("x86-64-v3", STRIDED_GEMM, "silu", "float32"),
+    ("x86-64-v3", POINTWISE_GEMM, "tanh", "float64"),
     ("x86-64-v3", STRIDED_GEMM, "add_relu", "float32"),
     ("x86-64-v3", POINTWISE_GEMM, "relu_add", "float64"),
     ("cpu", STRIDED_GEMM, "tanh", "float64"), ("cpu", POINTWISE_GEMM, "add_relu", "float64"),
@@ -121,7 +122,8 @@ VECTOR_EPILOGUES = [
     ("cpu", STAGED, "relu_add", "float64"), ("x86-64-v3", STAGED, "add_silu", "float32"),
     ("cpu", DILATED, "sigmoid", "float32"), ("cpu", DILATED, "add_silu", "float32"),
     ("cpu", DILATED, "relu_add", "float64"), ("x86-64-v3", DILATED, "add_silu", "float32"),
-    ("x86-64-v3", ROW_TAILS, "relu_add", "float32"), ("x86-64-v3", ROW_TAILS, "add_relu", "float64"),
+    ("x86-64-v3", ROW_TAILS, "relu_add", "float32"),
+    ("x86-64-v3", ROW_TAILS, "add_relu", "float64"),
     ("cpu", ROW_TAILS, "add_silu", "float32"),
 ]
 
