@@ -1,2 +1,2 @@
 """convgen's version, in a module of its own so that no module imports the package root."""
-__version__ = "0.4.23"
+__version__ = "0.4.24"
